@@ -1,0 +1,44 @@
+"""Event-driven workflow orchestrator: the public DSL and entry points.
+
+Workflow modules import from here and nothing else::
+
+    from orchestrator import Workflow, kafka_trigger
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .dsl import Step as Step
+from .dsl import StepContext as StepContext
+from .dsl import Workflow as Workflow
+from .errors import InvalidInput as InvalidInput
+from .errors import OrchestratorError as OrchestratorError
+from .errors import RunNotFound as RunNotFound
+from .errors import WorkflowDefinitionError as WorkflowDefinitionError
+from .errors import WorkflowNotFound as WorkflowNotFound
+from .triggers import kafka_trigger as kafka_trigger
+
+
+def start_run(name: str, input: dict[str, Any] | None = None) -> str:
+    """Start a run of workflow `name` with `input`; returns the run id.
+
+    Uses this process's settings (ORCHESTRATOR_* environment variables).
+    """
+    from .runtime import current
+
+    return current().engine.start_run(name, input)
+
+
+__all__ = [
+    "InvalidInput",
+    "OrchestratorError",
+    "RunNotFound",
+    "Step",
+    "StepContext",
+    "Workflow",
+    "WorkflowDefinitionError",
+    "WorkflowNotFound",
+    "kafka_trigger",
+    "start_run",
+]

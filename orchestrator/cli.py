@@ -1,0 +1,298 @@
+"""The `orchestrator` command line (a Click group installed as a console script)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from . import planner as P
+from .errors import ConfigurationError, OrchestratorError
+from .runtime import Runtime, install
+from .settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _db_reason(exc: DBAPIError) -> str:
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn a user-caused error into one line on stderr and exit status 1, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OrchestratorError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OperationalError as exc:
+            raise click.ClickException(f"cannot reach the database: {_db_reason(exc)}") from None
+        except DBAPIError as exc:
+            raise click.ClickException(
+                f"database error: {_db_reason(exc)} (is the schema up to date? run "
+                "`orchestrator db upgrade`)"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _runtime() -> Runtime:
+    runtime = Runtime(Settings.from_env())
+    install(runtime)
+    return runtime
+
+
+def _json_arg(raw: str, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from None
+
+
+@click.group()
+@click.version_option(package_name="kafka-orchestrator")
+@click.option("--log-level", default="INFO", show_default=True, envvar="ORCHESTRATOR_LOG_LEVEL")
+def main(log_level: str) -> None:
+    """Event-driven workflow orchestrator: Kafka events in, Celery steps out, state in SQL."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# -- schema ---------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@friendly_errors
+def db_upgrade(revision: str) -> None:
+    """Create or migrate the schema with Alembic."""
+    from .db.migrate import upgrade
+
+    settings = Settings.from_env()
+    upgrade(settings.database_url, revision)
+    click.echo(f"database at {_safe_url(settings.database_url)} is at revision {revision}")
+
+
+def _safe_url(url: str) -> str:
+    """A database or broker URL with its password hidden, for printing."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL (a broker URL)
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            user = creds.split(":", 1)[0]
+            return f"{scheme}://{user}:***@{host}"
+        return url
+
+
+# -- workflows and runs ----------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@friendly_errors
+def workflows(as_json: bool) -> None:
+    """List loaded workflows with their steps, queues and triggers."""
+    registry = _runtime().registry
+    items = [w.describe() for w in registry]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no workflows loaded (ORCHESTRATOR_WORKFLOWS={})".format(",".join(Settings.from_env().workflows)))
+    for item in items:
+        click.echo(f"{item['name']}")
+        for step in item["steps"]:
+            after = f" after {', '.join(step['after'])}" if step["after"] else ""
+            extras = [f"queue={step['queue']}"]
+            if step["retries"]:
+                extras.append(f"retries={step['retries']}")
+            if step["timeout"]:
+                extras.append(f"timeout={step['timeout']:g}s")
+            if step["conditional"]:
+                extras.append("conditional")
+            click.echo(f"  step {step['name']}{after} ({', '.join(extras)})")
+        for trigger in item["triggers"]:
+            match = json.dumps(trigger["match"]) if trigger["match"] is not None else "every event"
+            click.echo(f"  trigger kafka topic={trigger['topic']} match={match}")
+    if items:
+        queues = sorted({s["queue"] for i in items for s in i["steps"]})
+        click.echo(f"queues to serve: {', '.join(queues)}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--input", "input_json", default="{}", show_default=True, help="Run input, a JSON object.")
+@friendly_errors
+def trigger(name: str, input_json: str) -> None:
+    """Start a run of workflow NAME by hand; prints the run id last."""
+    data = _json_arg(input_json, "--input")
+    run_id = _runtime().engine.start_run(name, data)
+    click.echo(f"started run of {name}: {run_id}")
+
+
+@main.command()
+@click.option("--workflow", default=None, help="Only runs of this workflow.")
+@click.option("--status", type=click.Choice(P.RUN_STATUSES), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@friendly_errors
+def runs(workflow: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    from .db.queries import list_runs, run_dict
+
+    rt = _runtime()
+    with rt.sessions() as session:
+        found = list_runs(
+            session, workflow=workflow, status=status, limit=limit, with_steps=as_json
+        )
+        items = [run_dict(r, with_steps=as_json) for r in found]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no runs")
+    for item in items:
+        click.echo(
+            f"{item['id']}  {item['workflow']:<24} {item['status']:<10} {item['created_at']}"
+        )
+
+
+@main.command("run")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@friendly_errors
+def show_run(run_id: str, as_json: bool) -> None:
+    """Show one run with its steps and their attempts."""
+    from .db.queries import get_run, run_dict
+
+    rt = _runtime()
+    with rt.sessions() as session:
+        item = run_dict(get_run(session, run_id))
+    if as_json:
+        click.echo(json.dumps(item, indent=2))
+        return
+    click.echo(f"run {item['id']} of {item['workflow']}: {item['status']}")
+    click.echo(f"  input: {json.dumps(item['input'])}")
+    click.echo(f"  created {item['created_at']}  started {item['started_at']}  finished {item['finished_at']}")
+    if item["error"]:
+        click.echo(f"  error: {item['error']}")
+    for step in item["steps"]:
+        click.echo(f"  step {step['name']}: {step['status']}")
+        if step["result"] is not None:
+            click.echo(f"    result: {json.dumps(step['result'])}")
+        if step["error"]:
+            click.echo(f"    error: {step['error']}")
+        for attempt in step["attempts"]:
+            click.echo(
+                f"    attempt {attempt['number']} {attempt['status']} on {attempt['worker']} "
+                f"{attempt['started_at']} -> {attempt['finished_at']}"
+                + (f": {attempt['error']}" if attempt["error"] else "")
+            )
+
+
+@main.command()
+@click.argument("run_id")
+@friendly_errors
+def cancel(run_id: str) -> None:
+    """Cancel a live run: nothing new starts, queued steps are revoked."""
+    if _runtime().engine.cancel_run(run_id):
+        click.echo(f"cancelled run {run_id}")
+    else:
+        raise click.ClickException(f"run {run_id} has already finished")
+
+
+@main.command()
+@click.argument("run_id")
+@friendly_errors
+def retry(run_id: str) -> None:
+    """Re-run a finished run's failed and cancelled steps and what depends on them."""
+    if _runtime().engine.retry_run(run_id):
+        click.echo(f"retrying run {run_id}")
+    else:
+        raise click.ClickException(f"run {run_id} is still running or has nothing to retry")
+
+
+# -- services --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 512), default=None,
+              help="Worker processes (default: CPU count).")
+@click.option("--queues", "-Q", default=None,
+              help="Comma-separated queues to serve (default: every queue the loaded workflows use).")
+@click.option("--hostname", "-n", default=None, help="Celery node name (default: orchestrator@<host>-<pid>).")
+@click.option("--no-recovery", is_flag=True, help="Do not run the recovery loop in this worker.")
+@friendly_errors
+def worker(concurrency: int | None, queues: str | None, hostname: str | None, no_recovery: bool) -> None:
+    """Run a Celery worker that executes workflow steps."""
+    from .recovery import RecoveryLoop
+
+    rt = _runtime()
+    registry = rt.registry  # load and validate before forking children
+    selected = [q.strip() for q in queues.split(",") if q.strip()] if queues else sorted(
+        registry.queues | {"orchestrator"}
+    )
+    _check_database(rt)
+    if not no_recovery:
+        RecoveryLoop(rt.engine, rt.settings.recovery_interval).start()
+    argv = [
+        "worker",
+        "--loglevel=INFO",
+        "--pool=prefork",
+        f"--queues={','.join(selected)}",
+        f"--hostname={hostname or f'orchestrator@{socket.gethostname()}-{os.getpid()}'}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    click.echo(f"worker serving queues {', '.join(selected)} with {len(registry)} workflow(s)")
+    rt.celery.worker_main(argv)
+
+
+def _check_database(rt: Runtime) -> None:
+    from sqlalchemy import text
+
+    with rt.db.connect() as conn:
+        try:
+            conn.execute(text("SELECT 1 FROM runs LIMIT 1"))
+        except OperationalError:
+            raise
+        except DBAPIError:
+            raise ConfigurationError(
+                "the database has no orchestrator schema; run `orchestrator db upgrade`"
+            ) from None
+
+
+@main.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 64), default=1, show_default=True)
+@friendly_errors
+def dev(concurrency: int) -> None:
+    """Run everything on embedded defaults (SQLite state, SQLite broker, one worker)."""
+    from .devserver import run_dev
+
+    run_dev(Settings.from_env(), concurrency=concurrency)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

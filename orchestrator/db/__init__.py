@@ -1,0 +1,1 @@
+"""Database adapter: models, engine/session factory, queries."""

@@ -1,0 +1,128 @@
+"""Read-side queries and the JSON shape of runs, steps and attempts (CLI and API share it)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from ..errors import RunNotFound
+from .models import Attempt, Event, Run, StepRun
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 with time zone; SQLite returns naive datetimes that were written in UTC."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()
+
+
+def attempt_dict(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "status": attempt.status,
+        "worker": attempt.worker,
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "error": attempt.error,
+        "traceback": attempt.traceback,
+        "logs": attempt.logs or [],
+    }
+
+
+def step_dict(step: StepRun, with_attempts: bool = True) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": step.name,
+        "status": step.status,
+        "queue": step.queue,
+        "result": step.result,
+        "error": step.error,
+        "attempt_count": step.attempts,
+        "queued_at": iso(step.queued_at),
+        "started_at": iso(step.started_at),
+        "finished_at": iso(step.finished_at),
+    }
+    if with_attempts:
+        data["attempts"] = [attempt_dict(a) for a in step.attempt_rows]
+    return data
+
+
+def event_ref(event: Event | None) -> dict[str, Any] | None:
+    if event is None:
+        return None
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "partition": event.partition,
+        "offset": event.offset,
+        "key": event.key,
+    }
+
+
+def run_dict(run: Run, with_steps: bool = True) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": str(run.id),
+        "workflow": run.workflow,
+        "status": run.status,
+        "input": run.input,
+        "error": run.error,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "event_id": run.event_id,
+    }
+    if with_steps:
+        data["steps"] = [step_dict(s) for s in run.steps]
+    return data
+
+
+def get_run(session: Session, run_id: str | uuid.UUID) -> Run:
+    try:
+        rid = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
+    except ValueError:
+        raise RunNotFound(f"no run {run_id!r}: run ids are UUIDs") from None
+    run = session.scalars(
+        select(Run)
+        .where(Run.id == rid)
+        .options(
+            selectinload(Run.steps).selectinload(StepRun.attempt_rows),
+            selectinload(Run.event),
+        )
+    ).one_or_none()
+    if run is None:
+        raise RunNotFound(f"no run {run_id}")
+    return run
+
+
+def list_runs(
+    session: Session,
+    *,
+    workflow: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+    limit: int = 50,
+    with_steps: bool = False,
+) -> list[Run]:
+    """Runs newest first; `before` is a keyset cursor (created_at, id), never an OFFSET."""
+    query = select(Run)
+    if workflow:
+        query = query.where(Run.workflow == workflow)
+    if status:
+        query = query.where(Run.status == status)
+    if since is not None:
+        query = query.where(Run.created_at >= since)
+    if before is not None:
+        created, rid = before
+        query = query.where(
+            (Run.created_at < created) | ((Run.created_at == created) & (Run.id < rid))
+        )
+    query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
+    if with_steps:
+        query = query.options(selectinload(Run.steps).selectinload(StepRun.attempt_rows))
+    return list(session.scalars(query))

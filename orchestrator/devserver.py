@@ -1,0 +1,89 @@
+"""`orchestrator dev`: every service of the orchestrator on one machine, stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import click
+
+from .db.migrate import upgrade
+from .registry import load_workflows
+from .settings import Settings
+
+#: Seconds a child gets to stop after SIGTERM before it is killed.
+STOP_GRACE = 10.0
+
+
+@dataclass
+class Supervisor:
+    """Starts child processes and stops them all, in reverse order, on exit."""
+
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(argv, env=env, start_new_session=True)
+        self.children.append((name, process))
+        return process
+
+    def watch(self) -> None:
+        """Block until Ctrl-C / SIGTERM, or until a child dies unexpectedly."""
+        while True:
+            for name, process in self.children:
+                code = process.poll()
+                if code is not None:
+                    raise click.ClickException(f"{name} exited with status {code}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for _name, process in reversed(self.children):
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + STOP_GRACE
+        for _name, process in reversed(self.children):
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def run_dev(settings: Settings, concurrency: int = 1) -> None:
+    """Migrate, then run a worker (and the other services) until interrupted."""
+    registry = load_workflows(settings.workflows)
+    upgrade(settings.database_url)
+    env = dict(os.environ)
+    env["ORCHESTRATOR_DATABASE_URL"] = settings.database_url
+    env["ORCHESTRATOR_BROKER_URL"] = settings.broker_url
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    supervisor = Supervisor()
+
+    def _terminate(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        supervisor.start(
+            "worker",
+            [sys.executable, "-m", "orchestrator", "worker", f"--concurrency={concurrency}"],
+            env,
+        )
+        click.echo("orchestrator dev is running:")
+        click.echo(f"  state     {settings.database_url}")
+        click.echo(f"  broker    {settings.broker_url}")
+        click.echo(f"  worker    {concurrency} process(es), queues: {', '.join(sorted(registry.queues))}")
+        click.echo(f"  workflows {', '.join(w.name for w in registry) or '(none)'}")
+        click.echo("  try:      orchestrator trigger NAME --input '{...}'   (Ctrl-C stops everything)")
+        supervisor.watch()
+    except KeyboardInterrupt:
+        click.echo("stopping...")
+    finally:
+        supervisor.stop()
+        click.echo("stopped")

@@ -1,0 +1,275 @@
+"""The workflow DSL: `Workflow`, `Step` and `StepContext`.
+
+Users write::
+
+    flow = Workflow("order-fulfilment", triggers=[kafka_trigger("orders", match={...})])
+
+    @flow.step(retries=3, backoff=2.0, timeout=30)
+    def reserve_stock(ctx): ...
+
+    @flow.step(after=reserve_stock, queue="payments")
+    def charge(ctx): ...
+
+Every option is checked when the function is decorated, so a typo fails at import time,
+not when the first event arrives. Upstream steps are referred to by object (or by name).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dag import validate_dag
+from .errors import WorkflowDefinitionError
+
+#: Retries a step gets when it does not say (a failed attempt is final).
+DEFAULT_RETRIES = 0
+#: Base delay in seconds before the first retry; doubled for each later retry.
+DEFAULT_BACKOFF = 1.0
+#: Longest delay in seconds between two attempts, whatever the backoff arithmetic says.
+DEFAULT_MAX_BACKOFF = 300.0
+#: Celery queue of steps that do not name one.
+DEFAULT_QUEUE = "orchestrator"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise WorkflowDefinitionError(
+            f"{kind} name {name!r} is invalid: use 1-200 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass
+class StepContext:
+    """What a step function receives.
+
+    `input` is the run's input, `results` maps each finished upstream step to its JSON
+    result (skipped steps are absent), `attempt` counts from 1, and lines written to
+    `logger` are stored with the attempt.
+    """
+
+    run_id: str
+    workflow: str
+    step: str
+    input: dict[str, Any]
+    results: dict[str, Any]
+    attempt: int = 1
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("orchestrator.step"))
+
+
+Condition = Callable[[StepContext], Any]
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One node of a workflow's DAG: a function plus how to run it."""
+
+    name: str
+    fn: Callable[[StepContext], Any]
+    after: tuple[str, ...] = ()
+    retries: int = DEFAULT_RETRIES
+    backoff: float = DEFAULT_BACKOFF
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+    timeout: float | None = None
+    queue: str | None = None
+    when: Condition | None = None
+    workflow: str = ""
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+    def __call__(self, ctx: StepContext) -> Any:
+        return self.fn(ctx)
+
+    def __repr__(self) -> str:
+        return f"<Step {self.workflow}.{self.name}>"
+
+
+class Workflow:
+    """A named DAG of steps with the triggers that start it."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        triggers: Iterable[Any] = (),
+        input_schema: Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> None:
+        self.name = _check_name("workflow", name)
+        self.triggers = list(triggers)
+        self.input_schema = dict(input_schema) if input_schema is not None else None
+        self.description = description
+        self.steps: dict[str, Step] = {}
+        if self.input_schema is not None:
+            _check_schema(self.name, self.input_schema)
+        for trigger in self.triggers:
+            bind = getattr(trigger, "bind", None)
+            if bind is None:
+                raise WorkflowDefinitionError(
+                    f"workflow {name!r}: trigger {trigger!r} is not a trigger; "
+                    "use kafka_trigger(topic, ...)"
+                )
+            bind(self)
+
+    def step(
+        self,
+        fn: Callable[[StepContext], Any] | None = None,
+        *,
+        name: str | None = None,
+        after: Step | str | Iterable[Step | str] | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        timeout: float | None = None,
+        queue: str | None = None,
+        when: Condition | None = None,
+    ) -> Any:
+        """Register a step; usable as `@flow.step` or `@flow.step(...)`.
+
+        The decorated name is bound to the `Step`, so later steps can say `after=that_step`.
+        """
+
+        def register(func: Callable[[StepContext], Any]) -> Step:
+            if not callable(func):
+                raise WorkflowDefinitionError(f"workflow {self.name!r}: a step must be a function")
+            step_name = _check_name("step", name or func.__name__)
+            if step_name in self.steps:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}: duplicate step name {step_name!r}; "
+                    "give one of them name=..."
+                )
+            step = Step(
+                name=step_name,
+                fn=func,
+                after=self._resolve_after(step_name, after),
+                retries=_non_negative_int(self.name, step_name, "retries", retries),
+                backoff=_non_negative(self.name, step_name, "backoff", backoff),
+                max_backoff=_non_negative(self.name, step_name, "max_backoff", max_backoff),
+                timeout=None if timeout is None else _positive(self.name, step_name, "timeout", timeout),
+                queue=None if queue is None else _check_name("queue", queue),
+                when=_check_when(self.name, step_name, when),
+                workflow=self.name,
+            )
+            self.steps[step_name] = step
+            return step
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def _resolve_after(self, step_name: str, after: Any) -> tuple[str, ...]:
+        if after is None:
+            return ()
+        items = [after] if isinstance(after, (Step, str)) or callable(after) else list(after)
+        names: list[str] = []
+        for item in items:
+            if isinstance(item, Step):
+                if item.workflow != self.name:
+                    raise WorkflowDefinitionError(
+                        f"workflow {self.name!r}: step {step_name!r} depends on {item!r} "
+                        "from another workflow"
+                    )
+                dep = item.name
+            elif isinstance(item, str):
+                dep = item
+            else:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}: step {step_name!r} has after={item!r}; "
+                    "pass a step (the decorated function) or a step name"
+                )
+            if dep == step_name:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}: step {step_name!r} depends on itself (cycle)"
+                )
+            if dep not in names:
+                names.append(dep)
+        return tuple(names)
+
+    def validate(self) -> None:
+        """Check the whole DAG (unknown dependencies, cycles, emptiness)."""
+        if not self.steps:
+            raise WorkflowDefinitionError(f"workflow {self.name!r} has no steps")
+        validate_dag(self.name, {s.name: s.after for s in self.steps.values()})
+
+    @property
+    def queues(self) -> set[str]:
+        return {s.queue or DEFAULT_QUEUE for s in self.steps.values()}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON description for the CLI and the API."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "steps": [
+                {
+                    "name": s.name,
+                    "after": list(s.after),
+                    "queue": s.queue or DEFAULT_QUEUE,
+                    "retries": s.retries,
+                    "backoff": s.backoff,
+                    "timeout": s.timeout,
+                    "conditional": s.when is not None,
+                }
+                for s in self.steps.values()
+            ],
+            "triggers": [t.describe() for t in self.triggers],
+            "input_schema": self.input_schema,
+        }
+
+    def roots(self) -> list[str]:
+        return [s.name for s in self.steps.values() if not s.after]
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name} steps={list(self.steps)}>"
+
+
+def _check_schema(workflow: str, schema: Mapping[str, Any]) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise WorkflowDefinitionError(
+            f"workflow {workflow!r}: input_schema is not a valid JSON Schema: {exc.message}"
+        ) from None
+
+
+def _check_when(workflow: str, step: str, when: Any) -> Condition | None:
+    if when is not None and not callable(when):
+        raise WorkflowDefinitionError(
+            f"workflow {workflow!r}: step {step!r} has when={when!r}; pass a function of ctx"
+        )
+    return when
+
+
+def _non_negative_int(workflow: str, step: str, option: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise WorkflowDefinitionError(
+            f"workflow {workflow!r}: step {step!r} has {option}={value!r}; use an integer >= 0"
+        )
+    return value
+
+
+def _non_negative(workflow: str, step: str, option: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise WorkflowDefinitionError(
+            f"workflow {workflow!r}: step {step!r} has {option}={value!r}; use a number >= 0"
+        )
+    return float(value)
+
+
+def _positive(workflow: str, step: str, option: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise WorkflowDefinitionError(
+            f"workflow {workflow!r}: step {step!r} has {option}={value!r}; use a number of seconds > 0"
+        )
+    return float(value)

@@ -1,0 +1,550 @@
+"""The engine: every state change of runs and steps, one transaction per call.
+
+Messages to Celery are collected while a transaction is open and sent only after it
+commits (transactional outbox: the step rows themselves are the outbox, and the recovery
+loop re-sends any message lost between commit and send). Every transition is a
+conditional UPDATE (`... WHERE status IN (...)`) or happens under the run's row lock, so a
+duplicated or redelivered message can never run a step that already succeeded, and two
+workers can never both hold the same step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jsonschema
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import planner as P
+from .db.models import Attempt, Run, StepRun
+from .dispatch import Dispatch, Dispatcher
+from .dsl import DEFAULT_QUEUE, StepContext, Workflow
+from .errors import InvalidInput, OrchestratorError, RunNotFound
+from .registry import Registry
+from .settings import Settings
+
+log = logging.getLogger("orchestrator.engine")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_run_id(run_id: str | uuid.UUID) -> uuid.UUID:
+    if isinstance(run_id, uuid.UUID):
+        return run_id
+    try:
+        return uuid.UUID(str(run_id))
+    except ValueError:
+        raise RunNotFound(f"no run {run_id!r}: run ids are UUIDs") from None
+
+
+def check_json(value: Any, what: str) -> Any:
+    """Return `value` if it can be stored as JSON, else raise saying why."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
+    return value
+
+
+def validate_input(workflow: Workflow, data: Any) -> dict[str, Any]:
+    """A run's input must be a JSON object and satisfy the workflow's `input_schema`."""
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            f"input of workflow {workflow.name!r} must be a JSON object, got {type(data).__name__}"
+        )
+    check_json(data, f"input of workflow {workflow.name!r}")
+    if workflow.input_schema is not None:
+        validator = jsonschema.validators.validator_for(workflow.input_schema)(workflow.input_schema)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise InvalidInput(
+                f"input of workflow {workflow.name!r} fails its schema at {where}: {error.message}"
+            )
+    return data
+
+
+@dataclass
+class Claim:
+    """A step this worker now holds: everything needed to run it."""
+
+    step_id: int
+    run_id: str
+    workflow: str
+    step: str
+    attempt: int
+    attempt_id: int
+    input: dict[str, Any]
+    results: dict[str, Any]
+
+
+@dataclass
+class Outcome:
+    """How one attempt ended."""
+
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    logs: list[dict[str, Any]] | None = None
+
+
+class WorkflowEngine:
+    """Owns the unit of work for every run/step transition; see the module docstring."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        registry: Registry,
+        dispatcher: Dispatcher,
+        settings: Settings,
+    ) -> None:
+        self.sessions = sessions
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.settings = settings
+
+    # -- transactions -------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[tuple[Session, list[Dispatch]]]:
+        """A session in a transaction plus an outbox; the outbox is sent after commit."""
+        outbox: list[Dispatch] = []
+        with self.sessions() as session, session.begin():
+            yield session, outbox
+        if outbox:
+            try:
+                self.dispatcher.send(outbox)
+            except Exception as exc:  # noqa: BLE001 - committed state is the source of truth
+                log.warning(
+                    "could not send %d step message(s) (%s); the recovery loop will re-send them",
+                    len(outbox),
+                    exc,
+                )
+
+    def _lock_run(self, session: Session, run_id: uuid.UUID) -> Run:
+        run = session.scalars(
+            select(Run).where(Run.id == run_id).with_for_update()
+        ).one_or_none()
+        if run is None:
+            raise RunNotFound(f"no run {run_id}")
+        return run
+
+    # -- starting runs ------------------------------------------------------------
+
+    def start_run(self, workflow_name: str, input: Any = None) -> str:
+        """Create a run and queue its first steps; returns the run id."""
+        workflow = self.registry.get(workflow_name)
+        data = validate_input(workflow, {} if input is None else input)
+        with self.transaction() as (session, outbox):
+            run = self.create_run(session, outbox, workflow, data)
+        return str(run.id)
+
+    def create_run(
+        self,
+        session: Session,
+        outbox: list[Dispatch],
+        workflow: Workflow,
+        data: dict[str, Any],
+        *,
+        event_id: int | None = None,
+        dedupe_key: str | None = None,
+        run_id: uuid.UUID | None = None,
+    ) -> Run:
+        """Add a run and its steps to an open transaction (the Kafka consumer batches these)."""
+        now = utcnow()
+        run = Run(
+            id=run_id or uuid.uuid4(),
+            workflow=workflow.name,
+            status=P.RUN_PENDING,
+            input=data,
+            created_at=now,
+            event_id=event_id,
+            dedupe_key=dedupe_key,
+        )
+        steps = {
+            step.name: StepRun(
+                name=step.name,
+                status=P.PENDING,
+                queue=step.queue or DEFAULT_QUEUE,
+                attempts=0,
+                max_attempts=step.max_attempts,
+            )
+            for step in workflow.steps.values()
+        }
+        run.steps = list(steps.values())
+        session.add(run)
+        self._advance(run, workflow, steps, outbox, now)
+        return run
+
+    # -- the planner, applied ----------------------------------------------------
+
+    def _advance(
+        self,
+        run: Run,
+        workflow: Workflow,
+        steps: Mapping[str, StepRun],
+        outbox: list[Dispatch],
+        now: datetime,
+    ) -> None:
+        """Apply the planner's decisions to loaded rows (the caller holds the run lock)."""
+        deps = {s.name: s.after for s in workflow.steps.values()}
+        statuses = {name: row.status for name, row in steps.items()}
+        while True:
+            decision = P.plan(deps, statuses)
+            # Conditions are user code: evaluate them now, with the parents' results.
+            blocked = False
+            for name in decision.queue:
+                step = workflow.steps[name]
+                if step.when is None:
+                    continue
+                try:
+                    go = step.when(self._context(run, workflow, name, steps, attempt=0))
+                except Exception as exc:  # noqa: BLE001 - user code
+                    row = steps[name]
+                    row.status = P.FAILED
+                    row.error = f"condition of step {name!r} raised {type(exc).__name__}: {exc}"
+                    row.finished_at = now
+                    statuses[name] = P.FAILED
+                    blocked = True
+                    break
+                if not go:
+                    statuses[name] = P.SKIPPED
+                    steps[name].status = P.SKIPPED
+                    steps[name].finished_at = now
+                    blocked = True
+                    break
+            if not blocked:
+                break
+        for name in decision.skip:
+            steps[name].status = P.SKIPPED
+            steps[name].finished_at = now
+        for name in decision.cancel:
+            steps[name].status = P.CANCELLED
+            steps[name].finished_at = now
+        lease = timedelta(seconds=self.settings.redeliver_after)
+        for name in decision.queue:
+            row = steps[name]
+            step = workflow.steps[name]
+            message = Dispatch(str(run.id), name, row.queue, step.timeout)
+            row.status = P.QUEUED
+            row.queued_at = now
+            row.lease_expires_at = now + lease
+            row.task_id = message.task_id
+            outbox.append(message)
+        if decision.run_status is not None and run.status not in P.RUN_FINAL:
+            run.status = decision.run_status
+            run.finished_at = now
+            if decision.run_status == P.RUN_FAILED and run.error is None:
+                failed = [n for n, r in steps.items() if r.status == P.FAILED]
+                run.error = f"step {failed[0]!r} failed" if failed else "failed"
+
+    def _context(
+        self,
+        run: Run,
+        workflow: Workflow,
+        name: str,
+        steps: Mapping[str, StepRun],
+        attempt: int,
+    ) -> StepContext:
+        parents = workflow.steps[name].after
+        results = {p: steps[p].result for p in parents if steps[p].status == P.SUCCEEDED}
+        return StepContext(
+            run_id=str(run.id),
+            workflow=workflow.name,
+            step=name,
+            input=run.input,
+            results=results,
+            attempt=attempt,
+        )
+
+    # -- executing a step (called by the Celery task) -----------------------------
+
+    def claim(self, run_id: str, step_name: str, worker: str | None = None) -> Claim | None:
+        """Take a queued step for this worker, or return None if it is not ours to run.
+
+        None means: already succeeded or running elsewhere (a duplicate message), run
+        cancelled or finished, or unknown. The conditional UPDATE is the arbiter.
+        """
+        rid = parse_run_id(run_id)
+        now = utcnow()
+        with self.sessions() as session, session.begin():
+            run_row = session.execute(
+                select(Run.status, Run.input, Run.workflow).where(Run.id == rid)
+            ).one_or_none()
+            if run_row is None or run_row.status in P.RUN_FINAL:
+                return None
+            claimed = session.execute(
+                update(StepRun)
+                .where(
+                    StepRun.run_id == rid,
+                    StepRun.name == step_name,
+                    StepRun.status.in_((P.QUEUED, P.RETRYING)),
+                )
+                .values(
+                    status=P.RUNNING,
+                    attempts=StepRun.attempts + 1,
+                    started_at=now,
+                    finished_at=None,
+                    lease_expires_at=now + timedelta(seconds=self.settings.step_lease),
+                )
+                .returning(StepRun.id, StepRun.attempts)
+            ).one_or_none()
+            if claimed is None:
+                return None
+            step_id, number = claimed
+            attempt = Attempt(
+                step_id=step_id,
+                number=number,
+                status=P.RUNNING,
+                worker=worker,
+                started_at=now,
+                logs=[],
+            )
+            session.add(attempt)
+            if run_row.status == P.RUN_PENDING:
+                session.execute(
+                    update(Run)
+                    .where(Run.id == rid, Run.status == P.RUN_PENDING)
+                    .values(status=P.RUN_RUNNING, started_at=now)
+                )
+            results: dict[str, Any] = {}
+            workflow = self.registry.get(run_row.workflow)
+            parents = workflow.steps[step_name].after if step_name in workflow.steps else ()
+            if parents:
+                results = {
+                    name: result
+                    for name, result in session.execute(
+                        select(StepRun.name, StepRun.result).where(
+                            StepRun.run_id == rid,
+                            StepRun.name.in_(parents),
+                            StepRun.status == P.SUCCEEDED,
+                        )
+                    )
+                }
+            session.flush()
+            return Claim(
+                step_id=step_id,
+                run_id=str(rid),
+                workflow=run_row.workflow,
+                step=step_name,
+                attempt=number,
+                attempt_id=attempt.id,
+                input=run_row.input,
+                results=results,
+            )
+
+    def heartbeat(self, claims: Iterable[Claim]) -> None:
+        """Extend the lease of steps this process is still running."""
+        claims = list(claims)
+        if not claims:
+            return
+        until = utcnow() + timedelta(seconds=self.settings.step_lease)
+        with self.sessions() as session, session.begin():
+            for claim in claims:
+                session.execute(
+                    update(StepRun)
+                    .where(
+                        StepRun.id == claim.step_id,
+                        StepRun.attempts == claim.attempt,
+                        StepRun.status == P.RUNNING,
+                    )
+                    .values(lease_expires_at=until)
+                )
+
+    def finish(self, claim: Claim, outcome: Outcome) -> None:
+        """Record an attempt's outcome and move the run on, in one transaction."""
+        now = utcnow()
+        rid = parse_run_id(claim.run_id)
+        with self.transaction() as (session, outbox):
+            run = self._lock_run(session, rid)
+            attempt = session.get(Attempt, claim.attempt_id)
+            row = session.get(StepRun, claim.step_id)
+            if attempt is not None:
+                attempt.finished_at = now
+                attempt.logs = outcome.logs or []
+            if row is None or row.status != P.RUNNING or row.attempts != claim.attempt:
+                # The lease lapsed and the recovery loop already settled this attempt.
+                if attempt is not None and attempt.status == P.RUNNING:
+                    attempt.status = P.FAILED
+                    attempt.error = "lease lost: the attempt finished after it was given up"
+                log.warning("step %s/%s finished after its lease was lost", claim.run_id, claim.step)
+                return
+            if attempt is not None:
+                attempt.status = P.SUCCEEDED if outcome.ok else P.FAILED
+                attempt.error = outcome.error
+                attempt.traceback = outcome.traceback
+            workflow = self.registry.get(run.workflow)
+            if outcome.ok:
+                row.status = P.SUCCEEDED
+                row.result = outcome.result
+                row.error = None
+                row.finished_at = now
+                row.lease_expires_at = None
+            else:
+                self._fail_attempt(run, workflow, row, outcome.error or "failed", outbox, now)
+            if run.status not in P.RUN_FINAL:
+                steps = {s.name: s for s in run.steps}
+                self._advance(run, workflow, steps, outbox, now)
+
+    def _fail_attempt(
+        self,
+        run: Run,
+        workflow: Workflow,
+        row: StepRun,
+        error: str,
+        outbox: list[Dispatch],
+        now: datetime,
+    ) -> None:
+        """Retry with backoff while attempts remain and the run is live; else fail the step."""
+        row.error = error
+        row.lease_expires_at = None
+        step = workflow.steps.get(row.name)
+        if step is not None and row.attempts < row.max_attempts and run.status not in P.RUN_FINAL:
+            delay = P.backoff_delay(row.attempts, step.backoff, step.max_backoff)
+            message = Dispatch(str(run.id), row.name, row.queue, step.timeout, countdown=delay)
+            row.status = P.RETRYING
+            row.task_id = message.task_id
+            row.queued_at = now
+            row.lease_expires_at = now + timedelta(seconds=delay + self.settings.redeliver_after)
+            outbox.append(message)
+        else:
+            row.status = P.FAILED
+            row.finished_at = now
+
+    # -- recovery -----------------------------------------------------------------
+
+    def expire_lease(self, step_id: int) -> bool:
+        """Give up a running attempt whose worker stopped heartbeating (killed, hard limit)."""
+        now = utcnow()
+        with self.transaction() as (session, outbox):
+            row = session.get(StepRun, step_id)
+            if row is None:
+                return False
+            run = self._lock_run(session, row.run_id)
+            session.refresh(row)
+            if row.status != P.RUNNING or row.lease_expires_at is None or _aware(row.lease_expires_at) > now:
+                return False
+            error = (
+                f"worker lost: no heartbeat for {self.settings.step_lease:g}s "
+                "(the process was killed, or exceeded its hard time limit)"
+            )
+            attempt = session.scalars(
+                select(Attempt).where(Attempt.step_id == row.id, Attempt.number == row.attempts)
+            ).one_or_none()
+            if attempt is not None and attempt.status == P.RUNNING:
+                attempt.status = P.FAILED
+                attempt.error = error
+                attempt.finished_at = now
+            workflow = self.registry.get(run.workflow)
+            self._fail_attempt(run, workflow, row, error, outbox, now)
+            if run.status not in P.RUN_FINAL:
+                self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
+            return True
+
+    def redeliver(self, step_ids: Iterable[int]) -> int:
+        """Re-send messages of steps queued too long (a message lost between commit and send)."""
+        now = utcnow()
+        sent = 0
+        with self.transaction() as (session, outbox):
+            rows = session.scalars(
+                select(StepRun)
+                .where(
+                    StepRun.id.in_(list(step_ids)),
+                    StepRun.status.in_((P.QUEUED, P.RETRYING)),
+                    StepRun.lease_expires_at < now,
+                )
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                step = self._step_or_none(row)
+                message = Dispatch(
+                    str(row.run_id), row.name, row.queue, step.timeout if step else None
+                )
+                row.status = P.QUEUED
+                row.task_id = message.task_id
+                row.lease_expires_at = now + timedelta(seconds=self.settings.redeliver_after)
+                outbox.append(message)
+                sent += 1
+        return sent
+
+    def _step_or_none(self, row: StepRun) -> Any:
+        try:
+            return self.registry.get(row.run.workflow).steps.get(row.name)
+        except OrchestratorError:
+            return None
+
+    # -- operator actions -----------------------------------------------------------
+
+    def cancel_run(self, run_id: str) -> bool:
+        """Cancel a live run: nothing new starts and queued messages are revoked.
+
+        Steps already running finish their attempt; their results are kept but schedule
+        nothing. Returns False if the run had already finished.
+        """
+        now = utcnow()
+        revoke: list[str] = []
+        with self.transaction() as (session, _outbox):
+            run = self._lock_run(session, parse_run_id(run_id))
+            if run.status in P.RUN_FINAL:
+                return False
+            run.status = P.RUN_CANCELLED
+            run.finished_at = now
+            run.error = "cancelled"
+            for row in run.steps:
+                if row.status in (P.PENDING, P.QUEUED, P.RETRYING):
+                    if row.status != P.PENDING and row.task_id:
+                        revoke.append(row.task_id)
+                    row.status = P.CANCELLED
+                    row.finished_at = now
+                    row.lease_expires_at = None
+        if revoke:
+            self.dispatcher.revoke(revoke)
+        return True
+
+    def retry_run(self, run_id: str) -> bool:
+        """Re-run a finished run's failed and cancelled steps and everything after them.
+
+        Succeeded steps keep their results. Returns False if the run is still live or
+        has nothing to retry.
+        """
+        now = utcnow()
+        with self.transaction() as (session, outbox):
+            run = self._lock_run(session, parse_run_id(run_id))
+            if run.status not in P.RUN_FINAL:
+                return False
+            workflow = self.registry.get(run.workflow)
+            steps = {s.name: s for s in run.steps}
+            deps = {s.name: s.after for s in workflow.steps.values()}
+            redo = P.affected_by_retry(deps, {n: r.status for n, r in steps.items()})
+            if not redo:
+                return False
+            for name in redo:
+                row = steps[name]
+                row.status = P.PENDING
+                row.result = None
+                row.error = None
+                row.finished_at = None
+                row.lease_expires_at = None
+                row.max_attempts = row.attempts + workflow.steps[name].max_attempts
+            run.status = P.RUN_RUNNING
+            run.finished_at = None
+            run.error = None
+            self._advance(run, workflow, steps, outbox, now)
+        return True
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+

@@ -1,0 +1,31 @@
+"""Errors a user can cause. Each message says what is wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base class for every error the orchestrator reports to a user."""
+
+
+class WorkflowDefinitionError(OrchestratorError):
+    """A workflow or step definition breaks a rule (cycle, unknown dependency, bad option)."""
+
+
+class WorkflowNotFound(OrchestratorError):
+    """A run was asked for a workflow that no loaded module defines."""
+
+
+class RunNotFound(OrchestratorError):
+    """No run has the given id."""
+
+
+class InvalidInput(OrchestratorError):
+    """A run's input is not a JSON object or fails the workflow's input schema."""
+
+
+class ConfigurationError(OrchestratorError):
+    """A setting is missing, malformed, or points at something unreachable."""
+
+
+class StepResultNotSerialisable(OrchestratorError):
+    """A step returned a value that cannot be stored as JSON."""

@@ -1,0 +1,159 @@
+"""Runs one claimed step attempt in the worker process: timeout, log capture, heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from .dsl import StepContext
+from .engine import Claim, Outcome, WorkflowEngine, check_json
+from .errors import InvalidInput
+
+log = logging.getLogger("orchestrator.worker")
+
+
+class StepTimeout(Exception):
+    """Raised inside a step that ran past its `timeout`."""
+
+
+class _Capture(logging.Handler):
+    """Collects a step's log lines so they are stored with the attempt."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not fail the step
+            message = str(record.msg)
+        self.lines.append(
+            {
+                "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                "level": record.levelname,
+                "message": message[:10_000],
+            }
+        )
+
+
+def step_logger(claim: Claim) -> tuple[logging.Logger, _Capture]:
+    """A logger private to one attempt whose lines also reach the worker's own log."""
+    logger = logging.Logger(f"orchestrator.step.{claim.workflow}.{claim.step}", logging.DEBUG)
+    logger.parent = logging.getLogger("orchestrator.step")
+    capture = _Capture()
+    logger.addHandler(capture)
+    return logger, capture
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise StepTimeout in this thread after `seconds` (main thread only: SIGALRM)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(_signum: int, _frame: Any) -> None:
+        raise StepTimeout(f"step timed out after {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Heartbeats:
+    """One thread per process that extends the leases of the steps it is running."""
+
+    def __init__(self, engine: WorkflowEngine) -> None:
+        self.engine = engine
+        self.active: dict[int, Claim] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.interval = max(0.2, engine.settings.step_lease / 3)
+
+    def add(self, claim: Claim) -> None:
+        with self.lock:
+            self.active[claim.attempt_id] = claim
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+                self.thread.start()
+
+    def remove(self, claim: Claim) -> None:
+        with self.lock:
+            self.active.pop(claim.attempt_id, None)
+
+    def _loop(self) -> None:
+        while True:
+            threading.Event().wait(self.interval)
+            with self.lock:
+                claims = list(self.active.values())
+            if not claims:
+                continue
+            try:
+                self.engine.heartbeat(claims)
+            except Exception:  # noqa: BLE001 - the next beat retries; the lease is the backstop
+                log.warning("heartbeat failed", exc_info=True)
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises
+        text = f"<unprintable {type(exc).__name__}>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def execute(
+    engine: WorkflowEngine,
+    heartbeats: Heartbeats,
+    run_id: str,
+    step_name: str,
+    worker: str | None = None,
+) -> str:
+    """Claim, run and record one attempt of a step. Returns what happened, for the task log."""
+    claim = engine.claim(run_id, step_name, worker)
+    if claim is None:
+        return "skipped: not claimable (duplicate message, finished or cancelled run)"
+    workflow = engine.registry.get(claim.workflow)
+    step = workflow.steps[claim.step]
+    logger, capture = step_logger(claim)
+    ctx = StepContext(
+        run_id=claim.run_id,
+        workflow=claim.workflow,
+        step=claim.step,
+        input=claim.input,
+        results=claim.results,
+        attempt=claim.attempt,
+        logger=logger,
+    )
+    heartbeats.add(claim)
+    try:
+        try:
+            with time_limit(step.timeout):
+                result = step.fn(ctx)
+            check_json(result, f"result of step {claim.step!r}")
+            outcome = Outcome(ok=True, result=result, logs=capture.lines)
+        except InvalidInput as exc:
+            outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
+        except StepTimeout as exc:
+            outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise anything
+            try:
+                tb = traceback.format_exc()
+            except Exception:  # noqa: BLE001
+                tb = None
+            outcome = Outcome(ok=False, error=_describe(exc), traceback=tb, logs=capture.lines)
+        engine.finish(claim, outcome)
+    finally:
+        heartbeats.remove(claim)
+    return "succeeded" if outcome.ok else f"failed: {outcome.error}"

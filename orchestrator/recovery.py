@@ -1,0 +1,96 @@
+"""The recovery loop: settle steps whose worker died and re-send messages that were lost.
+
+It runs in every worker's main process. On PostgreSQL an advisory lock lets one node sweep
+at a time (the others skip that round); every action it takes is itself conditional, so a
+second sweeper could do no harm, only waste.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+from sqlalchemy import select, text
+
+from . import planner as P
+from .db.models import StepRun
+from .engine import WorkflowEngine
+
+log = logging.getLogger("orchestrator.recovery")
+
+#: Advisory lock key held by the node that sweeps (any constant shared by all nodes).
+ADVISORY_LOCK_KEY = 0x0_4F52_4348  # "ORCH"
+#: Steps handled per sweep and kind, so one sweep never holds locks for long.
+BATCH = 500
+
+
+def sweep(engine: WorkflowEngine) -> dict[str, int]:
+    """One pass: expire lapsed leases, re-send stale queued steps. Returns counts."""
+    now = datetime.now(UTC)
+    counts = {"expired": 0, "redelivered": 0}
+    db = engine.sessions.kw["bind"]
+    postgres = db.dialect.name == "postgresql"
+    # A dedicated connection: a session-level advisory lock belongs to its connection.
+    with db.connect() as conn:
+        if postgres:
+            if not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}):
+                conn.rollback()
+                return counts
+            conn.commit()
+        try:
+            expired = conn.scalars(
+                select(StepRun.id)
+                .where(StepRun.status == P.RUNNING, StepRun.lease_expires_at < now)
+                .limit(BATCH)
+            ).all()
+            stale = conn.scalars(
+                select(StepRun.id)
+                .where(
+                    StepRun.status.in_((P.QUEUED, P.RETRYING)), StepRun.lease_expires_at < now
+                )
+                .limit(BATCH)
+            ).all()
+            conn.rollback()
+            for step_id in expired:
+                if engine.expire_lease(step_id):
+                    counts["expired"] += 1
+            if stale:
+                counts["redelivered"] = engine.redeliver(stale)
+        finally:
+            if postgres:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                conn.commit()
+    if counts["expired"] or counts["redelivered"]:
+        log.info("recovery: %(expired)d lapsed lease(s), %(redelivered)d message(s) re-sent", counts)
+    return counts
+
+
+class RecoveryLoop:
+    """Calls `sweep` every `interval` seconds in a daemon thread until stopped."""
+
+    def __init__(self, engine: WorkflowEngine, interval: float) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="recovery", daemon=True)
+
+    def start(self) -> RecoveryLoop:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        failing = False
+        while not self.stopped.wait(self.interval):
+            try:
+                sweep(self.engine)
+                if failing:
+                    log.warning("recovery loop: database reachable again")
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - keep sweeping; log an outage once
+                if not failing:
+                    log.warning("recovery loop: sweep failed (%s); will keep trying", exc)
+                failing = True

@@ -1,0 +1,84 @@
+"""Workflow discovery: import the modules named in ORCHESTRATOR_WORKFLOWS and collect workflows."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from collections.abc import Iterable, Iterator
+from types import ModuleType
+
+from .dsl import Workflow
+from .errors import ConfigurationError, WorkflowDefinitionError, WorkflowNotFound
+
+
+class Registry:
+    """The workflows a process knows, by name."""
+
+    def __init__(self, workflows: Iterable[Workflow] = ()) -> None:
+        self._workflows: dict[str, Workflow] = {}
+        for workflow in workflows:
+            self.add(workflow)
+
+    def add(self, workflow: Workflow) -> None:
+        existing = self._workflows.get(workflow.name)
+        if existing is not None and existing is not workflow:
+            raise WorkflowDefinitionError(
+                f"two workflows are named {workflow.name!r}; workflow names must be unique"
+            )
+        workflow.validate()
+        self._workflows[workflow.name] = workflow
+
+    def get(self, name: str) -> Workflow:
+        try:
+            return self._workflows[name]
+        except KeyError:
+            known = ", ".join(sorted(self._workflows)) or "none loaded"
+            raise WorkflowNotFound(f"unknown workflow {name!r} (known: {known})") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._workflows
+
+    def __iter__(self) -> Iterator[Workflow]:
+        return iter(sorted(self._workflows.values(), key=lambda w: w.name))
+
+    def __len__(self) -> int:
+        return len(self._workflows)
+
+    @property
+    def queues(self) -> set[str]:
+        return {q for w in self._workflows.values() for q in w.queues}
+
+
+def _modules(path: str) -> Iterator[ModuleType]:
+    try:
+        module = importlib.import_module(path)
+    except WorkflowDefinitionError:
+        raise
+    except ImportError as exc:
+        if exc.name and path.startswith(exc.name):
+            raise ConfigurationError(
+                f"cannot import workflow module {path!r} (from ORCHESTRATOR_WORKFLOWS): {exc}"
+            ) from None
+        raise ConfigurationError(f"workflow module {path!r} failed to import: {exc}") from None
+    except Exception as exc:  # user code: report, do not crash with a traceback
+        raise ConfigurationError(
+            f"workflow module {path!r} raised {type(exc).__name__}: {exc}"
+        ) from None
+    yield module
+    if hasattr(module, "__path__"):
+        for info in pkgutil.iter_modules(module.__path__, prefix=module.__name__ + "."):
+            yield from _modules(info.name)
+
+
+def load_workflows(paths: Iterable[str]) -> Registry:
+    """Import every module (and package submodule) in `paths` and register its workflows."""
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # the working directory, as `python -m` would
+    registry = Registry()
+    for path in paths:
+        for module in _modules(path):
+            for value in vars(module).values():
+                if isinstance(value, Workflow):
+                    registry.add(value)
+    return registry

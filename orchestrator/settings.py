@@ -1,0 +1,88 @@
+"""Settings, read from the environment once and passed around explicitly.
+
+Precedence: an explicit argument (CLI flag, `Settings(...)` field) over the environment
+variable over the default documented here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import ConfigurationError
+
+#: Folder, relative to the working directory, of the embedded defaults' files.
+DEV_HOME = Path(".orchestrator")
+#: State store when ORCHESTRATOR_DATABASE_URL is unset: a local SQLite file.
+DEFAULT_DATABASE_URL = f"sqlite:///{DEV_HOME / 'orchestrator.db'}"
+#: Celery broker when ORCHESTRATOR_BROKER_URL is unset: kombu's SQLAlchemy transport on SQLite.
+DEFAULT_BROKER_URL = f"sqla+sqlite:///{DEV_HOME / 'broker.db'}"
+#: Import paths searched for workflows.
+DEFAULT_WORKFLOWS = "workflows"
+#: Seconds a running step's claim lasts without a heartbeat before another worker may take it.
+DEFAULT_STEP_LEASE = 60.0
+#: Seconds a step may sit queued before the recovery loop assumes its message was lost.
+DEFAULT_REDELIVER_AFTER = 300.0
+#: Seconds between two sweeps of the recovery loop.
+DEFAULT_RECOVERY_INTERVAL = 5.0
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+def normalise_database_url(url: str) -> str:
+    """Use the psycopg 3 driver for plain `postgresql://` URLs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = DEFAULT_BROKER_URL
+    workflows: tuple[str, ...] = (DEFAULT_WORKFLOWS,)
+    step_lease: float = DEFAULT_STEP_LEASE
+    redeliver_after: float = DEFAULT_REDELIVER_AFTER
+    recovery_interval: float = DEFAULT_RECOVERY_INTERVAL
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        workflows = tuple(
+            p.strip() for p in env.get("ORCHESTRATOR_WORKFLOWS", DEFAULT_WORKFLOWS).split(",") if p.strip()
+        )
+        return cls(
+            database_url=normalise_database_url(
+                env.get("ORCHESTRATOR_DATABASE_URL") or DEFAULT_DATABASE_URL
+            ),
+            broker_url=env.get("ORCHESTRATOR_BROKER_URL") or DEFAULT_BROKER_URL,
+            workflows=workflows or (DEFAULT_WORKFLOWS,),
+            step_lease=_float(env, "ORCHESTRATOR_STEP_LEASE", DEFAULT_STEP_LEASE),
+            redeliver_after=_float(env, "ORCHESTRATOR_REDELIVER_AFTER", DEFAULT_REDELIVER_AFTER),
+            recovery_interval=_float(
+                env, "ORCHESTRATOR_RECOVERY_INTERVAL", DEFAULT_RECOVERY_INTERVAL
+            ),
+            extra={k: v for k, v in env.items() if k.startswith("ORCHESTRATOR_")},
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

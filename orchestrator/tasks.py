@@ -1,0 +1,28 @@
+"""The Celery task: thin on purpose. It finds the process's runtime and calls the engine."""
+
+from __future__ import annotations
+
+from celery import Celery, Task
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+
+def register_tasks(app: Celery) -> None:
+    from .celery_app import RUN_STEP_TASK
+
+    @app.task(
+        bind=True,
+        name=RUN_STEP_TASK,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        # The database went away: let Celery re-deliver with backoff instead of dropping.
+        autoretry_for=(OperationalError, InterfaceError),
+        retry_backoff=True,
+        retry_backoff_max=30,
+        max_retries=None,
+    )
+    def run_step(self: Task, run_id: str, step_name: str) -> str:
+        from . import runtime
+        from .executor import execute
+
+        rt = runtime.current()
+        return execute(rt.engine, rt.heartbeats, run_id, step_name, worker=self.request.hostname)
