@@ -27,6 +27,10 @@ DEFAULT_STEP_LEASE = 60.0
 DEFAULT_REDELIVER_AFTER = 300.0
 #: Seconds between two sweeps of the recovery loop.
 DEFAULT_RECOVERY_INTERVAL = 5.0
+#: Interface `orchestrator web` listens on when ORCHESTRATOR_WEB_HOST is unset.
+DEFAULT_WEB_HOST = "127.0.0.1"
+#: Port `orchestrator web` listens on when ORCHESTRATOR_WEB_PORT is unset.
+DEFAULT_WEB_PORT = 8080
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -39,6 +43,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigurationError(f"{name}={raw!r} is not a number of seconds") from None
     if value <= 0:
         raise ConfigurationError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise ConfigurationError(f"{name}={raw!r} must be between 1 and 65535")
     return value
 
 
@@ -58,6 +75,13 @@ class Settings:
     step_lease: float = DEFAULT_STEP_LEASE
     redeliver_after: float = DEFAULT_REDELIVER_AFTER
     recovery_interval: float = DEFAULT_RECOVERY_INTERVAL
+    #: Bearer token every mutating API call and the dashboard login must present; None
+    #: refuses them all (`orchestrator dev` generates one).
+    api_token: str | None = field(default=None, repr=False)
+    web_host: str = DEFAULT_WEB_HOST
+    web_port: int = DEFAULT_WEB_PORT
+    #: Signs the dashboard's session cookie; derived from `api_token` when unset.
+    secret_key: str | None = field(default=None, repr=False)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -77,6 +101,10 @@ class Settings:
             recovery_interval=_float(
                 env, "ORCHESTRATOR_RECOVERY_INTERVAL", DEFAULT_RECOVERY_INTERVAL
             ),
+            api_token=env.get("ORCHESTRATOR_API_TOKEN") or None,
+            web_host=env.get("ORCHESTRATOR_WEB_HOST") or DEFAULT_WEB_HOST,
+            web_port=_port(env, "ORCHESTRATOR_WEB_PORT", DEFAULT_WEB_PORT),
+            secret_key=env.get("ORCHESTRATOR_SECRET_KEY") or None,
             extra={k: v for k, v in env.items() if k.startswith("ORCHESTRATOR_")},
         )
 
