@@ -22,7 +22,12 @@ HARD_LIMIT_GRACE = 10.0
 
 def create_celery_app(settings: Settings) -> Celery:
     """A Celery app for `settings`; the step task is registered, nothing connects yet."""
-    app = Celery("orchestrator", broker=settings.broker_url, set_as_current=False)
+    broker = settings.broker_url
+    if broker.startswith(("sqla+", "sqlalchemy+")):
+        from . import devbroker
+
+        broker = devbroker.broker_url(broker)
+    app = Celery("orchestrator", broker=broker, set_as_current=False)
     app.conf.update(
         task_default_queue=DEFAULT_QUEUE,
         task_acks_late=True,
@@ -40,9 +45,6 @@ def create_celery_app(settings: Settings) -> Celery:
         # An unacked message of a dead worker comes back after this long; the lease-based
         # recovery loop usually re-sends it well before that.
         app.conf.broker_transport_options = {"visibility_timeout": 3600}
-    elif settings.broker_url.startswith(("sqla+", "sqlalchemy+")):
-        # The embedded broker is polled; poll often so dev-mode steps follow each other fast.
-        app.conf.broker_transport_options = {"polling_interval": 0.05}
     from .tasks import register_tasks
 
     register_tasks(app)
