@@ -56,7 +56,7 @@ def _json_arg(raw: str, what: str) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        raise click.ClickException(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from None
 
 
 @click.group()
