@@ -2,7 +2,7 @@
 
     python -m orchestrator.healthcheck worker [--node NAME] [--skip-database]
     python -m orchestrator.healthcheck web [--url URL]
-    python -m orchestrator.healthcheck database
+    python -m orchestrator.healthcheck database [--at-head]
 
 Exit status 0 means healthy; anything else prints one line on stderr and exits 1, so a
 Kubernetes exec probe or a compose `healthcheck` shows why. Each check is bounded by
@@ -23,11 +23,14 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-
-from celery import Celery
+from typing import TYPE_CHECKING
 
 from .errors import OrchestratorError
 from .settings import Settings
+
+if TYPE_CHECKING:  # imported when a check needs them, so the web probe starts fast
+    from celery import Celery
+    from sqlalchemy import Connection
 
 #: Seconds each check may take before the component counts as unhealthy.
 DEFAULT_TIMEOUT = 5.0
@@ -61,8 +64,12 @@ def check_worker(app: Celery, node: str, timeout: float = DEFAULT_TIMEOUT) -> No
     )
 
 
-def check_database(url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Raise `Unhealthy` unless the database at `url` answers and has the schema."""
+def check_database(url: str, timeout: float = DEFAULT_TIMEOUT, at_head: bool = False) -> None:
+    """Raise `Unhealthy` unless the database at `url` answers and has the schema.
+
+    With `at_head`, the schema must also be at the newest migration this code ships, so
+    a pod of a new release waits (as an init container) for the migration job to finish.
+    """
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
@@ -76,6 +83,8 @@ def check_database(url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1 FROM runs LIMIT 1"))
+            if at_head:
+                _check_revision(conn, url)
     except DBAPIError as exc:
         reason = str(exc.orig or exc).strip().splitlines()
         raise Unhealthy(
@@ -83,6 +92,21 @@ def check_database(url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         ) from None
     finally:
         engine.dispose()
+
+
+def _check_revision(conn: Connection, url: str) -> None:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from .db.migrate import alembic_config
+
+    current = set(MigrationContext.configure(conn).get_current_heads())
+    expected = set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+    if current != expected:
+        raise Unhealthy(
+            f"database schema is at revision {', '.join(sorted(current)) or 'none'}, this "
+            f"release needs {', '.join(sorted(expected))}: run `orchestrator db upgrade`"
+        )
 
 
 def check_web(url: str = DEFAULT_WEB_URL, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -117,7 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     web = roles.add_parser("web", parents=[common], help="GET the web process's /healthz")
     web.add_argument("--url", default=DEFAULT_WEB_URL)
-    roles.add_parser("database", parents=[common], help="check the database answers and is migrated")
+    database = roles.add_parser(
+        "database", parents=[common], help="check the database answers and has the schema"
+    )
+    database.add_argument(
+        "--at-head", action="store_true", help="also require the newest migration (init containers)"
+    )
     return parser
 
 
@@ -138,7 +167,7 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
             app.close()
         if args.skip_database:
             return
-    check_database(settings.database_url, args.timeout)
+    check_database(settings.database_url, args.timeout, at_head=getattr(args, "at_head", False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

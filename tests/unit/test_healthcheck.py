@@ -99,3 +99,20 @@ def test_main_prints_one_line_and_exits_1(web_url: str, capsys: pytest.CaptureFi
     assert main(["web", "--url", f"{web_url}/broken", "--timeout", "2"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("unhealthy: web check")
+
+
+def test_database_at_head_requires_the_newest_migration(tmp_path: Path) -> None:
+    from orchestrator.db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'migrated.db'}"
+    upgrade(url)
+    check_database(url, at_head=True)
+
+    stale = f"sqlite:///{tmp_path / 'stale.db'}"
+    engine = create_engine(stale)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE runs (id TEXT PRIMARY KEY)"))
+    engine.dispose()
+    check_database(stale)
+    with pytest.raises(Unhealthy, match="schema is at revision none.*orchestrator db upgrade"):
+        check_database(stale, at_head=True)
