@@ -31,6 +31,19 @@ DEFAULT_RECOVERY_INTERVAL = 5.0
 DEFAULT_WEB_HOST = "127.0.0.1"
 #: Port `orchestrator web` listens on when ORCHESTRATOR_WEB_PORT is unset.
 DEFAULT_WEB_PORT = 8080
+#: Consumer group of `orchestrator consume` when ORCHESTRATOR_KAFKA_GROUP is unset.
+DEFAULT_KAFKA_GROUP = "orchestrator"
+#: Largest Kafka message value, in bytes, the consumer accepts; larger ones are rejected.
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+#: Rejected events of topic T are copied to topic T + this suffix.
+DEFAULT_DLQ_SUFFIX = ".dlq"
+#: Seconds without a heartbeat before the group gives a consumer's partitions to another.
+#: Tansu also waits half this long for members to join, so dev mode and tests use less.
+DEFAULT_KAFKA_SESSION_TIMEOUT = 10.0
+#: Longest a consumer may spend on one poll batch before the group considers it stuck.
+DEFAULT_KAFKA_MAX_POLL_INTERVAL = 300.0
+#: Most messages one poll (one database transaction) takes.
+DEFAULT_KAFKA_BATCH_SIZE = 500
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -59,6 +72,19 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
 def normalise_database_url(url: str) -> str:
     """Use the psycopg 3 driver for plain `postgresql://` URLs."""
     for prefix in ("postgresql://", "postgres://"):
@@ -82,6 +108,15 @@ class Settings:
     web_port: int = DEFAULT_WEB_PORT
     #: Signs the dashboard's session cookie; derived from `api_token` when unset.
     secret_key: str | None = field(default=None, repr=False)
+    #: Kafka bootstrap servers ("host:port[,host:port]"); None: no Kafka configured
+    #: (`orchestrator dev` then starts the embedded broker).
+    kafka_bootstrap: str | None = None
+    kafka_group: str = DEFAULT_KAFKA_GROUP
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    dlq_suffix: str = DEFAULT_DLQ_SUFFIX
+    kafka_session_timeout: float = DEFAULT_KAFKA_SESSION_TIMEOUT
+    kafka_max_poll_interval: float = DEFAULT_KAFKA_MAX_POLL_INTERVAL
+    kafka_batch_size: int = DEFAULT_KAFKA_BATCH_SIZE
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -105,6 +140,17 @@ class Settings:
             web_host=env.get("ORCHESTRATOR_WEB_HOST") or DEFAULT_WEB_HOST,
             web_port=_port(env, "ORCHESTRATOR_WEB_PORT", DEFAULT_WEB_PORT),
             secret_key=env.get("ORCHESTRATOR_SECRET_KEY") or None,
+            kafka_bootstrap=env.get("ORCHESTRATOR_KAFKA_BOOTSTRAP") or None,
+            kafka_group=env.get("ORCHESTRATOR_KAFKA_GROUP") or DEFAULT_KAFKA_GROUP,
+            max_event_bytes=_positive_int(env, "ORCHESTRATOR_MAX_EVENT_BYTES", DEFAULT_MAX_EVENT_BYTES),
+            dlq_suffix=env.get("ORCHESTRATOR_DLQ_SUFFIX") or DEFAULT_DLQ_SUFFIX,
+            kafka_session_timeout=_float(
+                env, "ORCHESTRATOR_KAFKA_SESSION_TIMEOUT", DEFAULT_KAFKA_SESSION_TIMEOUT
+            ),
+            kafka_max_poll_interval=_float(
+                env, "ORCHESTRATOR_KAFKA_MAX_POLL_INTERVAL", DEFAULT_KAFKA_MAX_POLL_INTERVAL
+            ),
+            kafka_batch_size=_positive_int(env, "ORCHESTRATOR_KAFKA_BATCH_SIZE", DEFAULT_KAFKA_BATCH_SIZE),
             extra={k: v for k, v in env.items() if k.startswith("ORCHESTRATOR_")},
         )
 
