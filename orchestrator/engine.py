@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import planner as P
@@ -86,6 +86,16 @@ class Claim:
     attempt_id: int
     input: dict[str, Any]
     results: dict[str, Any]
+
+
+@dataclass
+class Decision:
+    """The planner's answer, as column changes per step plus messages to send."""
+
+    changes: dict[str, dict[str, Any]]
+    run_status: str | None = None
+    run_error: str | None = None
+    dispatches: list[Dispatch] = field(default_factory=list)
 
 
 @dataclass
@@ -189,6 +199,65 @@ class WorkflowEngine:
 
     # -- the planner, applied ----------------------------------------------------
 
+    def _decide(
+        self,
+        run_id: uuid.UUID,
+        workflow: Workflow,
+        statuses: Mapping[str, str],
+        context_for: Callable[[str], StepContext],
+        now: datetime,
+    ) -> Decision:
+        """Ask the planner what follows, evaluating `when` conditions (user code) as needed.
+
+        Returns column changes per step, the messages to send after commit and the run's
+        new status; callers write them with the ORM (cold paths) or Core (the hot path).
+        """
+        deps = {s.name: s.after for s in workflow.steps.values()}
+        current = dict(statuses)
+        changes: dict[str, dict[str, Any]] = {}
+        while True:
+            plan = P.plan(deps, current)
+            settled = True
+            for name in plan.queue:
+                step = workflow.steps[name]
+                if step.when is None:
+                    continue
+                try:
+                    go = step.when(context_for(name))
+                except Exception as exc:  # noqa: BLE001 - user code
+                    error = f"condition of step {name!r} raised {type(exc).__name__}: {exc}"
+                    changes[name] = {"status": P.FAILED, "error": error, "finished_at": now}
+                    current[name] = P.FAILED
+                    settled = False
+                    break
+                if not go:
+                    changes[name] = {"status": P.SKIPPED, "finished_at": now}
+                    current[name] = P.SKIPPED
+                    settled = False
+                    break
+            if settled:
+                break
+        for name in plan.skip:
+            changes[name] = {"status": P.SKIPPED, "finished_at": now}
+        for name in plan.cancel:
+            changes[name] = {"status": P.CANCELLED, "finished_at": now}
+        decision = Decision(changes=changes, run_status=plan.run_status)
+        lease = now + timedelta(seconds=self.settings.redeliver_after)
+        for name in plan.queue:
+            step = workflow.steps[name]
+            message = Dispatch(str(run_id), name, step.queue or DEFAULT_QUEUE, step.timeout)
+            changes[name] = {
+                "status": P.QUEUED,
+                "queued_at": now,
+                "lease_expires_at": lease,
+                "task_id": message.task_id,
+            }
+            decision.dispatches.append(message)
+        if plan.run_status == P.RUN_FAILED:
+            failed = [n for n, s in current.items() if s == P.FAILED]
+            decision.run_error = f"step {failed[0]!r} failed" if failed else "failed"
+        return decision
+
     def _advance(
         self,
         run: Run,
@@ -197,76 +266,25 @@ class WorkflowEngine:
         outbox: list[Dispatch],
         now: datetime,
     ) -> None:
-        """Apply the planner's decisions to loaded rows (the caller holds the run lock)."""
-        deps = {s.name: s.after for s in workflow.steps.values()}
-        statuses = {name: row.status for name, row in steps.items()}
-        while True:
-            decision = P.plan(deps, statuses)
-            # Conditions are user code: evaluate them now, with the parents' results.
-            blocked = False
-            for name in decision.queue:
-                step = workflow.steps[name]
-                if step.when is None:
-                    continue
-                try:
-                    go = step.when(self._context(run, workflow, name, steps, attempt=0))
-                except Exception as exc:  # noqa: BLE001 - user code
-                    row = steps[name]
-                    row.status = P.FAILED
-                    row.error = f"condition of step {name!r} raised {type(exc).__name__}: {exc}"
-                    row.finished_at = now
-                    statuses[name] = P.FAILED
-                    blocked = True
-                    break
-                if not go:
-                    statuses[name] = P.SKIPPED
-                    steps[name].status = P.SKIPPED
-                    steps[name].finished_at = now
-                    blocked = True
-                    break
-            if not blocked:
-                break
-        for name in decision.skip:
-            steps[name].status = P.SKIPPED
-            steps[name].finished_at = now
-        for name in decision.cancel:
-            steps[name].status = P.CANCELLED
-            steps[name].finished_at = now
-        lease = timedelta(seconds=self.settings.redeliver_after)
-        for name in decision.queue:
-            row = steps[name]
-            step = workflow.steps[name]
-            message = Dispatch(str(run.id), name, row.queue, step.timeout)
-            row.status = P.QUEUED
-            row.queued_at = now
-            row.lease_expires_at = now + lease
-            row.task_id = message.task_id
-            outbox.append(message)
+        """Apply the planner's decisions to loaded ORM rows (the caller holds the run lock)."""
+
+        def context_for(name: str) -> StepContext:
+            parents = workflow.steps[name].after
+            results = {p: steps[p].result for p in parents if steps[p].status == P.SUCCEEDED}
+            return StepContext(str(run.id), workflow.name, name, run.input, results, attempt=0)
+
+        decision = self._decide(
+            run.id, workflow, {n: r.status for n, r in steps.items()}, context_for, now
+        )
+        for name, values in decision.changes.items():
+            for column, value in values.items():
+                setattr(steps[name], column, value)
+        outbox.extend(decision.dispatches)
         if decision.run_status is not None and run.status not in P.RUN_FINAL:
             run.status = decision.run_status
             run.finished_at = now
-            if decision.run_status == P.RUN_FAILED and run.error is None:
-                failed = [n for n, r in steps.items() if r.status == P.FAILED]
-                run.error = f"step {failed[0]!r} failed" if failed else "failed"
-
-    def _context(
-        self,
-        run: Run,
-        workflow: Workflow,
-        name: str,
-        steps: Mapping[str, StepRun],
-        attempt: int,
-    ) -> StepContext:
-        parents = workflow.steps[name].after
-        results = {p: steps[p].result for p in parents if steps[p].status == P.SUCCEEDED}
-        return StepContext(
-            run_id=str(run.id),
-            workflow=workflow.name,
-            step=name,
-            input=run.input,
-            results=results,
-            attempt=attempt,
-        )
+            if decision.run_error and run.error is None:
+                run.error = decision.run_error
 
     # -- executing a step (called by the Celery task) -----------------------------
 
@@ -274,75 +292,83 @@ class WorkflowEngine:
         """Take a queued step for this worker, or return None if it is not ours to run.
 
         None means: already succeeded or running elsewhere (a duplicate message), run
-        cancelled or finished, or unknown. The conditional UPDATE is the arbiter.
+        cancelled or finished, or unknown. The conditional UPDATE is the arbiter. This is
+        the hot path, so it is written with Core statements (no ORM unit of work).
         """
         rid = parse_run_id(run_id)
         now = utcnow()
+        runs, steps = Run.__table__, StepRun.__table__
         with self.sessions() as session, session.begin():
-            run_row = session.execute(
-                select(Run.status, Run.input, Run.workflow).where(Run.id == rid)
-            ).one_or_none()
-            if run_row is None or run_row.status in P.RUN_FINAL:
-                return None
             claimed = session.execute(
-                update(StepRun)
+                update(steps)
                 .where(
-                    StepRun.run_id == rid,
-                    StepRun.name == step_name,
-                    StepRun.status.in_((P.QUEUED, P.RETRYING)),
+                    steps.c.run_id == rid,
+                    steps.c.name == step_name,
+                    steps.c.status.in_((P.QUEUED, P.RETRYING)),
+                    select(runs.c.id)
+                    .where(runs.c.id == rid, runs.c.status.in_((P.RUN_PENDING, P.RUN_RUNNING)))
+                    .exists(),
                 )
                 .values(
                     status=P.RUNNING,
-                    attempts=StepRun.attempts + 1,
+                    attempts=steps.c.attempts + 1,
                     started_at=now,
                     finished_at=None,
                     lease_expires_at=now + timedelta(seconds=self.settings.step_lease),
                 )
-                .returning(StepRun.id, StepRun.attempts)
+                .returning(steps.c.id, steps.c.attempts)
             ).one_or_none()
             if claimed is None:
                 return None
             step_id, number = claimed
-            attempt = Attempt(
-                step_id=step_id,
-                number=number,
-                status=P.RUNNING,
-                worker=worker,
-                started_at=now,
-                logs=[],
-            )
-            session.add(attempt)
+            attempt_id = session.execute(
+                insert(Attempt.__table__)
+                .values(
+                    step_id=step_id,
+                    number=number,
+                    status=P.RUNNING,
+                    worker=worker,
+                    started_at=now,
+                    logs=[],
+                )
+                .returning(Attempt.__table__.c.id)
+            ).scalar_one()
+            run_row = session.execute(
+                select(runs.c.status, runs.c.input, runs.c.workflow).where(runs.c.id == rid)
+            ).one()
             if run_row.status == P.RUN_PENDING:
                 session.execute(
-                    update(Run)
-                    .where(Run.id == rid, Run.status == P.RUN_PENDING)
+                    update(runs)
+                    .where(runs.c.id == rid, runs.c.status == P.RUN_PENDING)
                     .values(status=P.RUN_RUNNING, started_at=now)
                 )
-            results: dict[str, Any] = {}
             workflow = self.registry.get(run_row.workflow)
             parents = workflow.steps[step_name].after if step_name in workflow.steps else ()
-            if parents:
-                results = {
-                    name: result
-                    for name, result in session.execute(
-                        select(StepRun.name, StepRun.result).where(
-                            StepRun.run_id == rid,
-                            StepRun.name.in_(parents),
-                            StepRun.status == P.SUCCEEDED,
-                        )
-                    )
-                }
-            session.flush()
+            results = self._results(session, rid, parents) if parents else {}
             return Claim(
                 step_id=step_id,
                 run_id=str(rid),
                 workflow=run_row.workflow,
                 step=step_name,
                 attempt=number,
-                attempt_id=attempt.id,
+                attempt_id=attempt_id,
                 input=run_row.input,
                 results=results,
             )
+
+    @staticmethod
+    def _results(session: Session, rid: uuid.UUID, names: Iterable[str]) -> dict[str, Any]:
+        steps = StepRun.__table__
+        return {
+            name: result
+            for name, result in session.execute(
+                select(steps.c.name, steps.c.result).where(
+                    steps.c.run_id == rid,
+                    steps.c.name.in_(list(names)),
+                    steps.c.status == P.SUCCEEDED,
+                )
+            )
+        }
 
     def heartbeat(self, claims: Iterable[Claim]) -> None:
         """Extend the lease of steps this process is still running."""
@@ -364,6 +390,83 @@ class WorkflowEngine:
 
     def finish(self, claim: Claim, outcome: Outcome) -> None:
         """Record an attempt's outcome and move the run on, in one transaction."""
+        if not outcome.ok:
+            self._finish_failed(claim, outcome)
+            return
+        # The hot path, in Core: lock the run, settle the step, plan, queue successors.
+        now = utcnow()
+        rid = parse_run_id(claim.run_id)
+        runs, steps, attempts = Run.__table__, StepRun.__table__, Attempt.__table__
+        with self.transaction() as (session, outbox):
+            run_row = session.execute(
+                select(runs.c.status, runs.c.workflow).where(runs.c.id == rid).with_for_update()
+            ).one_or_none()
+            if run_row is None:
+                return
+            session.execute(
+                update(attempts)
+                .where(attempts.c.id == claim.attempt_id, attempts.c.status == P.RUNNING)
+                .values(status=P.SUCCEEDED, finished_at=now, logs=outcome.logs or [])
+            )
+            settled = session.execute(
+                update(steps)
+                .where(
+                    steps.c.id == claim.step_id,
+                    steps.c.status == P.RUNNING,
+                    steps.c.attempts == claim.attempt,
+                )
+                .values(
+                    status=P.SUCCEEDED,
+                    result=outcome.result,
+                    error=None,
+                    finished_at=now,
+                    lease_expires_at=None,
+                )
+            )
+            if settled.rowcount != 1:
+                self._lease_lost(session, claim)
+                return
+            if run_row.status in P.RUN_FINAL:
+                return
+            workflow = self.registry.get(run_row.workflow)
+            statuses = dict(
+                session.execute(
+                    select(steps.c.name, steps.c.status).where(steps.c.run_id == rid)
+                ).all()
+            )
+
+            def context_for(name: str) -> StepContext:
+                parents = workflow.steps[name].after
+                run_input = session.scalar(select(runs.c.input).where(runs.c.id == rid))
+                return StepContext(
+                    claim.run_id, workflow.name, name, run_input,
+                    self._results(session, rid, parents), attempt=0,
+                )
+
+            decision = self._decide(rid, workflow, statuses, context_for, now)
+            for name, values in decision.changes.items():
+                session.execute(
+                    update(steps).where(steps.c.run_id == rid, steps.c.name == name).values(**values)
+                )
+            if decision.run_status is not None:
+                session.execute(
+                    update(runs)
+                    .where(runs.c.id == rid)
+                    .values(status=decision.run_status, finished_at=now, error=decision.run_error)
+                )
+            outbox.extend(decision.dispatches)
+
+    def _lease_lost(self, session: Session, claim: Claim) -> None:
+        """The recovery loop gave this attempt up while it ran: keep its record, drop its result."""
+        attempts = Attempt.__table__
+        session.execute(
+            update(attempts)
+            .where(attempts.c.id == claim.attempt_id, attempts.c.status.in_((P.RUNNING, P.SUCCEEDED)))
+            .values(status=P.FAILED, error="lease lost: the attempt finished after it was given up")
+        )
+        log.warning("step %s/%s finished after its lease was lost", claim.run_id, claim.step)
+
+    def _finish_failed(self, claim: Claim, outcome: Outcome) -> None:
         now = utcnow()
         rid = parse_run_id(claim.run_id)
         with self.transaction() as (session, outbox):
@@ -374,28 +477,16 @@ class WorkflowEngine:
                 attempt.finished_at = now
                 attempt.logs = outcome.logs or []
             if row is None or row.status != P.RUNNING or row.attempts != claim.attempt:
-                # The lease lapsed and the recovery loop already settled this attempt.
-                if attempt is not None and attempt.status == P.RUNNING:
-                    attempt.status = P.FAILED
-                    attempt.error = "lease lost: the attempt finished after it was given up"
-                log.warning("step %s/%s finished after its lease was lost", claim.run_id, claim.step)
+                self._lease_lost(session, claim)
                 return
             if attempt is not None:
-                attempt.status = P.SUCCEEDED if outcome.ok else P.FAILED
+                attempt.status = P.FAILED
                 attempt.error = outcome.error
                 attempt.traceback = outcome.traceback
             workflow = self.registry.get(run.workflow)
-            if outcome.ok:
-                row.status = P.SUCCEEDED
-                row.result = outcome.result
-                row.error = None
-                row.finished_at = now
-                row.lease_expires_at = None
-            else:
-                self._fail_attempt(run, workflow, row, outcome.error or "failed", outbox, now)
+            self._fail_attempt(run, workflow, row, outcome.error or "failed", outbox, now)
             if run.status not in P.RUN_FINAL:
-                steps = {s.name: s for s in run.steps}
-                self._advance(run, workflow, steps, outbox, now)
+                self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
 
     def _fail_attempt(
         self,

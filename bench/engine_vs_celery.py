@@ -1,0 +1,175 @@
+"""200 runs of a 3-step chain through the orchestrator vs 200 plain Celery chains of 3 no-ops.
+
+Same machine, same Redis broker, same number of worker processes, same script, alternating
+rounds; prints both times and their ratio. Needs PostgreSQL and Redis on localhost.
+
+    python bench/engine_vs_celery.py [--runs 200] [--rounds 3] [--concurrency 2] [--profile]
+
+--profile samples the orchestrator's worker processes with py-spy (pip install py-spy) and
+prints where their time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+from celery import chain
+from sqlalchemy import create_engine, func, select, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.plain_celery import app as plain_app  # noqa: E402
+from bench.plain_celery import last, noop  # noqa: E402
+from orchestrator.db.migrate import upgrade  # noqa: E402
+from orchestrator.db.models import Run  # noqa: E402
+from orchestrator.runtime import Runtime  # noqa: E402
+from orchestrator.settings import Settings  # noqa: E402
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DB_NAME = "orchestrator_bench"
+BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
+
+
+def fresh_database() -> str:
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
+    admin.dispose()
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + DB_NAME
+    upgrade(url)
+    return url
+
+
+def start(argv: list[str], env: dict[str, str], log: Path, ready: str) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    deadline = time.monotonic() + 60
+    while ready not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{argv} did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_until(predicate, timeout: float = 300) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit("benchmark timed out")
+        time.sleep(0.01)
+
+
+def plain_round(runs: int, counter: redis.Redis) -> float:
+    counter.delete("plain:done")
+    began = time.perf_counter()
+    for _ in range(runs):
+        chain(noop.si(), noop.si(), last.si()).apply_async()
+    wait_until(lambda: int(counter.get("plain:done") or 0) >= runs)
+    return time.perf_counter() - began
+
+
+def orchestrator_round(runs: int, rt: Runtime) -> float:
+    with rt.db.begin() as conn:
+        conn.execute(text("TRUNCATE attempts, steps, runs CASCADE"))
+    began = time.perf_counter()
+    for _ in range(runs):
+        rt.engine.start_run("bench-chain", {})
+
+    def done() -> bool:
+        with rt.sessions() as session:
+            return session.scalar(
+                select(func.count()).select_from(Run).where(Run.status == "succeeded")
+            ) >= runs
+
+    wait_until(done)
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    redis.Redis.from_url(BROKER).flushdb()
+    settings = Settings(database_url=fresh_database(), broker_url=BROKER, workflows=("bench.flows",))
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_DATABASE_URL": settings.database_url,
+        "ORCHESTRATOR_BROKER_URL": BROKER,
+        "ORCHESTRATOR_WORKFLOWS": "bench.flows",
+        "BENCH_BROKER_URL": BROKER,
+        "PYTHONPATH": str(ROOT),
+    }
+    logs = Path(os.environ.get("BENCH_LOGS", "/tmp/orchestrator-bench"))
+    logs.mkdir(parents=True, exist_ok=True)
+    plain_worker = start(
+        [sys.executable, "-m", "celery", "-A", "bench.plain_celery", "worker", "--pool=prefork",
+         f"--concurrency={args.concurrency}", "--queues=plain", "--loglevel=WARNING",
+         "--without-gossip", "--without-mingle", "-n", "plain@bench"],
+        env, logs / "plain-worker.log", "",
+    )
+    orch_worker = start(
+        [sys.executable, "-m", "orchestrator", "--log-level=WARNING", "worker",
+         f"--concurrency={args.concurrency}", "--hostname=orch@bench"],
+        env, logs / "orch-worker.log", "worker serving queues",
+    )
+    rt = Runtime(settings)
+    counter = redis.Redis.from_url(BROKER)
+    time.sleep(3)  # let both workers finish starting their pools
+    try:
+        # Warm-up: connections, imports, queues declared.
+        plain_round(20, counter)
+        orchestrator_round(20, rt)
+        profiler = None
+        if args.profile:
+            profiler = subprocess.Popen(
+                ["py-spy", "record", "--subprocesses", "--format", "raw", "--rate", "200",
+                 "-o", str(logs / "worker.pyspy.txt"), "--pid", str(orch_worker.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1)
+        plain_times, orch_times = [], []
+        for _ in range(args.rounds):
+            plain_times.append(plain_round(args.runs, counter))
+            orch_times.append(orchestrator_round(args.runs, rt))
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
+    finally:
+        stop(orch_worker)
+        stop(plain_worker)
+        rt.close()
+        plain_app.close()
+    plain, orch = statistics.median(plain_times), statistics.median(orch_times)
+    print(f"{args.runs} runs x 3 steps, {args.concurrency} worker processes, {args.rounds} rounds (median)")
+    print(f"  plain Celery chains : {plain:7.2f} s  ({3 * args.runs / plain:7.0f} tasks/s)  rounds {[round(t, 2) for t in plain_times]}")
+    print(f"  orchestrator runs   : {orch:7.2f} s  ({3 * args.runs / orch:7.0f} steps/s)  rounds {[round(t, 2) for t in orch_times]}")
+    print(f"  ratio orchestrator / plain Celery: {orch / plain:.2f}x")
+    if args.profile:
+        print(f"  worker profile (py-spy raw stacks): {logs / 'worker.pyspy.txt'}")
+
+
+if __name__ == "__main__":
+    main()
