@@ -125,25 +125,27 @@ def check_web(url: str = DEFAULT_WEB_URL, timeout: float = DEFAULT_TIMEOUT) -> N
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.healthcheck", description="Container health checks."
+        prog="python -m orchestrator.healthcheck",
+        description="Container health checks.",
+        allow_abbrev=False,
     )
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
     roles = parser.add_subparsers(dest="role", required=True)
-    worker = roles.add_parser(
-        "worker", parents=[common], help="ping this container's Celery node, check the database"
-    )
+
+    def role(name: str, help: str) -> argparse.ArgumentParser:
+        return roles.add_parser(name, parents=[common], allow_abbrev=False, help=help)
+
+    worker = role("worker", "ping this container's Celery node, check the database")
     worker.add_argument("--node", default=None, help="node name (default: orchestrator@<host name>)")
     worker.add_argument(
         "--skip-database",
         action="store_true",
         help="only ping the node (for liveness: a database outage is no reason to restart)",
     )
-    web = roles.add_parser("web", parents=[common], help="GET the web process's /healthz")
+    web = role("web", "GET the web process's /healthz")
     web.add_argument("--url", default=DEFAULT_WEB_URL)
-    database = roles.add_parser(
-        "database", parents=[common], help="check the database answers and has the schema"
-    )
+    database = role("database", "check the database answers and has the schema")
     database.add_argument(
         "--at-head", action="store_true", help="also require the newest migration (init containers)"
     )
