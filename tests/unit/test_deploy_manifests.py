@@ -113,7 +113,8 @@ def test_dockerfile_builds_one_slim_non_root_image_for_every_role() -> None:
 def test_dockerignore_keeps_tests_git_and_caches_out_of_the_build_context() -> None:
     ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".git", "tests", "**/__pycache__", ".venv"} <= ignored
-    assert not ignored & {"orchestrator", "workflows", "migrations", "web", "pyproject.toml"}
+    needed = {"orchestrator", "workflows", "migrations", "web", "pyproject.toml", "README.md"}
+    assert not ignored & needed
 
 
 # -- compose.yaml -----------------------------------------------------------------------
