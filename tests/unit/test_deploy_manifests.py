@@ -312,7 +312,7 @@ def test_workers_three_replicas_scale_on_every_queue_the_examples_use() -> None:
     triggers = named("ScaledObject")["orchestrator-worker"]["spec"]["triggers"]
     assert {t["type"] for t in triggers} == {"redis"}
     watched = {t["metadata"]["listName"] for t in triggers}
-    queues = set().union(*(w.queues for w in load_workflows(("workflows",))))
+    queues = load_workflows(("workflows",)).queues
     assert queues <= watched, f"queues no trigger watches: {queues - watched}"
     secret = named("Secret")["orchestrator-secrets"]["stringData"]
     broker = urlsplit(secret["ORCHESTRATOR_BROKER_URL"])
