@@ -19,6 +19,10 @@ class RunNotFound(OrchestratorError):
     """No run has the given id."""
 
 
+class EventNotFound(OrchestratorError):
+    """No recorded event has the given id."""
+
+
 class InvalidInput(OrchestratorError):
     """A run's input is not a JSON object or fails the workflow's input schema."""
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from ..errors import RunNotFound
+from ..errors import EventNotFound, RunNotFound
 from .models import Attempt, Event, Run, StepRun
 
 
@@ -126,3 +126,89 @@ def list_runs(
     if with_steps:
         query = query.options(selectinload(Run.steps).selectinload(StepRun.attempt_rows))
     return list(session.scalars(query))
+
+
+def run_ids_matching(
+    session: Session,
+    *,
+    workflow: str | None = None,
+    statuses: tuple[str, ...] = (),
+    since: datetime | None = None,
+    limit: int = 1000,
+) -> list[uuid.UUID]:
+    """Ids of runs matching a filter, newest first, at most `limit` (for bulk actions)."""
+    query = select(Run.id)
+    if workflow:
+        query = query.where(Run.workflow == workflow)
+    if statuses:
+        query = query.where(Run.status.in_(statuses))
+    if since is not None:
+        query = query.where(Run.created_at >= since)
+    query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+def event_dict(event: Event, runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An event as the API shows it; `raw` is the message value decoded as UTF-8 (lossy)."""
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "partition": event.partition,
+        "offset": event.offset,
+        "key": event.key,
+        "headers": event.headers or [],
+        "payload": event.payload,
+        "raw": event.raw.decode("utf-8", errors="replace") if event.raw is not None else None,
+        "kafka_timestamp": iso(event.kafka_timestamp),
+        "received_at": iso(event.received_at),
+        "outcome": event.outcome,
+        "reason": event.reason,
+        "runs": runs if runs is not None else [],
+    }
+
+
+def get_event(session: Session, event_id: int) -> Event:
+    event = session.get(Event, event_id)
+    if event is None:
+        raise EventNotFound(f"no event {event_id}")
+    return event
+
+
+def list_events(
+    session: Session,
+    *,
+    topic: str | None = None,
+    outcome: str | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[Event]:
+    """Events newest first; `before` is a keyset cursor (an event id), never an OFFSET."""
+    query = select(Event)
+    if topic:
+        query = query.where(Event.topic == topic)
+    if outcome:
+        query = query.where(Event.outcome == outcome)
+    if before is not None:
+        query = query.where(Event.id < before)
+    return list(session.scalars(query.order_by(Event.id.desc()).limit(limit)))
+
+
+def runs_of_events(session: Session, event_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The runs each event started (lineage), as short references, by event id."""
+    found: dict[int, list[dict[str, Any]]] = {event_id: [] for event_id in event_ids}
+    if not event_ids:
+        return found
+    rows = session.execute(
+        select(Run.event_id, Run.id, Run.workflow, Run.status, Run.created_at)
+        .where(Run.event_id.in_(event_ids))
+        .order_by(Run.created_at, Run.id)
+    )
+    for event_id, run_id, workflow, status, created_at in rows:
+        found[event_id].append(
+            {"id": str(run_id), "workflow": workflow, "status": status, "created_at": iso(created_at)}
+        )
+    return found
+

@@ -1,0 +1,140 @@
+"""Aggregate read queries for the dashboard overview and the Prometheus metrics.
+
+Every aggregate runs in the database (GROUP BY, conditional sums), so the web process
+never loads rows it only counts. Two expressions differ by dialect: truncating a
+timestamp to the hour and the seconds between two timestamps; both are built here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from .models import Attempt, Event, Run, StepRun
+
+
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _hour(session: Session, column: Any) -> ColumnElement[Any]:
+    """`column` truncated to the hour, in UTC."""
+    if _postgres(session):
+        return func.date_trunc("hour", func.timezone("UTC", column))
+    return func.strftime("%Y-%m-%d %H:00:00", column)
+
+
+def _seconds(session: Session, end: Any, start: Any) -> ColumnElement[Any]:
+    """Seconds from `start` to `end`, never negative (clock skew counts as zero)."""
+    if _postgres(session):
+        raw: ColumnElement[Any] = func.extract("epoch", end - start)
+    else:
+        raw = (func.julianday(end) - func.julianday(start)) * 86400.0
+    return case((raw < 0, 0.0), else_=raw)
+
+
+def _as_utc(value: Any) -> datetime:
+    """A bucket value as an aware UTC datetime (SQLite returns strings)."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def run_counts_since(session: Session, since: datetime) -> dict[str, int]:
+    """Runs created since `since`, counted by status."""
+    rows = session.execute(
+        select(Run.status, func.count()).where(Run.created_at >= since).group_by(Run.status)
+    )
+    return {status: count for status, count in rows}
+
+
+def hourly_runs(session: Session, since: datetime) -> list[tuple[datetime, str, int]]:
+    """(hour, status, runs created in that hour) since `since`, oldest hour first."""
+    hour = _hour(session, Run.created_at).label("hour")
+    rows = session.execute(
+        select(hour, Run.status, func.count())
+        .where(Run.created_at >= since)
+        .group_by(hour, Run.status)
+        .order_by(hour)
+    )
+    return [(_as_utc(h), status, count) for h, status, count in rows]
+
+
+def runs_by_workflow_status(session: Session) -> list[tuple[str, str, int]]:
+    rows = session.execute(
+        select(Run.workflow, Run.status, func.count()).group_by(Run.workflow, Run.status)
+    )
+    return [(w, s, n) for w, s, n in rows]
+
+
+def steps_by_workflow_status(session: Session) -> list[tuple[str, str, int]]:
+    rows = session.execute(
+        select(Run.workflow, StepRun.status, func.count())
+        .join(Run, Run.id == StepRun.run_id)
+        .group_by(Run.workflow, StepRun.status)
+    )
+    return [(w, s, n) for w, s, n in rows]
+
+
+def events_by_outcome(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Event.outcome, func.count()).group_by(Event.outcome))
+    return {outcome: count for outcome, count in rows}
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative bucket counts (`counts[i]` observations <= `bounds[i]`), total and sum."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    count: int
+    sum: float
+
+
+def _histogram(session: Session, seconds: Any, query: Any, bounds: Sequence[float]) -> Histogram:
+    columns = [func.count(), func.coalesce(func.sum(seconds), 0.0)]
+    columns += [func.coalesce(func.sum(case((seconds <= b, 1), else_=0)), 0) for b in bounds]
+    row = session.execute(query.with_only_columns(*columns)).one()
+    return Histogram(
+        bounds=tuple(bounds),
+        counts=tuple(int(c) for c in row[2:]),
+        count=int(row[0]),
+        sum=float(row[1]),
+    )
+
+
+def event_to_run_histogram(session: Session, bounds: Sequence[float]) -> Histogram:
+    """Seconds from an event's Kafka timestamp to the creation of the run it started."""
+    seconds = _seconds(session, Run.created_at, Event.kafka_timestamp)
+    query = (
+        select(Run.id)
+        .join(Event, Event.id == Run.event_id)
+        .where(Event.kafka_timestamp.is_not(None))
+    )
+    return _histogram(session, seconds, query, bounds)
+
+
+def queue_wait_histogram(session: Session, bounds: Sequence[float]) -> Histogram:
+    """Seconds a step waited from being queued to being started (its latest attempt).
+
+    A retried step is queued again with its backoff delay, so that delay is included.
+    """
+    seconds = _seconds(session, StepRun.started_at, StepRun.queued_at)
+    query = select(StepRun.id).where(
+        StepRun.queued_at.is_not(None),
+        StepRun.started_at.is_not(None),
+        StepRun.started_at >= StepRun.queued_at,
+    )
+    return _histogram(session, seconds, query, bounds)
+
+
+def execution_histogram(session: Session, bounds: Sequence[float]) -> Histogram:
+    """Seconds each finished attempt ran, from start to finish."""
+    seconds = _seconds(session, Attempt.finished_at, Attempt.started_at)
+    query = select(Attempt.id).where(Attempt.finished_at.is_not(None))
+    return _histogram(session, seconds, query, bounds)

@@ -1,0 +1,108 @@
+"""The JSON API under /api; documented by the OpenAPI document at /api/openapi.json.
+
+Reads are open; every call that changes state needs the bearer token (see `auth`).
+Lists are newest first and paged by an opaque keyset cursor (`next_cursor`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request, url_for
+
+from . import context, params, services
+from .auth import require_token
+from .openapi import document
+
+bp = Blueprint("api", __name__)
+
+
+# -- views -----------------------------------------------------------------------------------
+
+
+@bp.get("/openapi.json")
+def openapi() -> Any:
+    """The OpenAPI 3.1 document describing every endpoint."""
+    return jsonify(document())
+
+
+@bp.get("/workflows")
+def list_workflows() -> Any:
+    """Every loaded workflow with its steps, dependencies and triggers."""
+    return jsonify(workflows=[w.describe() for w in context.registry()])
+
+
+@bp.get("/workflows/<name>")
+def show_workflow(name: str) -> Any:
+    """One workflow with its steps, dependencies and triggers."""
+    return jsonify(context.registry().get(name).describe())
+
+
+@bp.post("/workflows/<name>/runs")
+@require_token
+def create_run(name: str) -> Any:
+    """Start a run with `{"input": {...}}`; 201 with the run."""
+    run_id = services.start_run(name, params.json_body(request.get_data()))
+    return jsonify(services.run_json(run_id)), 201, {"Location": url_for(".show_run", run_id=run_id)}
+
+
+@bp.get("/runs")
+def list_runs() -> Any:
+    """Runs newest first, filtered by workflow, status and since; keyset paged."""
+    return jsonify(services.runs_page(request.args))
+
+
+@bp.get("/runs/<run_id>")
+def show_run(run_id: str) -> Any:
+    """A run with input, event, status, times and every step with its attempts."""
+    return jsonify(services.run_json(run_id))
+
+
+@bp.post("/runs/<run_id>/cancel")
+@require_token
+def cancel_run(run_id: str) -> Any:
+    """Cancel a live run; 409 if it has already finished."""
+    services.cancel_run(run_id)
+    return jsonify(services.run_json(run_id))
+
+
+@bp.post("/runs/<run_id>/retry")
+@require_token
+def retry_run(run_id: str) -> Any:
+    """Re-run a finished run's failed and cancelled steps and what depends on them."""
+    services.retry_run(run_id)
+    return jsonify(services.run_json(run_id))
+
+
+@bp.post("/runs/retry")
+@require_token
+def bulk_retry() -> Any:
+    """Retry many runs, by `ids` or by filter; reports how many were touched."""
+    return jsonify(services.bulk("retry", params.json_body(request.get_data())))
+
+
+@bp.post("/runs/cancel")
+@require_token
+def bulk_cancel() -> Any:
+    """Cancel many runs, by `ids` or by filter; reports how many were touched."""
+    return jsonify(services.bulk("cancel", params.json_body(request.get_data())))
+
+
+@bp.get("/events")
+def list_events() -> Any:
+    """Recorded events newest first, filtered by topic and outcome, with their runs."""
+    return jsonify(services.events_page(request.args))
+
+
+@bp.get("/events/<int:event_id>")
+def show_event(event_id: int) -> Any:
+    """One recorded event with its payload, outcome, reason and the runs it started."""
+    return jsonify(services.event_json(event_id))
+
+
+@bp.post("/events/<int:event_id>/replay")
+@require_token
+def replay_event(event_id: int) -> Any:
+    """Re-evaluate an event against today's triggers; lists the runs it started."""
+    started = services.replay(event_id)
+    return jsonify(event_id=event_id, runs=started, started=len(started))

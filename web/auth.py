@@ -1,0 +1,156 @@
+"""Who may change things: the API's bearer token, the dashboard's login session, CSRF.
+
+* A mutating API call carries `Authorization: Bearer <ORCHESTRATOR_API_TOKEN>`, compared
+  in constant time; anything else is `401`. With no token configured every mutating call
+  is refused, so a server never runs open by accident.
+* The dashboard's login form takes the same token and stores only a keyed fingerprint of
+  it in the signed session cookie; changing the token logs every browser out.
+* Every form that changes something carries a per-session CSRF token (checked in
+  constant time); the cookie is `HttpOnly` and `SameSite=Lax`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.exceptions import BadRequest, Unauthorized
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+bp = Blueprint("auth", __name__)
+
+
+def session_secret(api_token: str | None, secret_key: str | None) -> str:
+    """The cookie-signing key: the configured one, else derived from the token, else random."""
+    if secret_key:
+        return secret_key
+    if api_token:
+        return hmac.new(api_token.encode(), b"orchestrator web session", hashlib.sha256).hexdigest()
+    return secrets.token_hex(32)
+
+
+def token_ok(presented: str | None) -> bool:
+    expected = current_app.config.get("API_TOKEN")
+    if not expected or not presented:
+        return False
+    return hmac.compare_digest(presented.encode(), str(expected).encode())
+
+
+def _fingerprint() -> str:
+    token = str(current_app.config.get("API_TOKEN") or "")
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
+
+
+def logged_in() -> bool:
+    mark = session.get("auth")
+    if not current_app.config.get("API_TOKEN") or not isinstance(mark, str):
+        return False
+    return hmac.compare_digest(mark.encode(), _fingerprint().encode())
+
+
+def require_token(view: F) -> F:
+    """API views that change state: `401` unless the bearer token is right."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not current_app.config.get("API_TOKEN"):
+            raise Unauthorized(
+                "this server has no ORCHESTRATOR_API_TOKEN set, so every mutating call is "
+                "refused; set it and restart"
+            )
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("send the API token as 'Authorization: Bearer <token>'")
+        if not token_ok(value.strip()):
+            raise Unauthorized("the API token is not valid")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def csrf_token() -> str:
+    """This session's CSRF token, created on first use (templates call it for forms)."""
+    token = session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return token
+
+
+def check_csrf() -> None:
+    expected = session.get("csrf")
+    presented = request.form.get("csrf_token", "")
+    if not isinstance(expected, str) or not hmac.compare_digest(
+        presented.encode(), expected.encode()
+    ):
+        raise BadRequest(
+            "this form expired or was not sent from the dashboard (CSRF check failed); "
+            "reload the page and try again"
+        )
+
+
+def _local(target: str | None) -> str | None:
+    """`target` if it is a path on this site (no open redirects), else None."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else None
+
+
+def require_login(view: F) -> F:
+    """Dashboard actions: a valid CSRF token, then a logged-in session (else to the login form)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        check_csrf()
+        if not logged_in():
+            flash("Log in with the API token to do that.", "error")
+            back = _local(request.form.get("next")) or request.path
+            return redirect(url_for("auth.login", next=back))
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    """The login form; a right token sets the session cookie and returns to `next`."""
+    target = _local(request.values.get("next")) or url_for("pages.overview")
+    configured = bool(current_app.config.get("API_TOKEN"))
+    if request.method == "POST":
+        check_csrf()
+        if token_ok(request.form.get("token", "").strip()):
+            session.clear()
+            session["auth"] = _fingerprint()
+            csrf_token()
+            flash("Logged in.", "info")
+            return redirect(target)
+        flash("That token is not valid." if configured else "No API token is configured.", "error")
+        return render_template("login.html", next=target, configured=configured), 401
+    return render_template("login.html", next=target, configured=configured)
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> Any:
+    """Forget this browser's login."""
+    check_csrf()
+    session.clear()
+    flash("Logged out.", "info")
+    return redirect(url_for("pages.overview"))

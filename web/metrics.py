@@ -1,0 +1,152 @@
+"""GET /metrics: Prometheus text format from a registry of this app's own.
+
+Everything is read at scrape time from the database (the source of truth, shared by
+every web process), so any number of web processes report the same figures:
+
+* `orchestrator_runs` and `orchestrator_steps` by workflow and status (gauges);
+* `orchestrator_events_total` by outcome;
+* `orchestrator_consumer_lag` per topic and partition, from Kafka's end offsets and the
+  consumer group's committed offsets (only when ORCHESTRATOR_KAFKA_BOOTSTRAP is set);
+* three histograms, so an operator sees where time goes: event to run (Kafka timestamp
+  to run committed), queue wait (step queued to started) and execution (attempt start
+  to finish).
+
+A source that cannot be read is reported by `orchestrator_metrics_source_up{source}` = 0
+instead of failing the scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from orchestrator.db import stats
+from orchestrator.runtime import Runtime
+
+from . import context, kafka_admin
+
+log = logging.getLogger("orchestrator.web.metrics")
+
+bp = Blueprint("metrics", __name__)
+
+EXTENSION = "orchestrator_metrics"
+#: Histogram bucket bounds in seconds.
+EVENT_TO_RUN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+EXECUTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+def _histogram(name: str, doc: str, data: stats.Histogram) -> HistogramMetricFamily:
+    buckets = [(f"{b:g}", c) for b, c in zip(data.bounds, data.counts, strict=True)]
+    buckets.append(("+Inf", data.count))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=data.sum)
+
+
+class StateCollector(Collector):
+    """Reads runs, steps, events and durations from the database at each scrape."""
+
+    def __init__(self, runtime: Runtime, kafka_bootstrap: str | None, kafka_group: str) -> None:
+        self.runtime = runtime
+        self.kafka_bootstrap = kafka_bootstrap
+        self.kafka_group = kafka_group
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "orchestrator_metrics_source_up",
+            "1 when the source could be read for this scrape",
+            labels=["source"],
+        )
+        try:
+            yield from self._database()
+            up.add_metric(["database"], 1)
+        except Exception as exc:  # noqa: BLE001 - report, do not fail the scrape
+            log.warning("metrics: cannot read the database: %s", exc)
+            up.add_metric(["database"], 0)
+        if self.kafka_bootstrap:
+            try:
+                yield self._lag()
+                up.add_metric(["kafka"], 1)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("metrics: cannot read consumer lag: %s", exc)
+                up.add_metric(["kafka"], 0)
+        yield up
+
+    def _database(self) -> list[Metric]:
+        with self.runtime.sessions() as session:
+            runs = GaugeMetricFamily(
+                "orchestrator_runs", "Runs by workflow and status", labels=["workflow", "status"]
+            )
+            for workflow, status, count in stats.runs_by_workflow_status(session):
+                runs.add_metric([workflow, status], count)
+            steps = GaugeMetricFamily(
+                "orchestrator_steps", "Steps by workflow and status", labels=["workflow", "status"]
+            )
+            for workflow, status, count in stats.steps_by_workflow_status(session):
+                steps.add_metric([workflow, status], count)
+            events = CounterMetricFamily(
+                "orchestrator_events", "Recorded Kafka events by outcome", labels=["outcome"]
+            )
+            for outcome, count in sorted(stats.events_by_outcome(session).items()):
+                events.add_metric([outcome], count)
+            return [
+                runs,
+                steps,
+                events,
+                _histogram(
+                    "orchestrator_event_to_run_seconds",
+                    "From an event's Kafka timestamp to the run it started being committed",
+                    stats.event_to_run_histogram(session, EVENT_TO_RUN_BUCKETS),
+                ),
+                _histogram(
+                    "orchestrator_step_queue_wait_seconds",
+                    "From a step being queued to a worker starting it (latest attempt)",
+                    stats.queue_wait_histogram(session, QUEUE_WAIT_BUCKETS),
+                ),
+                _histogram(
+                    "orchestrator_step_execution_seconds",
+                    "From an attempt starting to finishing",
+                    stats.execution_histogram(session, EXECUTION_BUCKETS),
+                ),
+            ]
+
+    def _lag(self) -> Metric:
+        topics = {
+            t.topic for w in self.runtime.registry for t in w.triggers if hasattr(t, "topic")
+        }
+        lag = GaugeMetricFamily(
+            "orchestrator_consumer_lag",
+            "Messages not yet consumed by the trigger consumer group (end offset - committed)",
+            labels=["topic", "partition"],
+        )
+        assert self.kafka_bootstrap is not None
+        for p in kafka_admin.consumer_lag(self.kafka_bootstrap, self.kafka_group, topics):
+            lag.add_metric([p.topic, str(p.partition)], p.lag)
+        return lag
+
+
+def init_app(app: Flask) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        StateCollector(
+            context.runtime_of(app), app.config.get("KAFKA_BOOTSTRAP"), app.config["KAFKA_GROUP"]
+        )
+    )
+    app.extensions[EXTENSION] = registry
+
+
+@bp.get("/metrics")
+def metrics() -> Any:
+    """Prometheus text format: runs, steps, events, consumer lag and latency histograms."""
+    registry: CollectorRegistry = current_app.extensions[EXTENSION]
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

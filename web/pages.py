@@ -1,0 +1,203 @@
+"""The dashboard: server-rendered pages, with small static scripts for live updates.
+
+Reading is open, like the API's GETs. Every action (start, retry, cancel, bulk, replay)
+is a form POST that needs a logged-in session and the form's CSRF token (see `auth`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
+from werkzeug.exceptions import BadRequest, Conflict
+
+from orchestrator import planner as P
+from orchestrator.errors import InvalidInput
+
+from . import context, params, services
+from .auth import csrf_token, logged_in, require_login
+
+bp = Blueprint("pages", __name__)
+
+FILTERS = ("workflow", "status", "since")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _filters(source: Any) -> dict[str, str]:
+    """The runs-list filters present in `source` (query string or form), as given."""
+    return {k: source.get(k) for k in FILTERS if source.get(k)}
+
+
+@bp.get("/")
+def overview() -> Any:
+    """Counts by status (last hour, last day), throughput chart, recent failures."""
+    return render_template("overview.html", **services.overview(_now()))
+
+
+@bp.get("/workflows")
+def workflows() -> Any:
+    """Every workflow with its DAG and triggers."""
+    items = [(w.describe(), services.dag_of(w)) for w in context.registry()]
+    return render_template("workflows.html", items=items)
+
+
+@bp.get("/workflows/<name>")
+def workflow(name: str) -> Any:
+    """One workflow: DAG, triggers, input schema, a start form and its latest runs."""
+    return render_template("workflow.html", **services.workflow_page(name), input_text="{}")
+
+
+@bp.post("/workflows/<name>/start")
+@require_login
+def start(name: str) -> Any:
+    """Start a run from the form's JSON input; back to the form with the reason if refused."""
+    text = request.form.get("input", "").strip() or "{}"
+    try:
+        run_id = services.start_run(name, {"input": params.json_body(text.encode())})
+    except (BadRequest, InvalidInput) as exc:
+        message = exc.description if isinstance(exc, BadRequest) else str(exc)
+        page = services.workflow_page(name)
+        return render_template("workflow.html", **page, input_text=text, error=message), 400
+    flash(f"Started run {run_id}.", "info")
+    return redirect(url_for(".run", run_id=run_id))
+
+
+@bp.get("/runs")
+def runs() -> Any:
+    """Runs filtered by workflow, status and age; live-updating; bulk retry/cancel."""
+    page = services.runs_page(request.args)
+    filters = _filters(request.args)
+    return render_template(
+        "runs.html",
+        page=page,
+        filters=filters,
+        statuses=P.RUN_STATUSES,
+        workflow_names=[w.name for w in context.registry()],
+        paged=bool(request.args.get("cursor")),
+        limit=params.limit_arg(request.args),
+        next_url=url_for(".runs", **filters, cursor=page["next_cursor"]) if page["next_cursor"] else None,
+    )
+
+
+@bp.post("/runs/bulk")
+@require_login
+def bulk() -> Any:
+    """Retry or cancel the selected runs, or every run matching the current filter."""
+    action = request.form.get("action")
+    if action not in ("retry", "cancel"):
+        raise BadRequest("action must be retry or cancel")
+    filters = _filters(request.form)
+    if request.form.get("scope") == "matching":
+        body: dict[str, Any] = dict(filters)
+    else:
+        body = {"ids": request.form.getlist("ids")}
+    result = services.bulk(action, body)
+    verb = "Retried" if action == "retry" else "Cancelled"
+    message = f"{verb} {result['touched']} of {result['matched']} matching run(s)."
+    if result["not_found"]:
+        message += f" {len(result['not_found'])} not found."
+    if result["remaining"]:
+        message += " More runs match: repeat to continue."
+    flash(message, "info")
+    return redirect(url_for(".runs") + ("?" + urlencode(filters) if filters else ""))
+
+
+@bp.get("/runs/<run_id>")
+def run(run_id: str) -> Any:
+    """A run: DAG by step status, attempts timeline, results, errors, logs, its event."""
+    return render_template("run.html", **services.run_page(run_id, _now()))
+
+
+def _act(run_id: str, action: Any, done: str) -> Any:
+    try:
+        action(run_id)
+        flash(done, "info")
+    except Conflict as exc:
+        flash(exc.description or "Nothing to do.", "error")
+    return redirect(url_for(".run", run_id=run_id))
+
+
+@bp.post("/runs/<run_id>/retry")
+@require_login
+def retry(run_id: str) -> Any:
+    """Retry this run's failed and cancelled steps."""
+    return _act(run_id, services.retry_run, "Retrying the run's failed and cancelled steps.")
+
+
+@bp.post("/runs/<run_id>/cancel")
+@require_login
+def cancel(run_id: str) -> Any:
+    """Cancel this run."""
+    return _act(run_id, services.cancel_run, "Cancelled the run.")
+
+
+@bp.get("/events")
+def events() -> Any:
+    """The event log, filterable by topic and outcome, each event with its runs."""
+    page = services.events_page(request.args)
+    filters = {k: request.args[k] for k in ("topic", "outcome") if request.args.get(k)}
+    return render_template(
+        "events.html",
+        page=page,
+        filters=filters,
+        outcomes=params.OUTCOMES,
+        next_url=url_for(".events", **filters, cursor=page["next_cursor"]) if page["next_cursor"] else None,
+    )
+
+
+@bp.get("/events/<int:event_id>")
+def event(event_id: int) -> Any:
+    """One event: payload, raw value, reason, and the runs it started."""
+    return render_template("event.html", event=services.event_json(event_id))
+
+
+@bp.post("/events/<int:event_id>/replay")
+@require_login
+def replay(event_id: int) -> Any:
+    """Re-evaluate this event against today's triggers."""
+    started = services.replay(event_id)
+    flash(f"Replay started {len(started)} run(s)." if started else "Replay started no run.", "info")
+    return redirect(url_for(".event", event_id=event_id))
+
+
+# -- template helpers ----------------------------------------------------------------------
+
+
+def _pretty(value: Any) -> str:
+    """JSON for people: indented, non-ASCII kept; escaped by the template like any text."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
+
+
+def _when(value: str | None) -> str:
+    """An ISO time as `YYYY-MM-DD HH:MM:SS` UTC."""
+    if not value:
+        return "—"
+    try:
+        moment = datetime.fromisoformat(value).astimezone(UTC)
+    except ValueError:
+        return value
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _took(start: str | None, end: str | None) -> str:
+    if not start or not end:
+        return ""
+    seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
+
+
+def init_app(app: Flask) -> None:
+    app.jinja_env.filters["pretty"] = _pretty
+    app.jinja_env.filters["when"] = _when
+    app.jinja_env.globals["took"] = _took
+    app.jinja_env.globals["final_statuses"] = sorted(P.RUN_FINAL)
+
+    @app.context_processor
+    def _globals() -> dict[str, Any]:
+        return {"csrf_token": csrf_token, "logged_in": logged_in}

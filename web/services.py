@@ -1,0 +1,197 @@
+"""What the API and the dashboard do for a request, in one function each.
+
+Each function checks what the request carries (via `params`), calls one engine or query
+function and returns plain data; the API turns it into JSON and the pages into HTML, so
+both always agree.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime, timedelta
+from typing import Any
+
+from werkzeug.exceptions import BadRequest, Conflict, NotFound
+
+from orchestrator.bulk import MAX_BULK_LIMIT, RunFilter, bulk_action
+from orchestrator.db import queries as Q
+from orchestrator.db import stats
+from orchestrator.dsl import Workflow
+
+from . import context, graphics, params
+
+#: Failed runs listed on the overview, and runs listed on a workflow's page.
+RECENT_FAILURES = 10
+RECENT_RUNS = 10
+
+
+def run_json(run_id: str) -> dict[str, Any]:
+    """A run with its steps, attempts and the event that started it."""
+    run = Q.get_run(context.db(), run_id)
+    data = Q.run_dict(run)
+    data["event"] = Q.event_ref(run.event)
+    return data
+
+
+def runs_page(args: Any) -> dict[str, Any]:
+    """One page of the runs list for query `args` (shared with the dashboard's runs page)."""
+    limit = params.limit_arg(args)
+    found = Q.list_runs(
+        context.db(),
+        workflow=params.workflow_arg(args),
+        status=params.status_arg(args),
+        since=params.since_arg(args),
+        before=params.run_cursor_arg(args),
+        limit=limit + 1,
+    )
+    more = len(found) > limit
+    found = found[:limit]
+    last = found[-1] if found else None
+    return {
+        "runs": [Q.run_dict(r, with_steps=False) for r in found],
+        "next_cursor": params.run_cursor(last.created_at, last.id) if more and last else None,
+    }
+
+
+def events_page(args: Any) -> dict[str, Any]:
+    """One page of recorded events, each with the runs it started."""
+    session = context.db()
+    limit = params.limit_arg(args)
+    found = Q.list_events(
+        session,
+        topic=params.topic_arg(args),
+        outcome=params.outcome_arg(args),
+        before=params.event_cursor_arg(args),
+        limit=limit + 1,
+    )
+    more = len(found) > limit
+    found = found[:limit]
+    lineage = Q.runs_of_events(session, [e.id for e in found])
+    return {
+        "events": [Q.event_dict(e, lineage[e.id]) for e in found],
+        "next_cursor": params.event_cursor(found[-1].id) if more and found else None,
+    }
+
+
+def event_json(event_id: int) -> dict[str, Any]:
+    if not params.event_id_ok(event_id):
+        raise NotFound(f"no event {event_id}")
+    session = context.db()
+    event = Q.get_event(session, event_id)
+    return Q.event_dict(event, Q.runs_of_events(session, [event.id])[event.id])
+
+
+def start_run(name: str, body: dict[str, Any]) -> str:
+    """Check a start-run body and start the run; returns its id."""
+    context.registry().get(name)  # 404 before looking at the body
+    params.check_fields(body, {"input"})
+    data = body.get("input", {})
+    if not isinstance(data, dict):
+        raise BadRequest(f"input must be a JSON object, got {type(data).__name__}")
+    params.check_storable(data)
+    return context.engine().start_run(name, data)
+
+
+def cancel_run(run_id: str) -> None:
+    """Cancel a live run; `Conflict` if it has already finished."""
+    if not context.engine().cancel_run(run_id):
+        raise Conflict(f"run {run_id} has already finished; nothing to cancel")
+
+
+def retry_run(run_id: str) -> None:
+    """Retry a finished run; `Conflict` if it is still running or has nothing to retry."""
+    if not context.engine().retry_run(run_id):
+        raise Conflict(f"run {run_id} is still running or has nothing to retry")
+
+
+def bulk(action: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Retry or cancel the runs a body names: `ids`, or a filter (`workflow`, `status`, `since`)."""
+    params.check_fields(body, {"ids", "workflow", "status", "since", "limit"})
+    limit = params.limit_arg(body, default=1000, maximum=MAX_BULK_LIMIT)
+    if "ids" in body:
+        if set(body) - {"ids"}:
+            raise BadRequest("give either ids or a filter (workflow, status, since), not both")
+        ids = params.id_list(body["ids"], MAX_BULK_LIMIT)
+        result = bulk_action(context.engine(), action, ids=ids)  # type: ignore[arg-type]
+    else:
+        where = RunFilter(
+            workflow=params.workflow_arg(body),
+            status=params.status_arg(body),
+            since=params.since_arg(body),
+        )
+        if where == RunFilter():
+            raise BadRequest(
+                "give ids, or at least one filter field (workflow, status, since); "
+                "an empty filter would touch every run"
+            )
+        result = bulk_action(context.engine(), action, where=where, limit=limit)  # type: ignore[arg-type]
+    return result.as_dict()
+
+
+def replay(event_id: int) -> list[str]:
+    """Re-evaluate a recorded event against today's triggers; ids of the runs it started."""
+    from orchestrator.consumer import replay_event
+
+    if not params.event_id_ok(event_id):
+        raise NotFound(f"no event {event_id}")
+    Q.get_event(context.db(), event_id)  # 404 for an unknown event
+    return list(replay_event(context.engine(), event_id))
+
+
+# -- dashboard pages ----------------------------------------------------------------------
+
+
+def overview(now: datetime) -> dict[str, Any]:
+    """Counts by status over the last hour and day, hourly throughput, recent failures."""
+    session = context.db()
+    day = now - timedelta(days=1)
+    return {
+        "hour": stats.run_counts_since(session, now - timedelta(hours=1)),
+        "day": stats.run_counts_since(session, day),
+        "chart": graphics.throughput_chart(stats.hourly_runs(session, day), now),
+        "failures": [
+            Q.run_dict(r, with_steps=False)
+            for r in Q.list_runs(session, status="failed", limit=RECENT_FAILURES)
+        ],
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(deps: tuple[tuple[str, tuple[str, ...]], ...]) -> graphics.DagLayout:
+    return graphics.layout_dag(dict(deps))
+
+
+def dag_of(workflow: Workflow) -> graphics.DagLayout:
+    """The workflow's DAG layout (computed once per shape)."""
+    return _layout(tuple((s.name, tuple(s.after)) for s in workflow.steps.values()))
+
+
+def workflow_page(name: str) -> dict[str, Any]:
+    """A workflow's description, DAG and latest runs."""
+    workflow = context.registry().get(name)
+    recent = Q.list_runs(context.db(), workflow=name, limit=RECENT_RUNS)
+    return {
+        "workflow": workflow.describe(),
+        "dag": dag_of(workflow),
+        "runs": [Q.run_dict(r, with_steps=False) for r in recent],
+    }
+
+
+def run_page(run_id: str, now: datetime) -> dict[str, Any]:
+    """A run with its DAG (if the workflow is still loaded) and its attempts' timeline."""
+    run = run_json(run_id)
+    registry = context.registry()
+    dag = dag_of(registry.get(run["workflow"])) if run["workflow"] in registry else None
+    attempts = [
+        (s["name"], a["number"], a["status"], _time(a["started_at"]), _time(a["finished_at"]))
+        for s in run["steps"]
+        for a in s["attempts"]
+        if a["started_at"]
+    ]
+    timeline = graphics.timeline(attempts, now, [s["name"] for s in run["steps"]])
+    statuses = {s["name"]: s["status"] for s in run["steps"]}
+    return {"run": run, "dag": dag, "timeline": timeline, "statuses": statuses}
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
