@@ -284,6 +284,37 @@ def _check_database(rt: Runtime) -> None:
             ) from None
 
 
+#: Request threads of `orchestrator web` (waitress) when --threads is not given.
+WEB_THREADS = 8
+
+
+@main.command("web")
+@click.option("--host", default=None, help="Interface to listen on (default: ORCHESTRATOR_WEB_HOST or 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port to listen on (default: ORCHESTRATOR_WEB_PORT or 8080).")
+@click.option("--threads", type=click.IntRange(1, 256), default=WEB_THREADS, show_default=True)
+@friendly_errors
+def web_command(host: str | None, port: int | None, threads: int) -> None:
+    """Serve the dashboard and JSON API with waitress (a production WSGI server)."""
+    from waitress import serve
+
+    from web import create_app
+
+    rt = _runtime()
+    rt.registry  # noqa: B018 - load and validate the workflows before serving
+    settings = rt.settings
+    host = host or settings.web_host
+    port = port or settings.web_port
+    if not settings.api_token:
+        click.echo(
+            "warning: ORCHESTRATOR_API_TOKEN is not set: pages and reads work, "
+            "every action and mutating API call is refused",
+            err=True,
+        )
+    click.echo(f"dashboard and API on http://{host}:{port}/ (API document: /api/openapi.json)")
+    serve(create_app({"RUNTIME": rt}), host=host, port=port, threads=threads, ident="orchestrator")
+
+
 @main.command()
 @click.option("--concurrency", "-c", type=click.IntRange(1, 64), default=1, show_default=True)
 @friendly_errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -63,6 +64,9 @@ def run_dev(settings: Settings, concurrency: int = 1) -> None:
     env["ORCHESTRATOR_DATABASE_URL"] = settings.database_url
     env["ORCHESTRATOR_BROKER_URL"] = settings.broker_url
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # The dashboard and API need a token for actions; generate one for this session if unset.
+    token = settings.api_token or secrets.token_urlsafe(24)
+    env["ORCHESTRATOR_API_TOKEN"] = token
     supervisor = Supervisor()
 
     def _terminate(_signum: int, _frame: object) -> None:
@@ -75,11 +79,24 @@ def run_dev(settings: Settings, concurrency: int = 1) -> None:
             [sys.executable, "-m", "orchestrator", "worker", f"--concurrency={concurrency}"],
             env,
         )
+        web_url = f"http://{settings.web_host}:{settings.web_port}/"
+        supervisor.start(
+            "web",
+            [sys.executable, "-m", "orchestrator", "web",
+             f"--host={settings.web_host}", f"--port={settings.web_port}"],
+            env,
+        )
         click.echo("orchestrator dev is running:")
         click.echo(f"  state     {settings.database_url}")
         click.echo(f"  broker    {settings.broker_url}")
         click.echo(f"  worker    {concurrency} process(es), queues: {', '.join(sorted(registry.queues))}")
         click.echo(f"  workflows {', '.join(w.name for w in registry) or '(none)'}")
+        click.echo(f"  web       {web_url}  (dashboard and JSON API)")
+        if settings.api_token:
+            click.echo("  token     from ORCHESTRATOR_API_TOKEN")
+        else:
+            click.echo(f"  token     {token}   (generated for this session; log in with it, or")
+            click.echo("            send 'Authorization: Bearer <token>'; set ORCHESTRATOR_API_TOKEN to keep one)")
         click.echo("  try:      orchestrator trigger NAME --input '{...}'   (Ctrl-C stops everything)")
         supervisor.watch()
     except KeyboardInterrupt:

@@ -197,7 +197,6 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["when"] = _when
     app.jinja_env.globals["took"] = _took
     app.jinja_env.globals["final_statuses"] = sorted(P.RUN_FINAL)
-
-    @app.context_processor
-    def _globals() -> dict[str, Any]:
-        return {"csrf_token": csrf_token, "logged_in": logged_in}
+    # Globals (not a context processor) so that imported macros see them too.
+    app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.globals["logged_in"] = logged_in
