@@ -325,5 +325,115 @@ def dev(concurrency: int) -> None:
     run_dev(Settings.from_env(), concurrency=concurrency)
 
 
+# -- Kafka events ------------------------------------------------------------------------
+
+
+def _kafka_settings() -> Settings:
+    """Settings with a Kafka to talk to: ORCHESTRATOR_KAFKA_BOOTSTRAP, else `orchestrator dev`'s."""
+    from .tansu import running_dev_broker
+
+    settings = Settings.from_env()
+    if settings.kafka_bootstrap is None:
+        bootstrap = running_dev_broker()
+        if bootstrap is not None:
+            settings = settings.with_(kafka_bootstrap=bootstrap)
+    return settings
+
+
+@main.command()
+@friendly_errors
+def consume() -> None:
+    """Turn events on the trigger topics into runs, until SIGTERM or Ctrl-C.
+
+    Run several to share the topics' partitions (one consumer group: ORCHESTRATOR_KAFKA_GROUP).
+    """
+    import signal
+
+    from .consumer import EventConsumer
+
+    rt = Runtime(_kafka_settings())
+    install(rt)
+    _check_database(rt)
+    service = EventConsumer(rt.engine)
+
+    def _stop(_signum: int, _frame: object) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    service.run()
+    click.echo("consumer stopped")
+
+
+@main.command()
+@click.argument("topic")
+@click.argument("payload")
+@click.option("--key", default=None, help="Message key (events with one key keep their order).")
+@click.option("--raw", is_flag=True, help="Send PAYLOAD as is, even if it is not JSON.")
+@friendly_errors
+def publish(topic: str, payload: str, key: str | None, raw: bool) -> None:
+    """Publish one event, PAYLOAD (JSON), to TOPIC; prints its partition and offset."""
+    from kafka.errors import KafkaError
+
+    from .kafka import create_producer
+
+    if not raw:
+        _json_arg(payload, "PAYLOAD")
+    settings = _kafka_settings()
+    try:
+        producer = create_producer(settings)
+    except KafkaError as exc:
+        raise click.ClickException(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
+    try:
+        sent = producer.send(topic, value=payload.encode(), key=key.encode() if key is not None else None)
+        metadata = sent.get(timeout=30)
+    except KafkaError as exc:
+        raise click.ClickException(f"could not publish to {topic}: {exc}") from None
+    finally:
+        producer.close(timeout=5)
+    click.echo(f"published to {topic} partition {metadata.partition} offset {metadata.offset}")
+
+
+@main.command()
+@click.option("--topic", default=None, help="Only events of this topic.")
+@click.option("--outcome", type=click.Choice(["matched", "ignored", "rejected"]), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@friendly_errors
+def events(topic: str | None, outcome: str | None, limit: int, as_json: bool) -> None:
+    """List recorded events, newest first, with what became of each."""
+    from .db.queries import event_dict, list_events, runs_of_events
+
+    rt = _runtime()
+    with rt.sessions() as session:
+        found = list_events(session, topic=topic, outcome=outcome, limit=limit)
+        lineage = runs_of_events(session, [e.id for e in found])
+        items = [event_dict(e, lineage[e.id]) for e in found]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no events")
+    for item in items:
+        where = f"{item['topic']}[{item['partition']}]@{item['offset']}"
+        runs = ", ".join(f"{r['workflow']} {r['id']}" for r in item["runs"])
+        detail = item["reason"] if item["outcome"] == "rejected" else runs
+        click.echo(f"{item['id']:>8}  {where:<32} {item['outcome']:<9} {detail or ''}")
+
+
+@main.command()
+@click.argument("event_id", type=int)
+@friendly_errors
+def replay(event_id: int) -> None:
+    """Evaluate recorded event EVENT_ID against today's triggers and start its missing runs."""
+    from .events import replay_event
+
+    started = replay_event(_runtime().engine, event_id)
+    if not started:
+        click.echo(f"event {event_id} started no new run")
+    for run_id in started:
+        click.echo(f"started run {run_id}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

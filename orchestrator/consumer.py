@@ -1,0 +1,432 @@
+"""`orchestrator consume`: Kafka events in, recorded events and started runs out.
+
+The loop, for each poll batch of at most `ORCHESTRATOR_KAFKA_BATCH_SIZE` messages:
+
+1. assess every message (pure: decode, match, map, validate; see `intake`);
+2. record the batch and start its runs in one database transaction (see `events`);
+   first-step messages go to Celery after the commit;
+3. copy the batch's rejected events to their dead-letter topics and wait for the acks;
+4. commit the batch's offsets to Kafka.
+
+An offset is committed only after its event is in the database (and, if rejected, in the
+dead-letter topic), so a crash at any point loses nothing; what was done but not committed
+is delivered again and recognised as already recorded, so nothing happens twice. When a
+step fails (database or broker away) the batch's partitions are rewound to the batch's
+first offsets and the batch is retried after a pause, so no memory is held across failures.
+
+Several consumers in one group share the partitions of the trigger topics; Kafka moves the
+partitions of a consumer that dies to the others. A broker or database outage is logged
+once when it starts and once when it ends, and retried with a growing pause, never in a
+tight loop. SIGTERM finishes the batch in hand, commits it and leaves the group.
+
+`replay_event(engine, event_id)` (from `events`) re-evaluates a recorded event against
+today's triggers and starts its runs as a new event would; it is re-exported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+
+from .engine import WorkflowEngine
+from .errors import ConfigurationError
+from .events import BatchResult, DeadLetter, dead_letter_headers, record_batch
+from .events import replay_event as replay_event  # the dashboard's replay calls it here
+from .intake import MATCHED, REJECTED, Assessment, Message, TriggerIndex, assess
+from .kafka import (
+    bootstrap_servers,
+    create_admin,
+    create_consumer,
+    create_producer,
+    ensure_topics,
+    quiet_client_logs,
+)
+from .settings import Settings
+
+log = logging.getLogger("orchestrator.consumer")
+
+#: Milliseconds one poll waits for messages; also how soon a stop request is noticed.
+POLL_TIMEOUT_MS = 500
+#: Seconds without messages after which the loop checks that the broker still answers.
+PROBE_INTERVAL = 2.0
+#: Pauses, in seconds, between retries while Kafka or the database is away: first, longest.
+RETRY_DELAY = (0.2, 5.0)
+#: Seconds a batch's dead-letter copies may take to be acknowledged.
+DEAD_LETTER_TIMEOUT = 30.0
+#: Seconds between two progress lines in the log.
+REPORT_INTERVAL = 30.0
+
+
+class Outage:
+    """One dependency's availability: logged once when lost, once when back."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+        self.failures = 0
+
+    @property
+    def is_down(self) -> bool:
+        return self.since is not None
+
+    def down(self, reason: object) -> None:
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s is unavailable (%s); waiting for it (logged once)", self.what, reason)
+
+    def up(self) -> None:
+        if self.since is not None:
+            log.warning("%s is back after %.1fs", self.what, time.monotonic() - self.since)
+        self.since = None
+        self.failures = 0
+
+    def pause(self) -> float:
+        """Seconds to wait before the next attempt: doubling, capped."""
+        first, longest = RETRY_DELAY
+        return min(longest, first * 2 ** max(0, self.failures - 1))
+
+
+class StorageFailed(Exception):
+    """The database could not take a batch; the batch will be retried."""
+
+
+class EventConsumer:
+    """The consumer service; `run()` blocks until `stop()` (or SIGTERM via the CLI)."""
+
+    def __init__(self, engine: WorkflowEngine, settings: Settings | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or engine.settings
+        self.index = TriggerIndex(engine.registry)
+        self.stopping = threading.Event()
+        self.kafka = Outage(f"Kafka at {self.settings.kafka_bootstrap}")
+        self.database = Outage("the database")
+        self.counts: Counter[str] = Counter()
+        self._consumer: Any = None
+        self._producer: Any = None
+        #: Offsets of recorded work not yet committed to Kafka (a commit failed), by partition.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._last_message = time.monotonic()
+        self._last_report = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, commit and leave the group."""
+        self.stopping.set()
+
+    def run(self) -> None:
+        if not self.index:
+            raise ConfigurationError(
+                "no loaded workflow has a Kafka trigger, so there is nothing to consume; "
+                "add kafka_trigger(...) to a workflow or check ORCHESTRATOR_WORKFLOWS"
+            )
+        bootstrap_servers(self.settings)  # a clear error now rather than in the loop
+        quiet_client_logs()
+        log.info(
+            "consuming %s as group %r from %s",
+            ", ".join(self.index.topics), self.settings.kafka_group, self.settings.kafka_bootstrap,
+        )
+        while not self.stopping.is_set():
+            if not self._connect():
+                self.stopping.wait(self.kafka.pause())
+                continue
+            try:
+                self._consume()
+            finally:
+                self._close()
+        self._report(force=True)
+
+    def _connect(self) -> bool:
+        try:
+            self._consumer = create_consumer(self.settings)
+            self._consumer.subscribe(self.index.topics, listener=_Rebalance(self))
+            self._producer = create_producer(self.settings)
+        except KafkaError as exc:
+            self._close()
+            self.kafka.down(exc)
+            return False
+        self._ensure_dead_letter_topics()
+        return True
+
+    def _ensure_dead_letter_topics(self) -> None:
+        topics = [t + self.settings.dlq_suffix for t in self.index.topics]
+        try:
+            admin = create_admin(self.settings)
+        except KafkaError as exc:
+            log.info("could not check the dead-letter topics (%s); they will be auto-created", exc)
+            return
+        try:
+            created = ensure_topics(admin, topics)
+            if created:
+                log.info("created dead-letter topic(s) %s", ", ".join(created))
+        except KafkaError as exc:
+            log.info("could not create the dead-letter topics (%s); they will be auto-created", exc)
+        finally:
+            admin.close()
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception:  # noqa: BLE001 - closing a client of a broker that is gone
+                log.debug("error closing the consumer", exc_info=True)
+            self._consumer = None
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=5)
+            except Exception:  # noqa: BLE001
+                log.debug("error closing the producer", exc_info=True)
+            self._producer = None
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _consume(self) -> None:
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                batch = self._consumer.poll(
+                    timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.kafka_batch_size
+                )
+            except KafkaError as exc:
+                self.kafka.down(exc)
+                self.stopping.wait(self.kafka.pause())
+                continue
+            if not batch:
+                self._idle(started)
+                continue
+            self.kafka.up()
+            self._last_message = time.monotonic()
+            messages = [Message.from_record(r) for records in batch.values() for r in records]
+            self.handle(messages)
+            self._report()
+
+    def _idle(self, started: float) -> None:
+        """Nothing arrived: commit leftovers, and notice (once) a broker that went away."""
+        if self._uncommitted:
+            self._commit({})
+        now = time.monotonic()
+        if now - self._last_message >= PROBE_INTERVAL:
+            self._last_message = now
+            if _reachable(self.settings):
+                self.kafka.up()
+            else:
+                self.kafka.down("no broker accepts connections")
+        if self.kafka.is_down and now - started < POLL_TIMEOUT_MS / 1000:
+            self.stopping.wait(self.kafka.pause())  # the client returned at once: do not spin
+
+    def handle(self, messages: list[Message]) -> BatchResult | None:
+        """Assess, record, dead-letter and commit one batch; rewinds it if a step fails."""
+        assessments = [assess(m, self.index, self.settings.max_event_bytes) for m in messages]
+        try:
+            result = self._record(assessments)
+        except StorageFailed as exc:
+            self.database.down(exc)
+            self._rewind(messages)
+            self.stopping.wait(self.database.pause())
+            return None
+        self.database.up()
+        try:
+            self._dead_letter(result.dead_letters)
+        except KafkaError as exc:
+            self.kafka.down(f"dead-letter copy failed: {exc}")
+            self._rewind(messages)
+            self.stopping.wait(self.kafka.pause())
+            return None
+        self._commit(_next_offsets(messages))
+        self.counts["events"] += result.recorded
+        self.counts["redelivered"] += result.duplicates
+        self.counts["runs"] += len(result.run_ids)
+        self.counts["dead_letters"] += len(result.dead_letters)
+        for a in assessments:
+            self.counts[a.outcome] += 1
+        return result
+
+    def _record(self, assessments: list[Assessment]) -> BatchResult:
+        """Record the batch; if the database refuses its data, find and set aside the culprit."""
+        try:
+            return record_batch(self.engine, assessments)
+        except (OperationalError, InterfaceError, DisconnectionError) as exc:
+            raise StorageFailed(_first_line(exc)) from exc
+        except DBAPIError as exc:
+            if len(assessments) == 1:
+                return self._record_unstorable(assessments[0], exc)
+            log.warning("the database refused a batch (%s); recording its events one by one",
+                        _first_line(exc))
+            total = BatchResult()
+            for assessment in assessments:
+                one = self._record([assessment])
+                total.recorded += one.recorded
+                total.duplicates += one.duplicates
+                total.run_ids += one.run_ids
+                total.dead_letters += one.dead_letters
+            return total
+
+    def _record_unstorable(self, assessment: Assessment, exc: DBAPIError) -> BatchResult:
+        reason = f"could not be stored: {_first_line(exc)}"
+        log.warning("event %s/%s/%s %s", assessment.message.topic, assessment.message.partition,
+                    assessment.message.offset, reason)
+        bare = Assessment(assessment.message, REJECTED, reason)
+        try:
+            return record_batch(self.engine, [bare])
+        except (OperationalError, InterfaceError, DisconnectionError) as again:
+            raise StorageFailed(_first_line(again)) from again
+
+    def _dead_letter(self, letters: list[DeadLetter]) -> None:
+        """Copy rejected events to `<topic><suffix>` and wait until the broker has them."""
+        if not letters:
+            return
+        futures = []
+        for letter in letters:
+            topic = letter.message.topic + self.settings.dlq_suffix
+            headers = dead_letter_headers(letter)
+            try:
+                future = self._producer.send(
+                    topic, value=letter.message.value, key=letter.message.key, headers=headers
+                )
+            except MessageSizeTooLargeError:
+                # Too big for the producer: keep the record of it, without the body.
+                size = str(len(letter.message.value or b"")).encode()
+                future = self._producer.send(
+                    topic, value=None, key=letter.message.key,
+                    headers=[*headers, ("orchestrator-dropped-bytes", size)],
+                )
+            futures.append(future)
+        self._producer.flush(timeout=DEAD_LETTER_TIMEOUT)
+        for future in futures:
+            future.get(timeout=DEAD_LETTER_TIMEOUT)
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit recorded offsets (plus any left over); keep them for later if Kafka says no."""
+        for tp, offset in offsets.items():
+            self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, 0))
+        assigned = self._consumer.assignment()
+        pending = {tp: o for tp, o in self._uncommitted.items() if tp in assigned}
+        for tp in set(self._uncommitted) - set(pending):
+            del self._uncommitted[tp]  # no longer ours: the new owner re-reads and skips it
+        if not pending:
+            return
+        try:
+            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()})
+        except CommitFailedError:
+            log.info("offsets not committed: the group rebalanced; the new owner of these "
+                     "partitions will skip the events already recorded")
+            self._uncommitted.clear()
+            return
+        except KafkaError as exc:
+            self.kafka.down(f"offset commit failed: {exc}")
+            return
+        for tp, offset in pending.items():
+            if self._uncommitted.get(tp) == offset:
+                del self._uncommitted[tp]
+
+    def _rewind(self, messages: Iterable[Message]) -> None:
+        """Fetch these messages again on the next poll (partitions still ours only)."""
+        first: dict[TopicPartition, int] = {}
+        for m in messages:
+            tp = TopicPartition(m.topic, m.partition)
+            first[tp] = min(m.offset, first.get(tp, m.offset))
+        assigned = self._consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                try:
+                    self._consumer.seek(tp, offset)
+                except (ValueError, AssertionError):
+                    pass  # revoked in the meantime
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_report < REPORT_INTERVAL:
+            return
+        self._last_report = now
+        c = self.counts
+        log.info(
+            "recorded %d event(s) (%d matched, %d ignored, %d rejected), started %d run(s), "
+            "%d dead letter(s), %d redelivered",
+            c["events"], c[MATCHED], c["ignored"], c[REJECTED], c["runs"],
+            c["dead_letters"], c["redelivered"],
+        )
+
+    # -- rebalances ---------------------------------------------------------------------------
+
+    def partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        """Commit what is recorded for the partitions we give up (never more)."""
+        revoked = set(revoked)
+        leftover = {tp: o for tp, o in self._uncommitted.items() if tp in revoked}
+        for tp in leftover:
+            del self._uncommitted[tp]
+        if leftover and self._consumer is not None:
+            try:
+                self._consumer.commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in leftover.items()})
+            except Exception:  # noqa: BLE001 - best effort: the new owner skips recorded events
+                log.debug("could not commit offsets of revoked partitions", exc_info=True)
+        if revoked:
+            log.info("partitions revoked: %s", _names(revoked))
+
+    def partitions_assigned(self, assigned: Iterable[Any]) -> None:
+        log.info("partitions assigned: %s", _names(assigned))
+
+    def partitions_lost(self, lost: Iterable[Any]) -> None:
+        """Evicted from the group: the offsets can no longer be committed by us."""
+        lost = set(lost)
+        for tp in [tp for tp in self._uncommitted if tp in lost]:
+            del self._uncommitted[tp]
+        log.info("partitions lost: %s", _names(lost))
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Forwards kafka-python's rebalance callbacks to the consumer service."""
+
+    def __init__(self, service: EventConsumer) -> None:
+        self.service = service
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.service.partitions_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.service.partitions_assigned(assigned)
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        self.service.partitions_lost(lost)
+
+
+def _next_offsets(messages: Iterable[Message]) -> dict[TopicPartition, int]:
+    """Per partition, the offset to commit: one past the last message handled."""
+    offsets: dict[TopicPartition, int] = {}
+    for m in messages:
+        tp = TopicPartition(m.topic, m.partition)
+        offsets[tp] = max(m.offset + 1, offsets.get(tp, 0))
+    return offsets
+
+
+def _reachable(settings: Settings) -> bool:
+    """True when some bootstrap server accepts a TCP connection."""
+    for server in bootstrap_servers(settings):
+        host, _, port = server.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _names(partitions: Iterable[Any]) -> str:
+    items = sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+    return ", ".join(items) or "none"
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,329 @@
+"""Recording events and starting the runs they trigger; replaying a recorded event.
+
+`record_batch` writes one poll batch in one transaction: the events with a bulk
+`INSERT ... ON CONFLICT (topic, partition, offset) DO NOTHING`, then the runs of the events
+that were new, with a bulk `INSERT ... ON CONFLICT DO NOTHING` that lets the (event,
+workflow) and (workflow, dedupe key) unique constraints drop any run that would be a second
+one. A redelivered message therefore records nothing and starts nothing, whoever delivers it
+and however often. First-step messages go to Celery after the commit (the engine's outbox).
+
+`replay_event` re-evaluates one recorded event against today's triggers and starts its runs
+exactly as a new event would (the dashboard's `POST /api/events/<id>/replay` calls it).
+
+Runs are planned by the engine itself (`WorkflowEngine.create_run` on a scratch session that
+never touches the database), so a run started by an event is indistinguishable from one
+started by hand; only the writing is done here, in bulk.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table, select, tuple_
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .db.models import Event, Run, StepRun
+from .dispatch import Dispatch
+from .engine import WorkflowEngine
+from .errors import EventNotFound, OrchestratorError
+from .intake import (
+    REJECTED,
+    Assessment,
+    Message,
+    TriggerIndex,
+    assess,
+    assess_payload,
+    headers_json,
+    text_of,
+)
+
+#: Dead-letter header holding why the event was rejected.
+REASON_HEADER = "orchestrator-reason"
+#: Dead-letter header holding `[topic, partition, offset]` of the original message.
+SOURCE_HEADER = "orchestrator-source"
+#: Dead-letter header holding the id of the recorded event (to de-duplicate copies).
+EVENT_ID_HEADER = "orchestrator-event-id"
+
+
+class EventNotReplayable(OrchestratorError):
+    """A recorded event whose body was not kept cannot be evaluated again."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Start `workflow` with `input` for event `event_id` (at most once per dedupe key)."""
+
+    event_id: int
+    workflow: str
+    input: dict[str, Any]
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A rejected event to copy to its topic's dead-letter topic."""
+
+    message: Message
+    reason: str
+    event_id: int
+
+
+@dataclass
+class BatchResult:
+    """What one batch did: events new to the database, redeliveries, runs, dead letters."""
+
+    recorded: int = 0
+    duplicates: int = 0
+    run_ids: list[str] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+def _key(message: Message) -> tuple[str, int, int]:
+    return (message.topic, message.partition, message.offset)
+
+
+def _timestamp(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def event_row(assessment: Assessment, received_at: datetime) -> dict[str, Any]:
+    """The `events` row of an assessed message.
+
+    The raw bytes are kept only when they could not be decoded (the payload holds the rest),
+    so a rejected message can be shown and replayed as it arrived.
+    """
+    message = assessment.message
+    row: dict[str, Any] = {
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "key": text_of(message.key),
+        "headers": headers_json(message.headers),
+        "kafka_timestamp": _timestamp(message.timestamp_ms),
+        "received_at": received_at,
+        "outcome": assessment.outcome,
+        "reason": assessment.reason,
+    }
+    if assessment.payload is not None:
+        row["payload"] = assessment.payload
+    else:
+        row["raw"] = message.value
+    return row
+
+
+# -- bulk writing ------------------------------------------------------------------------
+
+
+def _insert(session: Session, table: Table) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (PostgreSQL and SQLite)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise OrchestratorError(f"the Kafka consumer needs PostgreSQL or SQLite, not {dialect}")
+
+
+def _by_columns(rows: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Group rows by the set of columns they set, so each group is one executemany.
+
+    A column left out gets its SQL default (NULL), which differs from None for JSON columns.
+    """
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(frozenset(row), []).append(row)
+    return list(groups.values())
+
+
+def _set_columns(obj: Any) -> dict[str, Any]:
+    """The column values an ORM object has been given (as the ORM would INSERT them)."""
+    state = sa_inspect(obj)
+    return {a.key: state.dict[a.key] for a in state.mapper.column_attrs if a.key in state.dict}
+
+
+def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int, int], int]:
+    """Insert event rows, skipping those already recorded; returns the new ones' ids by key."""
+    table = Event.__table__
+    inserted: dict[tuple[str, int, int], int] = {}
+    for group in _by_columns(rows):
+        statement = (
+            _insert(session, table)
+            .on_conflict_do_nothing(index_elements=["topic", "partition", "offset"])
+            .returning(table.c.id, table.c.topic, table.c.partition, table.c.offset)
+        )
+        for event_id, topic, partition, offset in session.execute(statement, group):
+            inserted[(topic, partition, offset)] = event_id
+    return inserted
+
+
+def start_runs(
+    engine: WorkflowEngine,
+    session: Session,
+    outbox: list[Dispatch],
+    requests: Iterable[RunRequest],
+) -> list[str]:
+    """Add runs to an open transaction, skipping each that would be a second one.
+
+    A run is skipped when its (event, workflow) pair already has a run or its workflow
+    already has a run with the same dedupe key (earlier, or earlier in `requests`). Returns
+    the ids of the runs added; their first steps are in `outbox`.
+    """
+    planned: list[tuple[Run, list[Dispatch]]] = []
+    seen: set[tuple[str, str]] = set()
+    scratch = Session()  # unbound: create_run only builds objects here, it cannot write
+    try:
+        for request in requests:
+            if request.dedupe_key is not None:
+                if (request.workflow, request.dedupe_key) in seen:
+                    continue
+                seen.add((request.workflow, request.dedupe_key))
+            messages: list[Dispatch] = []
+            run = engine.create_run(
+                scratch,
+                messages,
+                engine.registry.get(request.workflow),
+                request.input,
+                event_id=request.event_id,
+                dedupe_key=request.dedupe_key,
+            )
+            planned.append((run, messages))
+        scratch.expunge_all()
+    finally:
+        scratch.close()
+    if not planned:
+        return []
+    runs = Run.__table__
+    created: set[uuid.UUID] = set()
+    for group in _by_columns(_set_columns(run) for run, _ in planned):
+        statement = _insert(session, runs).on_conflict_do_nothing().returning(runs.c.id)
+        created.update(session.execute(statement, group).scalars())
+    step_rows: list[dict[str, Any]] = []
+    run_ids: list[str] = []
+    for run, messages in planned:
+        if run.id not in created:
+            continue
+        run_ids.append(str(run.id))
+        for step in run.steps:
+            step_rows.append({**_set_columns(step), "run_id": run.id})
+        outbox.extend(messages)
+    for group in _by_columns(step_rows):
+        session.execute(StepRun.__table__.insert(), group)
+    return run_ids
+
+
+# -- services ---------------------------------------------------------------------------
+
+
+def record_batch(
+    engine: WorkflowEngine,
+    assessments: Sequence[Assessment],
+    received_at: datetime | None = None,
+) -> BatchResult:
+    """Record a poll batch and start its runs in one transaction (see the module docstring).
+
+    Rejected events come back as dead letters, including rejected events recorded by an
+    earlier delivery (that delivery may have died before copying them), so the dead-letter
+    topic gets every rejected event at least once.
+    """
+    received_at = received_at or datetime.now(UTC)
+    unique: dict[tuple[str, int, int], Assessment] = {}
+    for assessment in assessments:
+        unique.setdefault(_key(assessment.message), assessment)
+    result = BatchResult()
+    if not unique:
+        return result
+    with engine.transaction() as (session, outbox):
+        new_ids = insert_events(session, [event_row(a, received_at) for a in unique.values()])
+        redelivered = [k for k in unique if k not in new_ids]
+        earlier: dict[tuple[str, int, int], tuple[int, str, str | None]] = {}
+        if redelivered:
+            table = Event.__table__
+            found = session.execute(
+                select(table.c.topic, table.c.partition, table.c.offset, table.c.id,
+                       table.c.outcome, table.c.reason)
+                .where(tuple_(table.c.topic, table.c.partition, table.c.offset).in_(redelivered))
+            )
+            earlier = {(t, p, o): (i, outcome, reason) for t, p, o, i, outcome, reason in found}
+        requests: list[RunRequest] = []
+        for key, assessment in unique.items():
+            if key in new_ids:
+                event_id = new_ids[key]
+                requests.extend(
+                    RunRequest(event_id, d.workflow, d.input or {}, d.dedupe_key)
+                    for d in assessment.to_start
+                )
+                if assessment.outcome == REJECTED:
+                    result.dead_letters.append(
+                        DeadLetter(assessment.message, assessment.reason or "rejected", event_id)
+                    )
+            elif key in earlier:
+                event_id, outcome, reason = earlier[key]
+                if outcome == REJECTED:
+                    result.dead_letters.append(
+                        DeadLetter(assessment.message, reason or "rejected", event_id)
+                    )
+        result.recorded = len(new_ids)
+        result.duplicates = len(unique) - len(new_ids)
+        result.run_ids = start_runs(engine, session, outbox, requests)
+    return result
+
+
+def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
+    """Evaluate a recorded event against today's triggers and start its runs; returns their ids.
+
+    Runs start exactly as for a new event: at most one per (event, workflow) and per dedupe
+    value, so replaying twice, or replaying an event that already started a workflow, starts
+    nothing more for it. The event's outcome and reason are updated to what this evaluation
+    found; when they change, the reason keeps what it was before. Rejected events are not
+    copied to the dead-letter topic again. Raises `EventNotFound` for an unknown id and
+    `EventNotReplayable` for an event whose body was not kept.
+    """
+    index = TriggerIndex(engine.registry)
+    now = datetime.now(UTC)
+    with engine.transaction() as (session, outbox):
+        event = session.scalars(
+            select(Event).where(Event.id == event_id).with_for_update()
+        ).one_or_none()
+        if event is None:
+            raise EventNotFound(f"no event {event_id}")
+        message = Message(event.topic, event.partition, event.offset, value=event.raw)
+        if isinstance(event.payload, dict):
+            assessment = assess_payload(message, event.payload, index)
+        elif event.raw is not None:
+            assessment = assess(message, index, engine.settings.max_event_bytes)
+        else:
+            raise EventNotReplayable(
+                f"event {event_id} has neither a payload nor its raw bytes; "
+                f"re-publish it from {event.topic}{engine.settings.dlq_suffix} instead"
+            )
+        run_ids = start_runs(
+            engine,
+            session,
+            outbox,
+            [RunRequest(event.id, d.workflow, d.input or {}, d.dedupe_key) for d in assessment.to_start],
+        )
+        if (assessment.outcome, assessment.reason) != (event.outcome, event.reason):
+            before = event.outcome + (f": {event.reason}" if event.reason else "")
+            event.reason = assessment.reason or f"replayed {now.isoformat(timespec='seconds')}; was {before}"
+            event.outcome = assessment.outcome
+        if event.payload is None and assessment.payload is not None:
+            event.payload = assessment.payload
+    return run_ids
+
+
+def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    """The original headers plus the orchestrator's: why, from where, which event."""
+    message = letter.message
+    return [
+        *message.headers,
+        (REASON_HEADER, letter.reason.encode("utf-8", "backslashreplace")),
+        (SOURCE_HEADER, json.dumps([message.topic, message.partition, message.offset]).encode()),
+        (EVENT_ID_HEADER, str(letter.event_id).encode()),
+    ]

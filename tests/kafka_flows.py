@@ -1,0 +1,90 @@
+"""Workflows with Kafka triggers, for the consumer tests.
+
+Loaded with ORCHESTRATOR_WORKFLOWS="tests.flows,tests.kafka_flows". Topic names start with
+ORCHESTRATOR_TEST_TOPIC_PREFIX, so each test (each consumer process) has topics of its own.
+Steps count their executions in Redis (see `tests.flows.record`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from orchestrator import StepContext, Workflow, kafka_trigger
+from tests.flows import record
+
+PREFIX = os.environ.get("ORCHESTRATOR_TEST_TOPIC_PREFIX", "test.")
+
+
+def topic(name: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}{name}"
+
+
+# -- orders: one event may start two workflows; dedupe on the order id ---------------------
+fulfilment = Workflow(
+    "order-fulfilment",
+    triggers=[
+        kafka_trigger(
+            topic("orders"),
+            match={"type": "order.created", "order.total": {"gte": 100}},
+            input=lambda event: {"order_id": event["order"]["id"], "total": event["order"]["total"]},
+            dedupe="order.id",
+        )
+    ],
+    input_schema={
+        "type": "object",
+        "required": ["order_id"],
+        "properties": {"order_id": {"type": "integer"}, "total": {"type": "number"}},
+    },
+)
+
+
+@fulfilment.step
+def reserve(ctx: StepContext) -> dict:
+    record(ctx)
+    return {"reserved": ctx.input["order_id"]}
+
+
+audit = Workflow("order-audit", triggers=[kafka_trigger(topic("orders"), match={"type": "order.created"})])
+
+
+@audit.step
+def note(ctx: StepContext) -> dict:
+    record(ctx)
+    return {"seen": ctx.input["order"]["id"]}
+
+
+# -- bad events: functions that raise, a schema that fails ---------------------------------
+
+
+def _strict_match(event: dict) -> bool:
+    if event.get("explode") == "match":
+        raise ValueError("match function exploded on purpose")
+    return True
+
+
+def _strict_input(event: dict) -> dict:
+    if event.get("explode") == "input":
+        raise KeyError("input function exploded on purpose")
+    return {"n": event.get("n")}
+
+
+strict = Workflow(
+    "strict",
+    triggers=[kafka_trigger(topic("bad"), match=_strict_match, input=_strict_input)],
+    input_schema={"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
+)
+
+
+@strict.step
+def accept(ctx: StepContext) -> int:
+    record(ctx)
+    return ctx.input["n"]
+
+
+# -- load: many small events, a run for each "load" event -----------------------------------
+load = Workflow("load", triggers=[kafka_trigger(topic("load"), match={"type": "load"})])
+
+
+@load.step
+def touch(ctx: StepContext) -> int:
+    return ctx.input.get("i", 0)
