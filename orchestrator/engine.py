@@ -24,6 +24,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import planner as P
+from .db.hotpath import hot_path_for, succeeded_results
 from .db.models import Attempt, Run, StepRun
 from .dispatch import Dispatch, Dispatcher
 from .dsl import DEFAULT_QUEUE, StepContext, Workflow
@@ -99,6 +100,15 @@ class Decision:
 
 
 @dataclass
+class PlannedRun:
+    """Rows for a new run (`runs` and `steps` columns) and the messages of its first steps."""
+
+    run: dict[str, Any]
+    steps: list[dict[str, Any]]
+    dispatches: list[Dispatch]
+
+
+@dataclass
 class Outcome:
     """How one attempt ended."""
 
@@ -123,6 +133,7 @@ class WorkflowEngine:
         self.registry = registry
         self.dispatcher = dispatcher
         self.settings = settings
+        self.hot_path = hot_path_for(sessions.kw["bind"])
 
     # -- transactions -------------------------------------------------------------
 
@@ -156,9 +167,68 @@ class WorkflowEngine:
         """Create a run and queue its first steps; returns the run id."""
         workflow = self.registry.get(workflow_name)
         data = validate_input(workflow, {} if input is None else input)
+        planned = self.plan_run(workflow, data)
         with self.transaction() as (session, outbox):
-            run = self.create_run(session, outbox, workflow, data)
-        return str(run.id)
+            session.execute(insert(Run.__table__), [planned.run])
+            session.execute(insert(StepRun.__table__), planned.steps)
+            outbox.extend(planned.dispatches)
+        return str(planned.run["id"])
+
+    def plan_run(
+        self,
+        workflow: Workflow,
+        data: dict[str, Any],
+        *,
+        event_id: int | None = None,
+        dedupe_key: str | None = None,
+        run_id: uuid.UUID | None = None,
+    ) -> PlannedRun:
+        """The rows of a new run and its steps, and its first messages, without any I/O.
+
+        Callers insert the rows (one run, or many in bulk) and send the messages after commit.
+        """
+        now = utcnow()
+        rid = run_id or uuid.uuid4()
+        run = {
+            "id": rid,
+            "workflow": workflow.name,
+            "status": P.RUN_PENDING,
+            "input": data,
+            "error": None,
+            "created_at": now,
+            "started_at": None,
+            "finished_at": None,
+            "event_id": event_id,
+            "dedupe_key": dedupe_key,
+        }
+
+        def context_for(name: str) -> StepContext:
+            return StepContext(str(rid), workflow.name, name, data, {}, attempt=0)
+
+        statuses = dict.fromkeys(workflow.steps, P.PENDING)
+        decision = self._decide(rid, workflow, statuses, context_for, now)
+        steps = []
+        for step in workflow.steps.values():
+            row = {
+                "run_id": rid,
+                "name": step.name,
+                "status": P.PENDING,
+                "queue": step.queue or DEFAULT_QUEUE,
+                "attempts": 0,
+                "max_attempts": step.max_attempts,
+                "result": None,
+                "error": None,
+                "queued_at": None,
+                "started_at": None,
+                "finished_at": None,
+                "lease_expires_at": None,
+                "task_id": None,
+            }
+            row.update(decision.changes.get(step.name, {}))
+            steps.append(row)
+        if decision.run_status is not None:  # every root skipped
+            run.update(status=decision.run_status, finished_at=now, error=decision.run_error)
+        return PlannedRun(run=run, steps=steps, dispatches=decision.dispatches)
 
     def create_run(
         self,
@@ -292,83 +362,29 @@ class WorkflowEngine:
         """Take a queued step for this worker, or return None if it is not ours to run.
 
         None means: already succeeded or running elsewhere (a duplicate message), run
-        cancelled or finished, or unknown. The conditional UPDATE is the arbiter. This is
-        the hot path, so it is written with Core statements (no ORM unit of work).
+        cancelled or finished, or unknown. The conditional UPDATE is the arbiter.
         """
         rid = parse_run_id(run_id)
         now = utcnow()
-        runs, steps = Run.__table__, StepRun.__table__
-        with self.sessions() as session, session.begin():
-            claimed = session.execute(
-                update(steps)
-                .where(
-                    steps.c.run_id == rid,
-                    steps.c.name == step_name,
-                    steps.c.status.in_((P.QUEUED, P.RETRYING)),
-                    select(runs.c.id)
-                    .where(runs.c.id == rid, runs.c.status.in_((P.RUN_PENDING, P.RUN_RUNNING)))
-                    .exists(),
-                )
-                .values(
-                    status=P.RUNNING,
-                    attempts=steps.c.attempts + 1,
-                    started_at=now,
-                    finished_at=None,
-                    lease_expires_at=now + timedelta(seconds=self.settings.step_lease),
-                )
-                .returning(steps.c.id, steps.c.attempts)
-            ).one_or_none()
-            if claimed is None:
-                return None
-            step_id, number = claimed
-            attempt_id = session.execute(
-                insert(Attempt.__table__)
-                .values(
-                    step_id=step_id,
-                    number=number,
-                    status=P.RUNNING,
-                    worker=worker,
-                    started_at=now,
-                    logs=[],
-                )
-                .returning(Attempt.__table__.c.id)
-            ).scalar_one()
-            run_row = session.execute(
-                select(runs.c.status, runs.c.input, runs.c.workflow).where(runs.c.id == rid)
-            ).one()
-            if run_row.status == P.RUN_PENDING:
-                session.execute(
-                    update(runs)
-                    .where(runs.c.id == rid, runs.c.status == P.RUN_PENDING)
-                    .values(status=P.RUN_RUNNING, started_at=now)
-                )
-            workflow = self.registry.get(run_row.workflow)
-            parents = workflow.steps[step_name].after if step_name in workflow.steps else ()
-            results = self._results(session, rid, parents) if parents else {}
-            return Claim(
-                step_id=step_id,
-                run_id=str(rid),
-                workflow=run_row.workflow,
-                step=step_name,
-                attempt=number,
-                attempt_id=attempt_id,
-                input=run_row.input,
-                results=results,
+        lease = now + timedelta(seconds=self.settings.step_lease)
+        with self.sessions() as session:
+            row = self.hot_path.claim(
+                session, rid, step_name, self.registry.parent_names(step_name), worker, now, lease
             )
-
-    @staticmethod
-    def _results(session: Session, rid: uuid.UUID, names: Iterable[str]) -> dict[str, Any]:
-        steps = StepRun.__table__
-        return {
-            name: result
-            for name, result in session.execute(
-                select(steps.c.name, steps.c.result).where(
-                    steps.c.run_id == rid,
-                    steps.c.name.in_(list(names)),
-                    steps.c.status == P.SUCCEEDED,
-                )
-            )
-        }
+        if row is None:
+            return None
+        workflow = self.registry.get(row.workflow)
+        parents = workflow.steps[step_name].after if step_name in workflow.steps else ()
+        return Claim(
+            step_id=row.step_id,
+            run_id=str(rid),
+            workflow=row.workflow,
+            step=step_name,
+            attempt=row.attempts,
+            attempt_id=row.attempt_id,
+            input=row.input,
+            results={p: row.results[p] for p in parents if p in row.results},
+        )
 
     def heartbeat(self, claims: Iterable[Claim]) -> None:
         """Extend the lease of steps this process is still running."""
@@ -393,55 +409,29 @@ class WorkflowEngine:
         if not outcome.ok:
             self._finish_failed(claim, outcome)
             return
-        # The hot path, in Core: lock the run, settle the step, plan, queue successors.
+        # The hot path: lock the run, settle the step, plan, queue successors.
         now = utcnow()
         rid = parse_run_id(claim.run_id)
-        runs, steps, attempts = Run.__table__, StepRun.__table__, Attempt.__table__
+        runs, steps = Run.__table__, StepRun.__table__
         with self.transaction() as (session, outbox):
-            run_row = session.execute(
-                select(runs.c.status, runs.c.workflow).where(runs.c.id == rid).with_for_update()
-            ).one_or_none()
-            if run_row is None:
+            locked = self.hot_path.lock_run(session, rid)
+            if locked is None:
                 return
-            session.execute(
-                update(attempts)
-                .where(attempts.c.id == claim.attempt_id, attempts.c.status == P.RUNNING)
-                .values(status=P.SUCCEEDED, finished_at=now, logs=outcome.logs or [])
+            statuses = self.hot_path.settle_success(
+                session, rid, claim.step_id, claim.attempt, claim.attempt_id,
+                outcome.result, outcome.logs or [], now,
             )
-            settled = session.execute(
-                update(steps)
-                .where(
-                    steps.c.id == claim.step_id,
-                    steps.c.status == P.RUNNING,
-                    steps.c.attempts == claim.attempt,
-                )
-                .values(
-                    status=P.SUCCEEDED,
-                    result=outcome.result,
-                    error=None,
-                    finished_at=now,
-                    lease_expires_at=None,
-                )
-            )
-            if settled.rowcount != 1:
+            if statuses is None:
                 self._lease_lost(session, claim)
                 return
-            if run_row.status in P.RUN_FINAL:
+            if locked.status in P.RUN_FINAL:
                 return
-            workflow = self.registry.get(run_row.workflow)
-            statuses = dict(
-                session.execute(
-                    select(steps.c.name, steps.c.status).where(steps.c.run_id == rid)
-                ).all()
-            )
+            workflow = self.registry.get(locked.workflow)
 
             def context_for(name: str) -> StepContext:
-                parents = workflow.steps[name].after
                 run_input = session.scalar(select(runs.c.input).where(runs.c.id == rid))
-                return StepContext(
-                    claim.run_id, workflow.name, name, run_input,
-                    self._results(session, rid, parents), attempt=0,
-                )
+                results = succeeded_results(session, rid, workflow.steps[name].after)
+                return StepContext(claim.run_id, workflow.name, name, run_input, results, attempt=0)
 
             decision = self._decide(rid, workflow, statuses, context_for, now)
             for name, values in decision.changes.items():

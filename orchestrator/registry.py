@@ -17,6 +17,7 @@ class Registry:
 
     def __init__(self, workflows: Iterable[Workflow] = ()) -> None:
         self._workflows: dict[str, Workflow] = {}
+        self._parents: dict[str, tuple[str, ...]] = {}
         for workflow in workflows:
             self.add(workflow)
 
@@ -28,6 +29,19 @@ class Registry:
             )
         workflow.validate()
         self._workflows[workflow.name] = workflow
+        self._parents.clear()
+
+    def parent_names(self, step: str) -> tuple[str, ...]:
+        """Every parent name a step called `step` has in any loaded workflow.
+
+        Lets a worker fetch upstream results in the same statement that claims the step,
+        before it knows the run's workflow; the engine then keeps the real parents only.
+        """
+        cached = self._parents.get(step)
+        if cached is None:
+            names = {p for w in self._workflows.values() if step in w.steps for p in w.steps[step].after}
+            cached = self._parents[step] = tuple(sorted(names))
+        return cached
 
     def get(self, name: str) -> Workflow:
         try:

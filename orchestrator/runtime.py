@@ -25,10 +25,12 @@ from .settings import Settings
 @dataclass
 class Runtime:
     settings: Settings
+    #: Test pooled connections before use; worker processes turn it off (see create_db_engine).
+    pre_ping: bool = True
 
     @cached_property
     def db(self) -> Engine:
-        return create_db_engine(self.settings.database_url)
+        return create_db_engine(self.settings.database_url, pre_ping=self.pre_ping)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
@@ -69,7 +71,7 @@ def current() -> Runtime:
         if _current is None or _pid != os.getpid():
             if _current is not None and "db" in _current.__dict__:
                 _current.db.dispose(close=False)  # the parent's connections stay the parent's
-            _current = Runtime(Settings.from_env())
+            _current = Runtime(Settings.from_env(), pre_ping=False)
             _pid = os.getpid()
         return _current
 

@@ -10,8 +10,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..errors import ConfigurationError
 
 
-def create_db_engine(url: str, **kwargs: object) -> Engine:
-    """An Engine for `url`; SQLite gets WAL, a busy timeout and writer-serialising BEGINs."""
+def create_db_engine(url: str, *, pre_ping: bool = True, **kwargs: object) -> Engine:
+    """An Engine for `url`; SQLite gets WAL, a busy timeout and writer-serialising BEGINs.
+
+    `pre_ping` tests each pooled connection before use (survives a database restart
+    without an error); workers turn it off to save a round trip per transaction and rely
+    on the step task's retry when a stale connection fails.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -35,7 +40,7 @@ def create_db_engine(url: str, **kwargs: object) -> Engine:
     try:
         if "poolclass" not in kwargs:
             kwargs = {"pool_size": 5, "max_overflow": 10, **kwargs}
-        return create_engine(url, pool_pre_ping=True, **kwargs)  # type: ignore[arg-type]
+        return create_engine(url, pool_pre_ping=pre_ping, pool_recycle=1800, **kwargs)  # type: ignore[arg-type]
     except Exception as exc:  # malformed URL, missing driver
         raise ConfigurationError(f"ORCHESTRATOR_DATABASE_URL is not usable: {exc}") from None
 

@@ -1,0 +1,317 @@
+"""The statements every step attempt executes, per database.
+
+Claiming a step and recording its success happen for every step of every run, so they are
+written for as few round trips as each database allows:
+
+* `GenericHotPath` (SQLite and any other SQLAlchemy database): portable Core statements.
+* `PostgresHotPath`: data-modifying CTEs, so a claim is one autocommitted statement and a
+  success is three statements inside the run-locking transaction.
+
+Both give the same answers; the engine picks one from the connection's dialect.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from .. import planner as P
+from .models import Attempt, Run, StepRun
+
+_runs, _steps, _attempts = Run.__table__, StepRun.__table__, Attempt.__table__
+
+
+@dataclass
+class ClaimedRow:
+    step_id: int
+    attempts: int
+    attempt_id: int
+    workflow: str
+    input: Any
+    #: Results of succeeded steps among the requested parent names.
+    results: dict[str, Any]
+
+
+class GenericHotPath:
+    """Portable statements; one transaction per call."""
+
+    def __init__(self, db: Engine) -> None:
+        self.db = db
+
+    def claim(
+        self,
+        session: Session,
+        rid: uuid.UUID,
+        step: str,
+        parents: Sequence[str],
+        worker: str | None,
+        now: datetime,
+        lease: datetime,
+    ) -> ClaimedRow | None:
+        with session.begin():
+            claimed = session.execute(
+                _CLAIM_STEP, {"p_rid": rid, "p_name": step, "p_now": now, "p_lease": lease}
+            ).one_or_none()
+            if claimed is None:
+                return None
+            attempt_id = session.execute(
+                _INSERT_ATTEMPT,
+                {"p_step_id": claimed.id, "p_number": claimed.attempts, "p_worker": worker, "p_now": now},
+            ).scalar_one()
+            if claimed.run_status == P.RUN_PENDING:
+                session.execute(_START_RUN, {"p_rid": rid, "p_now": now})
+            results = succeeded_results(session, rid, parents) if parents else {}
+            return ClaimedRow(
+                claimed.id, claimed.attempts, attempt_id, claimed.workflow, claimed.input, results
+            )
+
+    def lock_run(self, session: Session, rid: uuid.UUID) -> Any:
+        """(status, workflow) of the run, row-locked until the transaction ends; or None."""
+        return session.execute(_LOCK_RUN, {"p_rid": rid}).one_or_none()
+
+    def settle_success(
+        self,
+        session: Session,
+        rid: uuid.UUID,
+        step_id: int,
+        number: int,
+        attempt_id: int,
+        result: Any,
+        logs: list[dict[str, Any]],
+        now: datetime,
+    ) -> dict[str, str] | None:
+        """Mark the attempt and step succeeded; return every step's status, or None if the
+        step was no longer this attempt's (its lease lapsed)."""
+        session.execute(_SUCCEED_ATTEMPT, {"p_id": attempt_id, "p_now": now, "p_logs": logs})
+        settled = session.execute(
+            _SUCCEED_STEP, {"p_id": step_id, "p_number": number, "p_result": result, "p_now": now}
+        )
+        if settled.rowcount != 1:
+            return None
+        return dict(
+            session.execute(
+                select(_steps.c.name, _steps.c.status).where(_steps.c.run_id == rid)
+            ).all()
+        )
+
+
+class PostgresHotPath(GenericHotPath):
+    """The same answers in fewer round trips, with PostgreSQL's data-modifying CTEs."""
+
+    def __init__(self, db: Engine) -> None:
+        super().__init__(db)
+        self.autocommit = db.execution_options(isolation_level="AUTOCOMMIT")
+
+    def claim(
+        self,
+        session: Session,
+        rid: uuid.UUID,
+        step: str,
+        parents: Sequence[str],
+        worker: str | None,
+        now: datetime,
+        lease: datetime,
+    ) -> ClaimedRow | None:
+        # One statement, atomic on its own: no BEGIN/COMMIT round trips.
+        with self.autocommit.connect() as conn:
+            row = conn.execute(
+                _PG_CLAIM,
+                {
+                    "rid": rid,
+                    "name": step,
+                    "now": now,
+                    "lease": lease,
+                    "worker": worker,
+                    "parents": list(parents),
+                },
+            ).one_or_none()
+        if row is None:
+            return None
+        return ClaimedRow(
+            row.id, row.attempts, row.attempt_id, row.workflow, row.input, row.results or {}
+        )
+
+    def settle_success(
+        self,
+        session: Session,
+        rid: uuid.UUID,
+        step_id: int,
+        number: int,
+        attempt_id: int,
+        result: Any,
+        logs: list[dict[str, Any]],
+        now: datetime,
+    ) -> dict[str, str] | None:
+        rows = session.execute(
+            _PG_SETTLE,
+            {
+                "rid": rid,
+                "step_id": step_id,
+                "number": number,
+                "attempt_id": attempt_id,
+                "result": json.dumps(result),
+                "logs": json.dumps(logs),
+                "now": now,
+            },
+        ).all()
+        if not rows or not rows[0].settled:
+            return None
+        statuses = {row.name: row.status for row in rows}
+        # The statement's snapshot predates its own update.
+        for row in rows:
+            if row.id == step_id:
+                statuses[row.name] = P.SUCCEEDED
+        return statuses
+
+
+def hot_path_for(db: Engine) -> GenericHotPath:
+    return PostgresHotPath(db) if db.dialect.name == "postgresql" else GenericHotPath(db)
+
+
+def succeeded_results(session: Session, rid: uuid.UUID, names: Sequence[str]) -> dict[str, Any]:
+    return {
+        name: result
+        for name, result in session.execute(
+            select(_steps.c.name, _steps.c.result).where(
+                _steps.c.run_id == rid,
+                _steps.c.name.in_(list(names)),
+                _steps.c.status == P.SUCCEEDED,
+            )
+        )
+    }
+
+
+# -- portable statements (bind names avoid column names, which SQLAlchemy reserves) --------
+
+
+def _of_run(column: Any) -> Any:
+    return select(column).where(_runs.c.id == _steps.c.run_id).scalar_subquery()
+
+
+_CLAIM_STEP = (
+    update(_steps)
+    .where(
+        _steps.c.run_id == bindparam("p_rid"),
+        _steps.c.name == bindparam("p_name"),
+        _steps.c.status.in_((P.QUEUED, P.RETRYING)),
+        select(_runs.c.id)
+        .where(_runs.c.id == bindparam("p_rid"), _runs.c.status.in_((P.RUN_PENDING, P.RUN_RUNNING)))
+        .exists(),
+    )
+    .values(
+        status=P.RUNNING,
+        attempts=_steps.c.attempts + 1,
+        started_at=bindparam("p_now"),
+        finished_at=None,
+        lease_expires_at=bindparam("p_lease"),
+    )
+    .returning(
+        _steps.c.id,
+        _steps.c.attempts,
+        _of_run(_runs.c.status).label("run_status"),
+        _of_run(_runs.c.workflow).label("workflow"),
+        _of_run(_runs.c.input).label("input"),
+    )
+)
+_INSERT_ATTEMPT = (
+    insert(_attempts)
+    .values(
+        step_id=bindparam("p_step_id"),
+        number=bindparam("p_number"),
+        status=P.RUNNING,
+        worker=bindparam("p_worker"),
+        started_at=bindparam("p_now"),
+        logs=[],
+    )
+    .returning(_attempts.c.id)
+)
+_START_RUN = (
+    update(_runs)
+    .where(_runs.c.id == bindparam("p_rid"), _runs.c.status == P.RUN_PENDING)
+    .values(status=P.RUN_RUNNING, started_at=bindparam("p_now"))
+)
+# Its own statement: rows read after it see every transaction that held the lock before.
+_LOCK_RUN = (
+    select(_runs.c.status, _runs.c.workflow)
+    .where(_runs.c.id == bindparam("p_rid"))
+    .with_for_update()
+)
+_SUCCEED_ATTEMPT = (
+    update(_attempts)
+    .where(_attempts.c.id == bindparam("p_id"), _attempts.c.status == P.RUNNING)
+    .values(
+        status=P.SUCCEEDED,
+        finished_at=bindparam("p_now"),
+        logs=bindparam("p_logs", type_=_attempts.c.logs.type),
+    )
+)
+_SUCCEED_STEP = (
+    update(_steps)
+    .where(
+        _steps.c.id == bindparam("p_id"),
+        _steps.c.status == P.RUNNING,
+        _steps.c.attempts == bindparam("p_number"),
+    )
+    .values(
+        status=P.SUCCEEDED,
+        result=bindparam("p_result", type_=_steps.c.result.type),
+        error=None,
+        finished_at=bindparam("p_now"),
+        lease_expires_at=None,
+    )
+)
+
+# -- PostgreSQL statements -------------------------------------------------------------------
+
+_PG_CLAIM = text(
+    """
+WITH claimed AS (
+    UPDATE steps
+       SET status = 'running', attempts = attempts + 1, started_at = :now,
+           finished_at = NULL, lease_expires_at = :lease
+     WHERE run_id = :rid AND name = :name AND status IN ('queued', 'retrying')
+       AND EXISTS (SELECT 1 FROM runs WHERE id = :rid AND status IN ('pending', 'running'))
+ RETURNING id, attempts
+), attempt AS (
+    INSERT INTO attempts (step_id, number, status, worker, started_at, logs)
+    SELECT id, attempts, 'running', :worker, :now, '[]'::jsonb FROM claimed
+ RETURNING id, step_id
+), started AS (
+    UPDATE runs SET status = 'running', started_at = :now
+     WHERE id = :rid AND status = 'pending' AND EXISTS (SELECT 1 FROM claimed)
+)
+SELECT claimed.id, claimed.attempts, attempt.id AS attempt_id, runs.workflow, runs.input,
+       (SELECT jsonb_object_agg(p.name, p.result) FROM steps p
+         WHERE p.run_id = :rid AND p.name = ANY(CAST(:parents AS varchar[]))
+           AND p.status = 'succeeded') AS results
+  FROM claimed
+  JOIN attempt ON attempt.step_id = claimed.id
+  JOIN runs ON runs.id = :rid
+"""
+)
+
+# Runs after the run lock is held, so its snapshot includes every earlier lock holder's work.
+_PG_SETTLE = text(
+    """
+WITH settled AS (
+    UPDATE steps
+       SET status = 'succeeded', result = CAST(:result AS jsonb), error = NULL,
+           finished_at = :now, lease_expires_at = NULL
+     WHERE id = :step_id AND status = 'running' AND attempts = :number
+ RETURNING id
+), attempt AS (
+    UPDATE attempts SET status = 'succeeded', finished_at = :now, logs = CAST(:logs AS jsonb)
+     WHERE id = :attempt_id AND status = 'running' AND EXISTS (SELECT 1 FROM settled)
+)
+SELECT s.id, s.name, s.status, EXISTS (SELECT 1 FROM settled) AS settled
+  FROM steps s
+ WHERE s.run_id = :rid
+"""
+)
