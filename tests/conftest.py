@@ -29,6 +29,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 REDIS_BASE = os.environ.get("ORCHESTRATOR_TEST_REDIS_BASE", "redis://127.0.0.1:6379")
 TEST_WORKFLOWS = "tests.flows"
+pytest_plugins = ["tests.kafka_fixtures"]  # the Kafka broker and consumer fixtures
 
 
 # -- services ---------------------------------------------------------------------------
