@@ -55,8 +55,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.extra.get("ORCHESTRATOR_WEB_SECURE_COOKIE", "") == "1",
-        KAFKA_BOOTSTRAP=settings.extra.get("ORCHESTRATOR_KAFKA_BOOTSTRAP") or None,
-        KAFKA_GROUP=settings.extra.get("ORCHESTRATOR_KAFKA_GROUP") or "orchestrator",
+        KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        KAFKA_GROUP=settings.kafka_group,
         POLL_MS=2000,
         JSON_SORT_KEYS=False,
     )
