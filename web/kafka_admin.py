@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from kafka import KafkaAdminClient, TopicPartition
-from kafka.admin import OffsetSpec
+from typing import Any
 
 #: Milliseconds a probe waits for Kafka before calling it unreachable.
 PROBE_TIMEOUT_MS = 3000
@@ -28,7 +26,9 @@ class PartitionLag:
         return max(self.end - (self.committed or 0), 0)
 
 
-def _admin(bootstrap: str) -> KafkaAdminClient:
+def _admin(bootstrap: str) -> Any:
+    from kafka import KafkaAdminClient  # imported on use: only probes with Kafka set need it
+
     return KafkaAdminClient(
         bootstrap_servers=bootstrap.split(","),
         client_id="orchestrator-web",
@@ -52,6 +52,9 @@ def consumer_lag(bootstrap: str, group: str, topics: Iterable[str] = ()) -> list
     Covers every partition the group has committed on plus every partition of `topics`
     (the triggers' topics), so a group that never committed still shows its backlog.
     """
+    from kafka import TopicPartition
+    from kafka.admin import OffsetSpec
+
     admin = _admin(bootstrap)
     try:
         committed = admin.list_group_offsets({group: None}).get(group, {})
