@@ -55,6 +55,8 @@ class Runtime:
         return Heartbeats(self.engine)
 
     def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.hot_path.dispose()
         if "db" in self.__dict__:
             self.db.dispose()
 
@@ -71,6 +73,8 @@ def current() -> Runtime:
         if _current is None or _pid != os.getpid():
             if _current is not None and "db" in _current.__dict__:
                 _current.db.dispose(close=False)  # the parent's connections stay the parent's
+            if _current is not None and "engine" in _current.__dict__:
+                _current.engine.hot_path.dispose(close=False)
             _current = Runtime(Settings.from_env(), pre_ping=False)
             _pid = os.getpid()
         return _current
