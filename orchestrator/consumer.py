@@ -248,8 +248,7 @@ class EventConsumer:
         self.counts["redelivered"] += result.duplicates
         self.counts["runs"] += len(result.run_ids)
         self.counts["dead_letters"] += len(result.dead_letters)
-        for a in assessments:
-            self.counts[a.outcome] += 1
+        self.counts.update(result.outcomes)
         return result
 
     def _record(self, assessments: list[Assessment]) -> BatchResult:
@@ -270,6 +269,7 @@ class EventConsumer:
                 total.duplicates += one.duplicates
                 total.run_ids += one.run_ids
                 total.dead_letters += one.dead_letters
+                total.outcomes.update(one.outcomes)
             return total
 
     def _record_unstorable(self, assessment: Assessment, exc: DBAPIError) -> BatchResult:

@@ -10,28 +10,27 @@ and however often. First-step messages go to Celery after the commit (the engine
 `replay_event` re-evaluates one recorded event against today's triggers and starts its runs
 exactly as a new event would (the dashboard's `POST /api/events/<id>/replay` calls it).
 
-Runs are planned by the engine itself (`WorkflowEngine.create_run` on a scratch session that
-never touches the database), so a run started by an event is indistinguishable from one
-started by hand; only the writing is done here, in bulk.
+Runs are planned by the engine itself (`WorkflowEngine.plan_run`, no I/O), so a run started
+by an event is indistinguishable from one started by hand; only the writing is done here,
+in bulk.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, select, tuple_
-from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .db.models import Event, Run, StepRun
 from .dispatch import Dispatch
-from .engine import WorkflowEngine
+from .engine import PlannedRun, WorkflowEngine
 from .errors import EventNotFound, OrchestratorError
 from .intake import (
     REJECTED,
@@ -83,6 +82,8 @@ class BatchResult:
     duplicates: int = 0
     run_ids: list[str] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: Outcomes of the events new to the database.
+    outcomes: Counter[str] = field(default_factory=Counter)
 
 
 def _key(message: Message) -> tuple[str, int, int]:
@@ -142,12 +143,6 @@ def _by_columns(rows: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
-def _set_columns(obj: Any) -> dict[str, Any]:
-    """The column values an ORM object has been given (as the ORM would INSERT them)."""
-    state = sa_inspect(obj)
-    return {a.key: state.dict[a.key] for a in state.mapper.column_attrs if a.key in state.dict}
-
-
 def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int, int], int]:
     """Insert event rows, skipping those already recorded; returns the new ones' ids by key."""
     table = Event.__table__
@@ -175,47 +170,33 @@ def start_runs(
     already has a run with the same dedupe key (earlier, or earlier in `requests`). Returns
     the ids of the runs added; their first steps are in `outbox`.
     """
-    planned: list[tuple[Run, list[Dispatch]]] = []
+    planned: list[PlannedRun] = []
     seen: set[tuple[str, str]] = set()
-    scratch = Session()  # unbound: create_run only builds objects here, it cannot write
-    try:
-        for request in requests:
-            if request.dedupe_key is not None:
-                if (request.workflow, request.dedupe_key) in seen:
-                    continue
-                seen.add((request.workflow, request.dedupe_key))
-            messages: list[Dispatch] = []
-            run = engine.create_run(
-                scratch,
-                messages,
+    for request in requests:
+        if request.dedupe_key is not None:
+            if (request.workflow, request.dedupe_key) in seen:
+                continue
+            seen.add((request.workflow, request.dedupe_key))
+        planned.append(
+            engine.plan_run(
                 engine.registry.get(request.workflow),
                 request.input,
                 event_id=request.event_id,
                 dedupe_key=request.dedupe_key,
             )
-            planned.append((run, messages))
-        scratch.expunge_all()
-    finally:
-        scratch.close()
+        )
     if not planned:
         return []
     runs = Run.__table__
-    created: set[uuid.UUID] = set()
-    for group in _by_columns(_set_columns(run) for run, _ in planned):
-        statement = _insert(session, runs).on_conflict_do_nothing().returning(runs.c.id)
-        created.update(session.execute(statement, group).scalars())
-    step_rows: list[dict[str, Any]] = []
-    run_ids: list[str] = []
-    for run, messages in planned:
-        if run.id not in created:
-            continue
-        run_ids.append(str(run.id))
-        for step in run.steps:
-            step_rows.append({**_set_columns(step), "run_id": run.id})
-        outbox.extend(messages)
-    for group in _by_columns(step_rows):
-        session.execute(StepRun.__table__.insert(), group)
-    return run_ids
+    statement = _insert(session, runs).on_conflict_do_nothing().returning(runs.c.id)
+    created = set(session.execute(statement, [p.run for p in planned]).scalars())
+    kept = [p for p in planned if p.run["id"] in created]
+    step_rows = [row for p in kept for row in p.steps]
+    if step_rows:
+        session.execute(StepRun.__table__.insert(), step_rows)
+    for p in kept:
+        outbox.extend(p.dispatches)
+    return [str(p.run["id"]) for p in kept]
 
 
 # -- services ---------------------------------------------------------------------------
@@ -255,6 +236,7 @@ def record_batch(
         for key, assessment in unique.items():
             if key in new_ids:
                 event_id = new_ids[key]
+                result.outcomes[assessment.outcome] += 1
                 requests.extend(
                     RunRequest(event_id, d.workflow, d.input or {}, d.dedupe_key)
                     for d in assessment.to_start
