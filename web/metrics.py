@@ -1,7 +1,7 @@
 """GET /metrics: Prometheus text format from a registry of this app's own.
 
-Everything is read at scrape time from the database (the source of truth, shared by
-every web process), so any number of web processes report the same figures:
+Everything is read from the database (the source of truth, shared by every web process),
+so any number of web processes report the same figures:
 
 * `orchestrator_runs` and `orchestrator_steps` by workflow and status (gauges);
 * `orchestrator_events_total` by outcome;
@@ -11,6 +11,13 @@ every web process), so any number of web processes report the same figures:
   to run committed), queue wait (step queued to started) and execution (attempt start
   to finish).
 
+The histograms are cumulative since the process started watching: the first scrape reads
+all history, every later one adds only the observations since the previous scrape (an
+indexed time window), so a scrape stays cheap however many runs the database holds.
+Observations younger than `SETTLE_SECONDS` wait for the next scrape, so a transaction that
+commits an older timestamp late is still counted. Step counts need a GROUP BY over every
+step; they are reused for `STEP_COUNTS_TTL` seconds.
+
 A source that cannot be read is reported by `orchestrator_metrics_source_up{source}` = 0
 instead of failing the scrape.
 """
@@ -18,7 +25,10 @@ instead of failing the scrape.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app
@@ -45,6 +55,33 @@ EXTENSION = "orchestrator_metrics"
 EVENT_TO_RUN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 EXECUTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+#: Seconds an observation waits before a scrape counts it (covers slow commits and clock skew).
+SETTLE_SECONDS = 30.0
+#: Seconds the per-workflow step counts are reused between scrapes.
+STEP_COUNTS_TTL = 30.0
+
+HistogramQuery = Callable[..., stats.Histogram]
+#: (metric name, help, buckets, query) of the three latency histograms.
+HISTOGRAMS: tuple[tuple[str, str, tuple[float, ...], HistogramQuery], ...] = (
+    (
+        "orchestrator_event_to_run_seconds",
+        "From an event's Kafka timestamp to the run it started being committed",
+        EVENT_TO_RUN_BUCKETS,
+        stats.event_to_run_histogram,
+    ),
+    (
+        "orchestrator_step_queue_wait_seconds",
+        "From a step being queued to a worker starting it",
+        QUEUE_WAIT_BUCKETS,
+        stats.queue_wait_histogram,
+    ),
+    (
+        "orchestrator_step_execution_seconds",
+        "From an attempt starting to finishing",
+        EXECUTION_BUCKETS,
+        stats.execution_histogram,
+    ),
+)
 
 
 def _histogram(name: str, doc: str, data: stats.Histogram) -> HistogramMetricFamily:
@@ -56,10 +93,21 @@ def _histogram(name: str, doc: str, data: stats.Histogram) -> HistogramMetricFam
 class StateCollector(Collector):
     """Reads runs, steps, events and durations from the database at each scrape."""
 
-    def __init__(self, runtime: Runtime, kafka_bootstrap: str | None, kafka_group: str) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        kafka_bootstrap: str | None,
+        kafka_group: str,
+        settle: float = SETTLE_SECONDS,
+    ) -> None:
         self.runtime = runtime
         self.kafka_bootstrap = kafka_bootstrap
         self.kafka_group = kafka_group
+        self.settle = timedelta(seconds=settle)
+        self._lock = threading.Lock()
+        self._histograms = {name: stats.Histogram.empty(bounds) for name, _, bounds, _ in HISTOGRAMS}
+        self._counted_until: datetime | None = None
+        self._step_counts: tuple[float, list[tuple[str, str, int]]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -83,7 +131,7 @@ class StateCollector(Collector):
         yield up
 
     def _database(self) -> list[Metric]:
-        with self.runtime.sessions() as session:
+        with self._lock, self.runtime.sessions() as session:
             runs = GaugeMetricFamily(
                 "orchestrator_runs", "Runs by workflow and status", labels=["workflow", "status"]
             )
@@ -92,33 +140,34 @@ class StateCollector(Collector):
             steps = GaugeMetricFamily(
                 "orchestrator_steps", "Steps by workflow and status", labels=["workflow", "status"]
             )
-            for workflow, status, count in stats.steps_by_workflow_status(session):
+            for workflow, status, count in self._steps(session):
                 steps.add_metric([workflow, status], count)
             events = CounterMetricFamily(
                 "orchestrator_events", "Recorded Kafka events by outcome", labels=["outcome"]
             )
             for outcome, count in sorted(stats.events_by_outcome(session).items()):
                 events.add_metric([outcome], count)
+            until = datetime.now(UTC) - self.settle
+            added = {
+                name: query(session, bounds, until=until, after=self._counted_until)
+                for name, _doc, bounds, query in HISTOGRAMS
+            }
+            # Moved on only once every window was read: a failed scrape skips nothing.
+            for name, histogram in added.items():
+                self._histograms[name] = self._histograms[name] + histogram
+            self._counted_until = until
             return [
                 runs,
                 steps,
                 events,
-                _histogram(
-                    "orchestrator_event_to_run_seconds",
-                    "From an event's Kafka timestamp to the run it started being committed",
-                    stats.event_to_run_histogram(session, EVENT_TO_RUN_BUCKETS),
-                ),
-                _histogram(
-                    "orchestrator_step_queue_wait_seconds",
-                    "From a step being queued to a worker starting it (latest attempt)",
-                    stats.queue_wait_histogram(session, QUEUE_WAIT_BUCKETS),
-                ),
-                _histogram(
-                    "orchestrator_step_execution_seconds",
-                    "From an attempt starting to finishing",
-                    stats.execution_histogram(session, EXECUTION_BUCKETS),
-                ),
+                *(_histogram(name, doc, self._histograms[name]) for name, doc, _, _ in HISTOGRAMS),
             ]
+
+    def _steps(self, session: Any) -> list[tuple[str, str, int]]:
+        now = time.monotonic()
+        if self._step_counts is None or self._step_counts[0] < now:
+            self._step_counts = (now + STEP_COUNTS_TTL, stats.steps_by_workflow_status(session))
+        return self._step_counts[1]
 
     def _lag(self) -> Metric:
         topics = {
@@ -139,7 +188,10 @@ def init_app(app: Flask) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         StateCollector(
-            context.runtime_of(app), app.config.get("KAFKA_BOOTSTRAP"), app.config["KAFKA_GROUP"]
+            context.runtime_of(app),
+            app.config.get("KAFKA_BOOTSTRAP"),
+            app.config["KAFKA_GROUP"],
+            settle=app.config.get("METRICS_SETTLE_SECONDS", SETTLE_SECONDS),
         )
     )
     app.extensions[EXTENSION] = registry

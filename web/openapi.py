@@ -75,6 +75,16 @@ RUN_FIELDS: dict[str, Any] = {
     "event_id": {"type": ["integer", "null"]},
 }
 
+CONCURRENCY = {
+    "type": ["object", "null"],
+    "description": "At most `limit` at once per value of `key`",
+    "properties": {
+        "key": {"type": ["string", "null"]},
+        "limit": {"type": "integer"},
+        "strategy": {"type": "string"},
+    },
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": {"type": "string"}}),
     "StepDefinition": _object(
@@ -86,7 +96,9 @@ SCHEMAS: dict[str, Any] = {
             "backoff": {"type": "number"},
             "timeout": {"type": ["number", "null"]},
             "conditional": {"type": "boolean"},
-        }
+            "concurrency": CONCURRENCY,
+        },
+        required=["name", "after", "queue", "retries", "backoff", "timeout", "conditional"],
     ),
     "Trigger": {
         "type": "object",
@@ -106,7 +118,12 @@ SCHEMAS: dict[str, Any] = {
             "steps": {"type": "array", "items": _ref("StepDefinition")},
             "triggers": {"type": "array", "items": _ref("Trigger")},
             "input_schema": {"type": ["object", "null"]},
-        }
+            "concurrency": CONCURRENCY,
+            "partition_by": {"type": ["string", "null"], "description": "Dotted path, or <function>"},
+            "shards": {"type": ["integer", "null"]},
+            "queues": {"type": "array", "items": {"type": "string"}},
+        },
+        required=["name", "description", "steps", "triggers", "input_schema"],
     ),
     "LogLine": {
         "type": "object",

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from ..errors import EventNotFound, RunNotFound
@@ -118,10 +118,9 @@ def list_runs(
     if since is not None:
         query = query.where(Run.created_at >= since)
     if before is not None:
-        created, rid = before
-        query = query.where(
-            (Run.created_at < created) | ((Run.created_at == created) & (Run.id < rid))
-        )
+        # A row-value comparison, so the index range starts at the cursor (an OR of the two
+        # conditions would make PostgreSQL walk the index from the newest run every time).
+        query = query.where(tuple_(Run.created_at, Run.id) < tuple(before))
     query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
     if with_steps:
         query = query.options(selectinload(Run.steps).selectinload(StepRun.attempt_rows))

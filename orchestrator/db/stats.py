@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -95,46 +96,91 @@ class Histogram:
     count: int
     sum: float
 
+    def __add__(self, other: Histogram) -> Histogram:
+        if other.bounds != self.bounds:
+            raise ValueError("cannot add histograms with different buckets")
+        return Histogram(
+            self.bounds,
+            tuple(a + b for a, b in zip(self.counts, other.counts, strict=True)),
+            self.count + other.count,
+            self.sum + other.sum,
+        )
+
+    @classmethod
+    def empty(cls, bounds: Sequence[float]) -> Histogram:
+        return cls(tuple(bounds), (0,) * len(bounds), 0, 0.0)
+
 
 def _histogram(session: Session, seconds: Any, query: Any, bounds: Sequence[float]) -> Histogram:
-    columns = [func.count(), func.coalesce(func.sum(seconds), 0.0)]
-    columns += [func.coalesce(func.sum(case((seconds <= b, 1), else_=0)), 0) for b in bounds]
-    row = session.execute(query.with_only_columns(*columns)).one()
+    """One pass: each duration computed once, put in its bucket, buckets counted by GROUP BY."""
+    rows = query.with_only_columns(seconds.label("seconds")).subquery()
+    bucket = case(
+        *[(rows.c.seconds <= bound, i) for i, bound in enumerate(bounds)], else_=len(bounds)
+    ).label("bucket")
+    per_bucket = [0] * (len(bounds) + 1)
+    total = 0.0
+    for index, count, seconds_sum in session.execute(
+        select(bucket, func.count(), func.sum(rows.c.seconds)).group_by(bucket)
+    ):
+        per_bucket[index] += count
+        total += float(seconds_sum or 0.0)
+    cumulative = list(accumulate(per_bucket))
     return Histogram(
-        bounds=tuple(bounds),
-        counts=tuple(int(c) for c in row[2:]),
-        count=int(row[0]),
-        sum=float(row[1]),
+        bounds=tuple(bounds), counts=tuple(cumulative[:-1]), count=cumulative[-1], sum=total
     )
 
 
-def event_to_run_histogram(session: Session, bounds: Sequence[float]) -> Histogram:
-    """Seconds from an event's Kafka timestamp to the creation of the run it started."""
+def _window(column: Any, after: datetime | None, until: datetime) -> list[Any]:
+    """Rows whose `column` is in (after, until]: each scrape adds only what is new."""
+    conditions = [column <= until]
+    if after is not None:
+        conditions.append(column > after)
+    return conditions
+
+
+def event_to_run_histogram(
+    session: Session, bounds: Sequence[float], until: datetime, after: datetime | None = None
+) -> Histogram:
+    """Seconds from an event's Kafka timestamp to the creation of the run it started.
+
+    Counts runs created in (after, until].
+    """
     seconds = _seconds(session, Run.created_at, Event.kafka_timestamp)
     query = (
         select(Run.id)
         .join(Event, Event.id == Run.event_id)
-        .where(Event.kafka_timestamp.is_not(None))
+        .where(Event.kafka_timestamp.is_not(None), *_window(Run.created_at, after, until))
     )
     return _histogram(session, seconds, query, bounds)
 
 
-def queue_wait_histogram(session: Session, bounds: Sequence[float]) -> Histogram:
-    """Seconds a step waited from being queued to being started (its latest attempt).
+def queue_wait_histogram(
+    session: Session, bounds: Sequence[float], until: datetime, after: datetime | None = None
+) -> Histogram:
+    """Seconds a step waited from being queued to being started, for claims in (after, until].
 
-    A retried step is queued again with its backoff delay, so that delay is included.
+    A claim is an attempt starting; the step row holds when its latest attempt was queued,
+    so an attempt already followed by a retry when the window is read is not counted (its
+    retry is). A retry is queued with its backoff delay, so its wait includes that delay.
     """
     seconds = _seconds(session, StepRun.started_at, StepRun.queued_at)
-    query = select(StepRun.id).where(
-        StepRun.queued_at.is_not(None),
-        StepRun.started_at.is_not(None),
-        StepRun.started_at >= StepRun.queued_at,
+    query = (
+        select(Attempt.id)
+        .join(StepRun, StepRun.id == Attempt.step_id)
+        .where(
+            Attempt.number == StepRun.attempts,
+            StepRun.queued_at.is_not(None),
+            StepRun.started_at >= StepRun.queued_at,
+            *_window(Attempt.started_at, after, until),
+        )
     )
     return _histogram(session, seconds, query, bounds)
 
 
-def execution_histogram(session: Session, bounds: Sequence[float]) -> Histogram:
-    """Seconds each finished attempt ran, from start to finish."""
+def execution_histogram(
+    session: Session, bounds: Sequence[float], until: datetime, after: datetime | None = None
+) -> Histogram:
+    """Seconds each attempt finished in (after, until] ran, from start to finish."""
     seconds = _seconds(session, Attempt.finished_at, Attempt.started_at)
-    query = select(Attempt.id).where(Attempt.finished_at.is_not(None))
+    query = select(Attempt.id).where(*_window(Attempt.finished_at, after, until))
     return _histogram(session, seconds, query, bounds)

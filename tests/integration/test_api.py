@@ -565,7 +565,8 @@ def _metric(text: str, name: str) -> float | None:
     return None
 
 
-def test_metrics_count_runs_steps_events_and_time_three_ways(client, runtime, start_worker, wait_for_run):
+def test_metrics_count_runs_steps_events_and_time_three_ways(runtime, start_worker, wait_for_run):
+    client = make_app(runtime, METRICS_SETTLE_SECONDS=0).test_client()
     start_worker(concurrency=2)
     now = datetime.now(UTC)
     event_id = add_event(runtime, {"type": "x"}, outcome="matched", reason=None,
@@ -591,6 +592,21 @@ def test_metrics_count_runs_steps_events_and_time_three_ways(client, runtime, st
     assert _metric(text, "orchestrator_step_execution_seconds_count") == 4
     assert _metric(text, 'orchestrator_step_execution_seconds_bucket{le="+Inf"}') == 4
     assert "orchestrator_consumer_lag" not in text  # no Kafka configured
+    # A later scrape adds only what finished since: nothing is counted twice.
+    wait_for_run(start(client, "diamond")["id"])
+    text = client.get("/metrics").get_data(as_text=True)
+    assert _metric(text, "orchestrator_step_execution_seconds_count") == 8
+    assert _metric(text, "orchestrator_step_queue_wait_seconds_count") == 8
+    assert _metric(text, "orchestrator_event_to_run_seconds_count") == 1
+    assert _metric(text, 'orchestrator_runs{status="succeeded",workflow="diamond"}') == 2
+
+
+def test_metrics_leave_the_newest_observations_for_a_later_scrape(client, start_worker, wait_for_run):
+    start_worker(concurrency=2)
+    wait_for_run(start(client, "diamond")["id"])
+    text = client.get("/metrics").get_data(as_text=True)  # the default settle time: 30 s
+    assert _metric(text, "orchestrator_step_execution_seconds_count") == 0
+    assert _metric(text, 'orchestrator_runs{status="succeeded",workflow="diamond"}') == 1
 
 
 def test_metrics_report_consumer_lag_from_kafka_offsets(runtime, tmp_path):
