@@ -33,6 +33,7 @@ def add_event(
     offset: int | None = None,
     kafka_timestamp: datetime | None = None,
     raw: bytes | None = None,
+    keep_raw: bool = True,
 ) -> int:
     """Record an event as the consumer would; returns its id."""
     with runtime.sessions() as session, session.begin():
@@ -47,7 +48,7 @@ def add_event(
                 key="k",
                 headers=[],
                 payload=payload,
-                raw=raw if raw is not None else json.dumps(payload).encode(),
+                raw=(raw if raw is not None else json.dumps(payload).encode()) if keep_raw else None,
                 kafka_timestamp=kafka_timestamp,
                 received_at=datetime.now(UTC),
                 outcome=outcome,

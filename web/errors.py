@@ -48,8 +48,12 @@ def respond(status: int, message: str) -> Any:
 
 
 def status_of(exc: OrchestratorError) -> int:
+    from orchestrator.events import EventNotReplayable
+
     if isinstance(exc, (WorkflowNotFound, RunNotFound, EventNotFound)):
         return 404
+    if isinstance(exc, EventNotReplayable):
+        return 409
     if isinstance(exc, ConfigurationError):
         return 503
     return 400

@@ -402,6 +402,7 @@ PATHS: dict[str, Any] = {
                 "200": _json(_ref("Replay"), "The runs the replay started (possibly none)"),
                 "401": UNAUTHORIZED,
                 "404": _error("No such event"),
+                "409": _error("The event kept neither its payload nor its raw bytes"),
             },
         }
     },

@@ -481,6 +481,14 @@ def test_replay_starts_the_run_a_fixed_trigger_now_matches_and_only_once(client,
     assert again["started"] == 0 and again["runs"] == []
 
 
+def test_replay_of_an_event_without_its_body_is_409(client, runtime):
+    event_id = add_event(runtime, None, keep_raw=False)
+    response = client.post(f"/api/events/{event_id}/replay", headers=AUTH)
+    assert_documented(response, "/api/events/{event_id}/replay", "post")
+    assert response.status_code == 409
+    assert "neither a payload nor its raw bytes" in response.get_json()["error"]
+
+
 def test_replay_of_an_unknown_event_is_404(client):
     response = client.post("/api/events/424242/replay", headers=AUTH)
     assert_documented(response, "/api/events/{event_id}/replay", "post")
