@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .dsl import Concurrency as Concurrency
 from .dsl import Step as Step
 from .dsl import StepContext as StepContext
 from .dsl import Workflow as Workflow
@@ -31,6 +32,7 @@ def start_run(name: str, input: dict[str, Any] | None = None) -> str:
 
 
 __all__ = [
+    "Concurrency",
     "InvalidInput",
     "OrchestratorError",
     "RunNotFound",

@@ -74,11 +74,12 @@ class CeleryDispatcher:
                     **options,
                 )
 
-    def revoke(self, task_ids: Iterable[str]) -> None:
+    def revoke(self, task_ids: Iterable[str], terminate: bool = False) -> None:
+        """Revoke queued messages; with `terminate`, also stop the processes running them."""
         ids = list(task_ids)
         if not ids:
             return
         try:
-            self.app.control.revoke(ids)
+            self.app.control.revoke(ids, terminate=terminate, signal="SIGTERM")
         except Exception:  # noqa: BLE001 - best effort: claims refuse cancelled steps anyway
             log.warning("could not broadcast revoke of %d task(s)", len(ids), exc_info=True)

@@ -241,17 +241,25 @@ def retry(run_id: str) -> None:
 @click.option("--queues", "-Q", default=None,
               help="Comma-separated queues to serve (default: every queue the loaded workflows use).")
 @click.option("--hostname", "-n", default=None, help="Celery node name (default: orchestrator@<host>-<pid>).")
+@click.option("--shards", default=None,
+              help="Serve shard queues <workflow>.shard-<i> of every sharded workflow: 'all' or "
+                   "indices such as 0,2-3. With --shards alone, only those shard queues.")
 @click.option("--no-recovery", is_flag=True, help="Do not run the recovery loop in this worker.")
 @friendly_errors
-def worker(concurrency: int | None, queues: str | None, hostname: str | None, no_recovery: bool) -> None:
+def worker(concurrency: int | None, queues: str | None, shards: str | None, hostname: str | None,
+           no_recovery: bool) -> None:
     """Run a Celery worker that executes workflow steps."""
     from .recovery import RecoveryLoop
 
     rt = _runtime()
     registry = rt.registry  # load and validate before forking children
-    selected = [q.strip() for q in queues.split(",") if q.strip()] if queues else sorted(
-        registry.queues | {"orchestrator"}
-    )
+    selected = [q.strip() for q in queues.split(",") if q.strip()] if queues else []
+    if shards:
+        selected += shard_queues_for(registry, shards)
+    elif not queues:
+        selected = sorted(registry.queues | {"orchestrator"})
+    if not selected:
+        raise click.ClickException(f"--shards {shards} selects no queue: no loaded workflow has shards")
     _check_database(rt)
     if not no_recovery:
         RecoveryLoop(rt.engine, rt.settings.recovery_interval).start()
@@ -268,6 +276,31 @@ def worker(concurrency: int | None, queues: str | None, hostname: str | None, no
         argv.append(f"--concurrency={concurrency}")
     click.echo(f"worker serving queues {', '.join(selected)} with {len(registry)} workflow(s)")
     rt.celery.worker_main(argv)
+
+
+def shard_queues_for(registry: Any, spec: str) -> list[str]:
+    """Queues of the shards `spec` names ('all', or '0,2-3') in every sharded workflow."""
+    wanted: set[int] | None = None
+    if spec.strip() != "all":
+        wanted = set()
+        for part in spec.split(","):
+            part = part.strip()
+            try:
+                if "-" in part:
+                    low, high = (int(x) for x in part.split("-", 1))
+                    wanted.update(range(low, high + 1))
+                elif part:
+                    wanted.add(int(part))
+            except ValueError:
+                raise click.ClickException(
+                    f"--shards {spec!r}: use 'all' or shard numbers such as 0,2-3"
+                ) from None
+    queues = []
+    for workflow in registry:
+        for index, queue in enumerate(workflow.shard_queues):
+            if wanted is None or index in wanted:
+                queues.append(queue)
+    return queues
 
 
 def _check_database(rt: Runtime) -> None:

@@ -25,7 +25,7 @@ class Dispatcher(Protocol):
 
     def send(self, dispatches: Iterable[Dispatch]) -> None: ...
 
-    def revoke(self, task_ids: Iterable[str]) -> None: ...
+    def revoke(self, task_ids: Iterable[str], terminate: bool = False) -> None: ...
 
 
 class RecordingDispatcher:
@@ -38,5 +38,5 @@ class RecordingDispatcher:
     def send(self, dispatches: Iterable[Dispatch]) -> None:
         self.sent.extend(dispatches)
 
-    def revoke(self, task_ids: Iterable[str]) -> None:
+    def revoke(self, task_ids: Iterable[str], terminate: bool = False) -> None:
         self.revoked.extend(task_ids)

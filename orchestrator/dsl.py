@@ -16,6 +16,7 @@ not when the first event arrives. Upstream steps are referred to by object (or b
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -66,6 +67,65 @@ class StepContext:
 
 Condition = Callable[[StepContext], Any]
 
+#: What happens to a run over its concurrency limit.
+STRATEGIES = ("queue", "cancel_newest", "cancel_in_progress")
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """At most `limit` runs (or attempts of a step) with the same key at once, on every host.
+
+    `key` is a dotted path into the run's input (`"customer_id"`, `"order.customer_id"`), a
+    function of the input, or None for one limit across the whole workflow (or step).
+    `strategy` says what happens to a run over the limit: `queue` (wait as `pending`, start
+    oldest first as soon as a slot frees), `cancel_newest` (the new run is cancelled at once)
+    or `cancel_in_progress` (the running one is cancelled and the new one starts).
+    """
+
+    key: str | Callable[[Any], Any] | None = None
+    limit: int = 1
+    strategy: str = "queue"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.limit, int) or isinstance(self.limit, bool) or self.limit < 1:
+            raise WorkflowDefinitionError(f"Concurrency limit={self.limit!r}: use an integer >= 1")
+        if self.strategy not in STRATEGIES:
+            raise WorkflowDefinitionError(
+                f"Concurrency strategy={self.strategy!r}: use one of {', '.join(STRATEGIES)}"
+            )
+        if self.key is not None and not callable(self.key) and (
+            not isinstance(self.key, str) or not self.key
+        ):
+            raise WorkflowDefinitionError(
+                f"Concurrency key={self.key!r}: use a dotted path, a function of the input, or None"
+            )
+
+    def key_for(self, data: Any) -> str:
+        """The key value of a run's input: "" for a workflow-wide limit, "null" when absent."""
+        if self.key is None:
+            return ""
+        if callable(self.key):
+            value = self.key(data)
+        else:
+            from .triggers import lookup
+
+            value = lookup(data, self.key)
+        if value is None or not isinstance(value, (str, int, float, bool, list, dict)):
+            return "null"
+        if isinstance(value, (list, dict)):
+            return json.dumps(value, sort_keys=True)[:500]
+        return str(value)[:500]
+
+
+def _concurrency(owner: str, value: Any) -> Concurrency | None:
+    if value is None or isinstance(value, Concurrency):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Concurrency(limit=value)
+    raise WorkflowDefinitionError(
+        f"{owner}: concurrency={value!r}; use Concurrency(key=..., limit=...) or an integer limit"
+    )
+
 
 @dataclass(frozen=True, eq=False)
 class Step:
@@ -80,6 +140,7 @@ class Step:
     timeout: float | None = None
     queue: str | None = None
     when: Condition | None = None
+    concurrency: Concurrency | None = None
     workflow: str = ""
 
     @property
@@ -103,8 +164,32 @@ class Workflow:
         triggers: Iterable[Any] = (),
         input_schema: Mapping[str, Any] | None = None,
         description: str = "",
+        concurrency: Concurrency | int | None = None,
+        partition_by: str | Callable[[Any], Any] | None = None,
+        shards: int | None = None,
     ) -> None:
         self.name = _check_name("workflow", name)
+        self.concurrency = _concurrency(f"workflow {name!r}", concurrency)
+        self.partition_by = partition_by
+        self.shards = shards
+        if partition_by is not None:
+            # Per-key ordering: one run per key at a time, admitted oldest first.
+            ordered = Concurrency(key=partition_by, limit=1)
+            if self.concurrency is not None and self.concurrency != ordered:
+                raise WorkflowDefinitionError(
+                    f"workflow {name!r}: partition_by already limits runs to one per key; "
+                    "drop concurrency= or make it Concurrency(key=<partition_by>, limit=1)"
+                )
+            self.concurrency = ordered
+        if shards is not None:
+            if partition_by is None:
+                raise WorkflowDefinitionError(
+                    f"workflow {name!r}: shards={shards!r} needs partition_by= (the key to shard by)"
+                )
+            if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= 1024:
+                raise WorkflowDefinitionError(
+                    f"workflow {name!r}: shards={shards!r}; use an integer from 1 to 1024"
+                )
         self.triggers = list(triggers)
         self.input_schema = dict(input_schema) if input_schema is not None else None
         self.description = description
@@ -132,6 +217,7 @@ class Workflow:
         timeout: float | None = None,
         queue: str | None = None,
         when: Condition | None = None,
+        concurrency: Concurrency | int | None = None,
     ) -> Any:
         """Register a step; usable as `@flow.step` or `@flow.step(...)`.
 
@@ -157,6 +243,7 @@ class Workflow:
                 timeout=None if timeout is None else _positive(self.name, step_name, "timeout", timeout),
                 queue=None if queue is None else _check_name("queue", queue),
                 when=_check_when(self.name, step_name, when),
+                concurrency=_step_concurrency(self.name, step_name, concurrency),
                 workflow=self.name,
             )
             self.steps[step_name] = step
@@ -202,7 +289,27 @@ class Workflow:
 
     @property
     def queues(self) -> set[str]:
+        """Queues this workflow's steps use (shard queues are listed by `shard_queues`)."""
+        if self.shards:
+            named = {s.queue for s in self.steps.values() if s.queue}
+            return named | set(self.shard_queues)
         return {s.queue or DEFAULT_QUEUE for s in self.steps.values()}
+
+    @property
+    def shard_queues(self) -> tuple[str, ...]:
+        from .ring import shard_queues
+
+        return shard_queues(self.name, self.shards) if self.shards else ()
+
+    def queue_of(self, step: Step, partition_key: str | None) -> str:
+        """Where a step's messages go: its own queue, else its run's shard, else the default."""
+        if step.queue:
+            return step.queue
+        if self.shards and partition_key is not None:
+            from .ring import queue_for
+
+            return queue_for(self.name, partition_key, self.shards)
+        return DEFAULT_QUEUE
 
     def describe(self) -> dict[str, Any]:
         """JSON description for the CLI and the API."""
@@ -218,9 +325,14 @@ class Workflow:
                     "backoff": s.backoff,
                     "timeout": s.timeout,
                     "conditional": s.when is not None,
+                    "concurrency": _describe_concurrency(s.concurrency),
                 }
                 for s in self.steps.values()
             ],
+            "concurrency": _describe_concurrency(self.concurrency),
+            "partition_by": self.partition_by if isinstance(self.partition_by, str) or self.partition_by is None else "<function>",
+            "shards": self.shards,
+            "queues": sorted(self.queues),
             "triggers": [t.describe() for t in self.triggers],
             "input_schema": self.input_schema,
         }
@@ -230,6 +342,23 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name} steps={list(self.steps)}>"
+
+
+def _describe_concurrency(value: Concurrency | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    key = value.key if value.key is None or isinstance(value.key, str) else "<function>"
+    return {"key": key, "limit": value.limit, "strategy": value.strategy}
+
+
+def _step_concurrency(workflow: str, step: str, value: Any) -> Concurrency | None:
+    limit = _concurrency(f"workflow {workflow!r}: step {step!r}", value)
+    if limit is not None and limit.strategy != "queue":
+        raise WorkflowDefinitionError(
+            f"workflow {workflow!r}: step {step!r} concurrency strategy must be 'queue' "
+            "(a step waits for a slot; cancelling strategies apply to runs)"
+        )
+    return limit
 
 
 def _check_schema(workflow: str, schema: Mapping[str, Any]) -> None:

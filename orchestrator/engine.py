@@ -23,11 +23,12 @@ import jsonschema
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import concurrency as C
 from . import planner as P
 from .db.hotpath import hot_path_for, succeeded_results
 from .db.models import Attempt, Run, StepRun
 from .dispatch import Dispatch, Dispatcher
-from .dsl import DEFAULT_QUEUE, StepContext, Workflow
+from .dsl import Concurrency, StepContext, Workflow
 from .errors import InvalidInput, OrchestratorError, RunNotFound
 from .registry import Registry
 from .settings import Settings
@@ -35,8 +36,31 @@ from .settings import Settings
 log = logging.getLogger("orchestrator.engine")
 
 
+_last_now: datetime | None = None
+
+
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """UTC now, strictly increasing within a process.
+
+    Runs are admitted in creation order under concurrency limits, so two runs created in
+    the same microsecond (one consumer batch) must still compare in the order they came.
+    """
+    global _last_now
+    now = datetime.now(UTC)
+    if _last_now is not None and now <= _last_now:
+        now = _last_now + timedelta(microseconds=1)
+    _last_now = now
+    return now
+
+
+class Outbox(list[Dispatch]):
+    """Messages to send, and queued tasks to revoke, once the transaction has committed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revoke: list[str] = []
+        #: Tasks whose running process is to be stopped (`cancel_in_progress`).
+        self.terminate: list[str] = []
 
 
 def parse_run_id(run_id: str | uuid.UUID) -> uuid.UUID:
@@ -87,6 +111,8 @@ class Claim:
     attempt_id: int
     input: dict[str, Any]
     results: dict[str, Any]
+    #: The run's key under its workflow's concurrency limit, if the workflow has one.
+    run_key: str | None = None
 
 
 @dataclass
@@ -138,11 +164,15 @@ class WorkflowEngine:
     # -- transactions -------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[tuple[Session, list[Dispatch]]]:
+    def transaction(self) -> Iterator[tuple[Session, Outbox]]:
         """A session in a transaction plus an outbox; the outbox is sent after commit."""
-        outbox: list[Dispatch] = []
+        outbox = Outbox()
         with self.sessions() as session, session.begin():
             yield session, outbox
+        if outbox.revoke:
+            self.dispatcher.revoke(outbox.revoke)
+        if outbox.terminate:
+            self.dispatcher.revoke(outbox.terminate, terminate=True)
         if outbox:
             try:
                 self.dispatcher.send(outbox)
@@ -154,6 +184,12 @@ class WorkflowEngine:
                 )
 
     def _lock_run(self, session: Session, run_id: uuid.UUID) -> Run:
+        """Row-lock a run (after its concurrency key's lock, the global lock order)."""
+        head = session.execute(
+            select(Run.workflow, Run.concurrency_key).where(Run.id == run_id)
+        ).one_or_none()
+        if head is not None and head.concurrency_key is not None:
+            C.lock_key(session, C.run_scope(head.workflow), head.concurrency_key)
         run = session.scalars(
             select(Run).where(Run.id == run_id).with_for_update()
         ).one_or_none()
@@ -172,6 +208,7 @@ class WorkflowEngine:
             session.execute(insert(Run.__table__), [planned.run])
             session.execute(insert(StepRun.__table__), planned.steps)
             outbox.extend(planned.dispatches)
+            self.admit_planned(session, outbox, [planned])
         return str(planned.run["id"])
 
     def plan_run(
@@ -189,6 +226,8 @@ class WorkflowEngine:
         """
         now = utcnow()
         rid = run_id or uuid.uuid4()
+        run_key = _key_of(workflow.concurrency, data, f"workflow {workflow.name!r}")
+        partition = run_key if workflow.partition_by is not None else None
         run = {
             "id": rid,
             "workflow": workflow.name,
@@ -200,20 +239,27 @@ class WorkflowEngine:
             "finished_at": None,
             "event_id": event_id,
             "dedupe_key": dedupe_key,
+            "concurrency_key": run_key,
         }
 
         def context_for(name: str) -> StepContext:
             return StepContext(str(rid), workflow.name, name, data, {}, attempt=0)
 
         statuses = dict.fromkeys(workflow.steps, P.PENDING)
-        decision = self._decide(rid, workflow, statuses, context_for, now)
+        if workflow.concurrency is not None:
+            decision = Decision(changes={})  # waits for admission (`admit_planned`)
+        else:
+            decision = self._decide(rid, workflow, statuses, context_for, now, partition)
         steps = []
         for step in workflow.steps.values():
             row = {
                 "run_id": rid,
                 "name": step.name,
                 "status": P.PENDING,
-                "queue": step.queue or DEFAULT_QUEUE,
+                "queue": workflow.queue_of(step, partition),
+                "concurrency_key": _key_of(
+                    step.concurrency, data, f"workflow {workflow.name!r}: step {step.name!r}"
+                ),
                 "attempts": 0,
                 "max_attempts": step.max_attempts,
                 "result": None,
@@ -230,42 +276,77 @@ class WorkflowEngine:
             run.update(status=decision.run_status, finished_at=now, error=decision.run_error)
         return PlannedRun(run=run, steps=steps, dispatches=decision.dispatches)
 
-    def create_run(
-        self,
-        session: Session,
-        outbox: list[Dispatch],
-        workflow: Workflow,
-        data: dict[str, Any],
-        *,
-        event_id: int | None = None,
-        dedupe_key: str | None = None,
-        run_id: uuid.UUID | None = None,
-    ) -> Run:
-        """Add a run and its steps to an open transaction (the Kafka consumer batches these)."""
-        now = utcnow()
-        run = Run(
-            id=run_id or uuid.uuid4(),
-            workflow=workflow.name,
-            status=P.RUN_PENDING,
-            input=data,
-            created_at=now,
-            event_id=event_id,
-            dedupe_key=dedupe_key,
+    def admit_planned(self, session: Session, outbox: Outbox, planned: Iterable[PlannedRun]) -> None:
+        """After inserting runs of limited workflows, admit those that have a free slot.
+
+        Must run in the inserting transaction (the Kafka consumer's batch, `start_run`).
+        """
+        keys = sorted(
+            {
+                (p.run["workflow"], p.run["concurrency_key"])
+                for p in planned
+                if p.run.get("concurrency_key") is not None
+            }
         )
-        steps = {
-            step.name: StepRun(
-                name=step.name,
-                status=P.PENDING,
-                queue=step.queue or DEFAULT_QUEUE,
-                attempts=0,
-                max_attempts=step.max_attempts,
-            )
-            for step in workflow.steps.values()
-        }
-        run.steps = list(steps.values())
-        session.add(run)
-        self._advance(run, workflow, steps, outbox, now)
-        return run
+        for workflow_name, key in keys:
+            self.admit(session, outbox, self.registry.get(workflow_name), key)
+
+    def admit(self, session: Session, outbox: Outbox, workflow: Workflow, key: str) -> list[str]:
+        """Start the pending runs of `key` that its limit and strategy allow, oldest first.
+
+        Takes the key's distributed lock; returns the ids of the runs started.
+        """
+        limit = workflow.concurrency
+        if limit is None:
+            return []
+        C.lock_key(session, C.run_scope(workflow.name), key)
+        running = C.runs_of_key(session, workflow.name, key, P.RUN_RUNNING)
+        pending = C.runs_of_key(session, workflow.name, key, P.RUN_PENDING)
+        admit, drop, evict = C.choose(limit.strategy, limit.limit, running, pending)
+        now = utcnow()
+        for row in evict:
+            run = session.get(Run, row.id, with_for_update=True)
+            if run is not None and run.status not in P.RUN_FINAL:
+                self._cancel_rows(run, C.CANCELLED_IN_PROGRESS.format(key=key), outbox, now, terminate=True)
+        for row in drop:
+            run = session.get(Run, row.id, with_for_update=True)
+            if run is not None and run.status == P.RUN_PENDING:
+                reason = C.CANCELLED_NEWEST.format(limit=limit.limit, key=key)
+                self._cancel_rows(run, reason, outbox, now)
+        started = []
+        for row in admit:
+            run = session.get(Run, row.id, with_for_update=True)
+            if run is None or run.status != P.RUN_PENDING:
+                continue
+            run.status = P.RUN_RUNNING
+            run.started_at = now
+            self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
+            started.append(str(run.id))
+        session.flush()
+        return started
+
+    def admit_waiting(self) -> int:
+        """Recovery: admit pending runs of every limited workflow whose keys have free slots.
+
+        Admission normally happens in the transaction that frees a slot; this sweep covers
+        a crash between. Returns how many runs it started.
+        """
+        started = 0
+        for workflow in self.registry:
+            if workflow.concurrency is None:
+                continue
+            with self.sessions() as session:
+                keys = C.workflow_keys_waiting(session, workflow)
+            for key in keys:
+                with self.transaction() as (session, outbox):
+                    started += len(self.admit(session, outbox, workflow, key))
+        return started
+
+    def _after_run_change(self, session: Session, outbox: Outbox, run: Run, workflow: Workflow) -> None:
+        """A limited run finished or was cancelled: its slot may go to the next one."""
+        if workflow.concurrency is not None and run.concurrency_key is not None and run.status in P.RUN_FINAL:
+            session.flush()
+            self.admit(session, outbox, workflow, run.concurrency_key)
 
     # -- the planner, applied ----------------------------------------------------
 
@@ -276,6 +357,7 @@ class WorkflowEngine:
         statuses: Mapping[str, str],
         context_for: Callable[[str], StepContext],
         now: datetime,
+        partition: str | None = None,
     ) -> Decision:
         """Ask the planner what follows, evaluating `when` conditions (user code) as needed.
 
@@ -315,7 +397,7 @@ class WorkflowEngine:
         lease = now + timedelta(seconds=self.settings.redeliver_after)
         for name in plan.queue:
             step = workflow.steps[name]
-            message = Dispatch(str(run_id), name, step.queue or DEFAULT_QUEUE, step.timeout)
+            message = Dispatch(str(run_id), name, workflow.queue_of(step, partition), step.timeout)
             changes[name] = {
                 "status": P.QUEUED,
                 "queued_at": now,
@@ -343,8 +425,9 @@ class WorkflowEngine:
             results = {p: steps[p].result for p in parents if steps[p].status == P.SUCCEEDED}
             return StepContext(str(run.id), workflow.name, name, run.input, results, attempt=0)
 
+        partition = run.concurrency_key if workflow.partition_by is not None else None
         decision = self._decide(
-            run.id, workflow, {n: r.status for n, r in steps.items()}, context_for, now
+            run.id, workflow, {n: r.status for n, r in steps.items()}, context_for, now, partition
         )
         for name, values in decision.changes.items():
             for column, value in values.items():
@@ -362,19 +445,26 @@ class WorkflowEngine:
         """Take a queued step for this worker, or return None if it is not ours to run.
 
         None means: already succeeded or running elsewhere (a duplicate message), run
-        cancelled or finished, or unknown. The conditional UPDATE is the arbiter.
+        cancelled or finished, or unknown, or (for a step with its own concurrency limit)
+        no free slot: the step is then parked until a sibling finishes. The conditional
+        UPDATE is the arbiter.
         """
         rid = parse_run_id(run_id)
         now = utcnow()
         lease = now + timedelta(seconds=self.settings.step_lease)
+        parents = self.registry.parent_names(step_name)
         with self.sessions() as session:
-            row = self.hot_path.claim(
-                session, rid, step_name, self.registry.parent_names(step_name), worker, now, lease
-            )
+            if self.registry.is_limited_step(step_name):
+                with session.begin():
+                    if not self._step_slot(session, rid, step_name, now):
+                        return None
+                    row = self.hot_path.claim_in(session, rid, step_name, parents, worker, now, lease)
+            else:
+                row = self.hot_path.claim(session, rid, step_name, parents, worker, now, lease)
         if row is None:
             return None
         workflow = self.registry.get(row.workflow)
-        parents = workflow.steps[step_name].after if step_name in workflow.steps else ()
+        own = workflow.steps[step_name].after if step_name in workflow.steps else ()
         return Claim(
             step_id=row.step_id,
             run_id=str(rid),
@@ -383,8 +473,52 @@ class WorkflowEngine:
             attempt=row.attempts,
             attempt_id=row.attempt_id,
             input=row.input,
-            results={p: row.results[p] for p in parents if p in row.results},
+            results={p: row.results[p] for p in own if p in row.results},
+            run_key=row.run_key,
         )
+
+    def _step_slot(self, session: Session, rid: uuid.UUID, step_name: str, now: datetime) -> bool:
+        """Under the step's key lock: is a slot free? If not, park the step."""
+        target = session.execute(
+            select(StepRun.id, StepRun.concurrency_key, Run.workflow)
+            .join(Run, Run.id == StepRun.run_id)
+            .where(
+                StepRun.run_id == rid,
+                StepRun.name == step_name,
+                StepRun.status.in_((P.QUEUED, P.RETRYING)),
+            )
+        ).one_or_none()
+        if target is None:
+            return False
+        step = self.registry.get(target.workflow).steps.get(step_name)
+        if step is None or step.concurrency is None or target.concurrency_key is None:
+            return True
+        C.lock_key(session, C.step_scope(target.workflow, step_name), target.concurrency_key)
+        busy = C.count_running_steps(session, target.workflow, step_name, target.concurrency_key)
+        if busy < step.concurrency.limit:
+            return True
+        retry_at = now + timedelta(seconds=self.settings.redeliver_after)
+        C.park_step(session, target.id, now, retry_at)
+        return False
+
+    def _wake_steps(self, session: Session, outbox: Outbox, workflow: Workflow, step_name: str, key: str | None) -> None:
+        """A limited step ended: send the oldest parked siblings into the freed slots."""
+        step = workflow.steps.get(step_name)
+        if step is None or step.concurrency is None or key is None:
+            return
+        C.lock_key(session, C.step_scope(workflow.name, step_name), key)
+        free = step.concurrency.limit - C.count_running_steps(session, workflow.name, step_name, key)
+        if free <= 0:
+            return
+        lease = utcnow() + timedelta(seconds=self.settings.redeliver_after)
+        for row in C.parked_steps(session, workflow.name, step_name, key, free):
+            message = Dispatch(str(row.run_id), step_name, row.queue, step.timeout)
+            session.execute(
+                update(StepRun)
+                .where(StepRun.id == row.id)
+                .values(task_id=message.task_id, lease_expires_at=lease)
+            )
+            outbox.append(message)
 
     def heartbeat(self, claims: Iterable[Claim]) -> None:
         """Extend the lease of steps this process is still running."""
@@ -413,7 +547,10 @@ class WorkflowEngine:
         now = utcnow()
         rid = parse_run_id(claim.run_id)
         runs, steps = Run.__table__, StepRun.__table__
+        workflow = self.registry.get(claim.workflow)
         with self.transaction() as (session, outbox):
+            if claim.run_key is not None:
+                C.lock_key(session, C.run_scope(workflow.name), claim.run_key)
             locked = self.hot_path.lock_run(session, rid)
             if locked is None:
                 return
@@ -424,27 +561,33 @@ class WorkflowEngine:
             if statuses is None:
                 self._lease_lost(session, claim)
                 return
+            step = workflow.steps.get(claim.step)
+            if step is not None and step.concurrency is not None:
+                key = session.scalar(select(steps.c.concurrency_key).where(steps.c.id == claim.step_id))
+                self._wake_steps(session, outbox, workflow, claim.step, key)
             if locked.status in P.RUN_FINAL:
                 return
-            workflow = self.registry.get(locked.workflow)
 
             def context_for(name: str) -> StepContext:
                 run_input = session.scalar(select(runs.c.input).where(runs.c.id == rid))
                 results = succeeded_results(session, rid, workflow.steps[name].after)
                 return StepContext(claim.run_id, workflow.name, name, run_input, results, attempt=0)
 
-            decision = self._decide(rid, workflow, statuses, context_for, now)
+            partition = claim.run_key if workflow.partition_by is not None else None
+            decision = self._decide(rid, workflow, statuses, context_for, now, partition)
             for name, values in decision.changes.items():
                 session.execute(
                     update(steps).where(steps.c.run_id == rid, steps.c.name == name).values(**values)
                 )
+            outbox.extend(decision.dispatches)
             if decision.run_status is not None:
                 session.execute(
                     update(runs)
                     .where(runs.c.id == rid)
                     .values(status=decision.run_status, finished_at=now, error=decision.run_error)
                 )
-            outbox.extend(decision.dispatches)
+                if workflow.concurrency is not None and claim.run_key is not None:
+                    self.admit(session, outbox, workflow, claim.run_key)
 
     def _lease_lost(self, session: Session, claim: Claim) -> None:
         """The recovery loop gave this attempt up while it ran: keep its record, drop its result."""
@@ -475,8 +618,18 @@ class WorkflowEngine:
                 attempt.traceback = outcome.traceback
             workflow = self.registry.get(run.workflow)
             self._fail_attempt(run, workflow, row, outcome.error or "failed", outbox, now)
-            if run.status not in P.RUN_FINAL:
-                self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
+            self._settled(session, outbox, run, workflow, row, now)
+
+    def _settled(
+        self, session: Session, outbox: Outbox, run: Run, workflow: Workflow, row: StepRun, now: datetime
+    ) -> None:
+        """After a cold-path attempt ended: move the run on, free the step's and run's slots."""
+        if run.status not in P.RUN_FINAL:
+            self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
+        if row.status != P.RUNNING and row.concurrency_key is not None:
+            session.flush()
+            self._wake_steps(session, outbox, workflow, row.name, row.concurrency_key)
+        self._after_run_change(session, outbox, run, workflow)
 
     def _fail_attempt(
         self,
@@ -500,7 +653,7 @@ class WorkflowEngine:
             row.lease_expires_at = now + timedelta(seconds=delay + self.settings.redeliver_after)
             outbox.append(message)
         else:
-            row.status = P.FAILED
+            row.status = P.CANCELLED if run.status == P.RUN_CANCELLED else P.FAILED
             row.finished_at = now
 
     # -- recovery -----------------------------------------------------------------
@@ -529,8 +682,7 @@ class WorkflowEngine:
                 attempt.finished_at = now
             workflow = self.registry.get(run.workflow)
             self._fail_attempt(run, workflow, row, error, outbox, now)
-            if run.status not in P.RUN_FINAL:
-                self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
+            self._settled(session, outbox, run, workflow, row, now)
             return True
 
     def redeliver(self, step_ids: Iterable[int]) -> int:
@@ -573,25 +725,33 @@ class WorkflowEngine:
         Steps already running finish their attempt; their results are kept but schedule
         nothing. Returns False if the run had already finished.
         """
-        now = utcnow()
-        revoke: list[str] = []
-        with self.transaction() as (session, _outbox):
+        with self.transaction() as (session, outbox):
             run = self._lock_run(session, parse_run_id(run_id))
             if run.status in P.RUN_FINAL:
                 return False
-            run.status = P.RUN_CANCELLED
-            run.finished_at = now
-            run.error = "cancelled"
-            for row in run.steps:
-                if row.status in (P.PENDING, P.QUEUED, P.RETRYING):
-                    if row.status != P.PENDING and row.task_id:
-                        revoke.append(row.task_id)
-                    row.status = P.CANCELLED
-                    row.finished_at = now
-                    row.lease_expires_at = None
-        if revoke:
-            self.dispatcher.revoke(revoke)
+            self._cancel_rows(run, "cancelled", outbox, utcnow())
+            self._after_run_change(session, outbox, run, self.registry.get(run.workflow))
         return True
+
+    def _cancel_rows(
+        self, run: Run, reason: str, outbox: Outbox, now: datetime, terminate: bool = False
+    ) -> None:
+        """Mark a locked run and its open steps cancelled; revoke their messages after commit.
+
+        With `terminate`, the processes running its steps are stopped too.
+        """
+        run.status = P.RUN_CANCELLED
+        run.finished_at = now
+        run.error = reason
+        for row in run.steps:
+            if row.status in (P.PENDING, P.QUEUED, P.RETRYING):
+                if row.status != P.PENDING and row.task_id:
+                    outbox.revoke.append(row.task_id)
+                row.status = P.CANCELLED
+                row.finished_at = now
+                row.lease_expires_at = None
+            elif row.status == P.RUNNING and terminate and row.task_id:
+                outbox.terminate.append(row.task_id)
 
     def retry_run(self, run_id: str) -> bool:
         """Re-run a finished run's failed and cancelled steps and everything after them.
@@ -618,10 +778,15 @@ class WorkflowEngine:
                 row.finished_at = None
                 row.lease_expires_at = None
                 row.max_attempts = row.attempts + workflow.steps[name].max_attempts
-            run.status = P.RUN_RUNNING
             run.finished_at = None
             run.error = None
-            self._advance(run, workflow, steps, outbox, now)
+            if workflow.concurrency is not None and run.concurrency_key is not None:
+                run.status = P.RUN_PENDING  # waits for a slot like a new run
+                session.flush()
+                self.admit(session, outbox, workflow, run.concurrency_key)
+            else:
+                run.status = P.RUN_RUNNING
+                self._advance(run, workflow, steps, outbox, now)
         return True
 
 
@@ -629,3 +794,15 @@ def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; they were written in UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
+
+
+def _key_of(limit: Concurrency | None, data: Any, owner: str) -> str | None:
+    """A concurrency key of a run's input; a key function that raises is bad input."""
+    if limit is None:
+        return None
+    try:
+        return limit.key_for(data)
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise InvalidInput(
+            f"{owner}: cannot compute the concurrency key: {type(exc).__name__}: {exc}"
+        ) from None

@@ -28,7 +28,7 @@ BATCH = 500
 def sweep(engine: WorkflowEngine) -> dict[str, int]:
     """One pass: expire lapsed leases, re-send stale queued steps. Returns counts."""
     now = datetime.now(UTC)
-    counts = {"expired": 0, "redelivered": 0}
+    counts = {"expired": 0, "redelivered": 0, "admitted": 0}
     db = engine.sessions.kw["bind"]
     postgres = db.dialect.name == "postgresql"
     # A dedicated connection: a session-level advisory lock belongs to its connection.
@@ -57,12 +57,17 @@ def sweep(engine: WorkflowEngine) -> dict[str, int]:
                     counts["expired"] += 1
             if stale:
                 counts["redelivered"] = engine.redeliver(stale)
+            counts["admitted"] = engine.admit_waiting()
         finally:
             if postgres:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
                 conn.commit()
-    if counts["expired"] or counts["redelivered"]:
-        log.info("recovery: %(expired)d lapsed lease(s), %(redelivered)d message(s) re-sent", counts)
+    if any(counts.values()):
+        log.info(
+            "recovery: %(expired)d lapsed lease(s), %(redelivered)d message(s) re-sent, "
+            "%(admitted)d waiting run(s) admitted",
+            counts,
+        )
     return counts
 
 

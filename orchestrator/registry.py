@@ -43,6 +43,12 @@ class Registry:
             cached = self._parents[step] = tuple(sorted(names))
         return cached
 
+    def is_limited_step(self, step: str) -> bool:
+        """Whether a step called `step` has its own concurrency limit in some workflow."""
+        return any(
+            step in w.steps and w.steps[step].concurrency is not None for w in self._workflows.values()
+        )
+
     def get(self, name: str) -> Workflow:
         try:
             return self._workflows[name]

@@ -188,3 +188,38 @@ def linger(ctx: StepContext) -> dict:
 def afterwards(ctx: StepContext) -> str:
     record(ctx)
     return "done"
+
+
+# -- concurrency limits and sharding ---------------------------------------------------------
+from orchestrator import Concurrency  # noqa: E402
+
+
+def _hold(ctx: StepContext) -> dict:
+    record(ctx)
+    time.sleep(ctx.input.get("sleep", 0.1))
+    return {"key": ctx.input.get("customer")}
+
+
+per_customer = Workflow("per-customer", concurrency=Concurrency(key="customer", limit=1))
+per_customer.step(_hold, name="hold", retries=2, backoff=0.1)
+
+two_at_a_time = Workflow("two-at-a-time", concurrency=2)
+two_at_a_time.step(_hold, name="hold")
+
+newest_loses = Workflow(
+    "newest-loses", concurrency=Concurrency(key="customer", limit=1, strategy="cancel_newest")
+)
+newest_loses.step(_hold, name="hold")
+
+latest_wins = Workflow(
+    "latest-wins", concurrency=Concurrency(key="customer", limit=1, strategy="cancel_in_progress")
+)
+latest_wins.step(_hold, name="hold")
+
+fragile_calls = Workflow("fragile-calls")
+fragile_calls.step(_hold, name="prepare")
+fragile_calls.step(_hold, name="call_fragile_service", after="prepare", concurrency=1)
+
+sharded = Workflow("sharded", partition_by="customer", shards=3)
+sharded.step(_hold, name="first")
+sharded.step(_hold, name="second", after="first")

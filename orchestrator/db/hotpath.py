@@ -37,6 +37,8 @@ class ClaimedRow:
     input: Any
     #: Results of succeeded steps among the requested parent names.
     results: dict[str, Any]
+    #: The run's concurrency key, if its workflow has a limit.
+    run_key: str | None = None
 
 
 class GenericHotPath:
@@ -59,21 +61,35 @@ class GenericHotPath:
         lease: datetime,
     ) -> ClaimedRow | None:
         with session.begin():
-            claimed = session.execute(
-                _CLAIM_STEP, {"p_rid": rid, "p_name": step, "p_now": now, "p_lease": lease}
-            ).one_or_none()
-            if claimed is None:
-                return None
-            attempt_id = session.execute(
-                _INSERT_ATTEMPT,
-                {"p_step_id": claimed.id, "p_number": claimed.attempts, "p_worker": worker, "p_now": now},
-            ).scalar_one()
-            if claimed.run_status == P.RUN_PENDING:
-                session.execute(_START_RUN, {"p_rid": rid, "p_now": now})
-            results = succeeded_results(session, rid, parents) if parents else {}
-            return ClaimedRow(
-                claimed.id, claimed.attempts, attempt_id, claimed.workflow, claimed.input, results
-            )
+            return self.claim_in(session, rid, step, parents, worker, now, lease)
+
+    def claim_in(
+        self,
+        session: Session,
+        rid: uuid.UUID,
+        step: str,
+        parents: Sequence[str],
+        worker: str | None,
+        now: datetime,
+        lease: datetime,
+    ) -> ClaimedRow | None:
+        """`claim` inside the caller's transaction (used when a slot check precedes it)."""
+        claimed = session.execute(
+            _CLAIM_STEP, {"p_rid": rid, "p_name": step, "p_now": now, "p_lease": lease}
+        ).one_or_none()
+        if claimed is None:
+            return None
+        attempt_id = session.execute(
+            _INSERT_ATTEMPT,
+            {"p_step_id": claimed.id, "p_number": claimed.attempts, "p_worker": worker, "p_now": now},
+        ).scalar_one()
+        if claimed.run_status == P.RUN_PENDING:
+            session.execute(_START_RUN, {"p_rid": rid, "p_now": now})
+        results = succeeded_results(session, rid, parents) if parents else {}
+        return ClaimedRow(
+            claimed.id, claimed.attempts, attempt_id, claimed.workflow, claimed.input, results,
+            claimed.run_key,
+        )
 
     def lock_run(self, session: Session, rid: uuid.UUID) -> Any:
         """(status, workflow) of the run, row-locked until the transaction ends; or None."""
@@ -152,7 +168,8 @@ class PostgresHotPath(GenericHotPath):
         if row is None:
             return None
         return ClaimedRow(
-            row.id, row.attempts, row.attempt_id, row.workflow, row.input, row.results or {}
+            row.id, row.attempts, row.attempt_id, row.workflow, row.input, row.results or {},
+            row.concurrency_key,
         )
 
     def settle_success(
@@ -235,6 +252,7 @@ _CLAIM_STEP = (
         _of_run(_runs.c.status).label("run_status"),
         _of_run(_runs.c.workflow).label("workflow"),
         _of_run(_runs.c.input).label("input"),
+        _of_run(_runs.c.concurrency_key).label("run_key"),
     )
 )
 _INSERT_ATTEMPT = (
@@ -305,6 +323,7 @@ WITH claimed AS (
      WHERE id = :rid AND status = 'pending' AND EXISTS (SELECT 1 FROM claimed)
 )
 SELECT claimed.id, claimed.attempts, attempt.id AS attempt_id, runs.workflow, runs.input,
+       runs.concurrency_key,
        (SELECT jsonb_object_agg(p.name, p.result) FROM steps p
          WHERE p.run_id = :rid AND p.name = ANY(CAST(:parents AS varchar[]))
            AND p.status = 'succeeded') AS results

@@ -83,6 +83,16 @@ class Run(Base):
         Index("ix_runs_workflow_created", "workflow", "created_at", "id"),
         Index("ix_runs_status_created", "status", "created_at", "id"),
         Index("ix_runs_workflow_status_created", "workflow", "status", "created_at", "id"),
+        # Admission under a concurrency limit: running and oldest pending runs of one key.
+        Index(
+            "ix_runs_concurrency",
+            "workflow",
+            "concurrency_key",
+            "status",
+            "created_at",
+            postgresql_where=text("concurrency_key IS NOT NULL"),
+            sqlite_where=text("concurrency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -95,6 +105,8 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
     event_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("events.id", ondelete="SET NULL"))
     dedupe_key: Mapped[str | None] = mapped_column(String(500))
+    #: Key value under the workflow's concurrency limit ("" for a workflow-wide limit).
+    concurrency_key: Mapped[str | None] = mapped_column(String(500))
 
     steps: Mapped[list[StepRun]] = relationship(
         back_populates="run", order_by="StepRun.id", cascade="all, delete-orphan"
@@ -116,6 +128,14 @@ class StepRun(Base):
             postgresql_where=text("status IN ('queued', 'running', 'retrying')"),
             sqlite_where=text("status IN ('queued', 'running', 'retrying')"),
         ),
+        Index(
+            "ix_steps_concurrency",
+            "name",
+            "concurrency_key",
+            "status",
+            postgresql_where=text("concurrency_key IS NOT NULL"),
+            sqlite_where=text("concurrency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -133,6 +153,8 @@ class StepRun(Base):
     #: For `running`: when the claim lapses. For `queued`/`retrying`: when to re-send the message.
     lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
     task_id: Mapped[str | None] = mapped_column(String(64))
+    #: Key value under the step's own concurrency limit, if it has one.
+    concurrency_key: Mapped[str | None] = mapped_column(String(500))
 
     run: Mapped[Run] = relationship(back_populates="steps")
     attempt_rows: Mapped[list[Attempt]] = relationship(

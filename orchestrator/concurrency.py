@@ -1,0 +1,148 @@
+"""Concurrency limits on distributed locks: who may run now, and who is next.
+
+A limit is enforced under a PostgreSQL transaction-level advisory lock on its scope and key
+(`pg_advisory_xact_lock`), held by whichever node is deciding, on whichever host: admitting a
+run, parking or waking a step. The lock ends with the transaction, so a node that dies
+releases it at once; a *slot* is the running run (or step) itself, which a dead worker gives
+back through the step lease and the recovery loop. On SQLite (dev mode) writers are already
+serialised, so the lock is a no-op.
+
+Lock order, everywhere: a concurrency key first, then run rows. Every path that changes a
+limited run's status takes its key lock before its run lock, so no two transactions can
+wait on each other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from . import planner as P
+from .db.models import Run, StepRun
+
+if TYPE_CHECKING:
+    from .dsl import Workflow
+
+_runs, _steps = Run.__table__, StepRun.__table__
+
+#: Reason recorded on a run cancelled by `cancel_newest`.
+CANCELLED_NEWEST = "cancelled: concurrency limit {limit} reached for key {key!r} (strategy cancel_newest)"
+#: Reason recorded on a run cancelled by `cancel_in_progress`.
+CANCELLED_IN_PROGRESS = "cancelled: a newer run with key {key!r} took its place (strategy cancel_in_progress)"
+
+
+def lock_key(session: Session, scope: str, key: str) -> None:
+    """Hold the distributed lock of (scope, key) until this transaction ends."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:lock, 0))"),
+        {"lock": f"{scope}\x1f{key}"},
+    )
+
+
+def run_scope(workflow: str) -> str:
+    return f"run:{workflow}"
+
+
+def step_scope(workflow: str, step: str) -> str:
+    return f"step:{workflow}:{step}"
+
+
+def runs_of_key(session: Session, workflow: str, key: str, status: str, limit: int | None = None) -> list[Any]:
+    """Runs of a key in one status, oldest first (creation order is event order)."""
+    query = (
+        select(_runs.c.id, _runs.c.created_at)
+        .where(
+            _runs.c.workflow == workflow,
+            _runs.c.concurrency_key == key,
+            _runs.c.status == status,
+        )
+        .order_by(_runs.c.created_at, _runs.c.event_id, _runs.c.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.execute(query))
+
+
+def choose(
+    strategy: str, limit: int, running: Sequence[Any], pending: Sequence[Any]
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """Pure: (runs to admit, pending runs to cancel, running runs to cancel), oldest first in."""
+    free = max(0, limit - len(running))
+    if strategy == "queue":
+        return list(pending[:free]), [], []
+    if strategy == "cancel_newest":
+        return list(pending[:free]), list(pending[free:]), []
+    # cancel_in_progress: the newest runs win, up to the limit; older ones make room.
+    winners = list(pending[-limit:]) if pending else []
+    losers = list(pending[: len(pending) - len(winners)])
+    evict = max(0, len(running) + len(winners) - limit)
+    return winners, losers, list(running[:evict])
+
+
+def count_running_steps(session: Session, workflow: str, step: str, key: str) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(_steps.join(_runs, _runs.c.id == _steps.c.run_id))
+        .where(
+            _runs.c.workflow == workflow,
+            _steps.c.name == step,
+            _steps.c.concurrency_key == key,
+            _steps.c.status == P.RUNNING,
+        )
+    ) or 0
+
+
+def parked_steps(session: Session, workflow: str, step: str, key: str, limit: int) -> list[Any]:
+    """Steps waiting for a slot (queued with no message in flight), oldest first."""
+    return list(
+        session.execute(
+            select(_steps.c.id, _steps.c.run_id, _steps.c.queue)
+            .select_from(_steps.join(_runs, _runs.c.id == _steps.c.run_id))
+            .where(
+                _runs.c.workflow == workflow,
+                _steps.c.name == step,
+                _steps.c.concurrency_key == key,
+                _steps.c.status == P.QUEUED,
+                _steps.c.task_id.is_(None),
+            )
+            .order_by(_steps.c.queued_at, _steps.c.id)
+            .limit(limit)
+            .with_for_update(of=_steps, skip_locked=True)
+        )
+    )
+
+
+def park_step(session: Session, step_id: int, now: datetime, retry_at: datetime) -> None:
+    """Leave a step queued with no message: a finishing sibling (or recovery) wakes it."""
+    session.execute(
+        update(_steps)
+        .where(_steps.c.id == step_id)
+        .values(status=P.QUEUED, task_id=None, lease_expires_at=retry_at)
+    )
+
+
+def workflow_keys_waiting(session: Session, workflow: Workflow, limit: int = 100) -> list[str]:
+    """Keys of a limited workflow that have pending runs (for the recovery sweep)."""
+    return list(
+        session.scalars(
+            select(_runs.c.concurrency_key)
+            .where(
+                _runs.c.workflow == workflow.name,
+                _runs.c.status == P.RUN_PENDING,
+                _runs.c.concurrency_key.is_not(None),
+            )
+            .group_by(_runs.c.concurrency_key)
+            .limit(limit)
+        )
+    )
+
+
+def as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
