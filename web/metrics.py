@@ -11,11 +11,11 @@ so any number of web processes report the same figures:
   to run committed), queue wait (step queued to started) and execution (attempt start
   to finish).
 
-The histograms are cumulative since the process started watching: the first scrape reads
-all history, every later one adds only the observations since the previous scrape (an
-indexed time window), so a scrape stays cheap however many runs the database holds.
-Observations younger than `SETTLE_SECONDS` wait for the next scrape, so a transaction that
-commits an older timestamp late is still counted. Step counts need a GROUP BY over every
+The histograms behave like in-process ones: they count what happens from the moment the app
+starts (a restart resets them, which Prometheus' `rate()` expects). Each scrape adds only the
+observations since the previous one, read from an indexed time window, so a scrape stays
+cheap however many runs the database holds. Observations younger than `SETTLE_SECONDS` wait
+for the next scrape, so a transaction that commits an older timestamp late is still counted. Step counts need a GROUP BY over every
 step; they are reused for `STEP_COUNTS_TTL` seconds.
 
 A source that cannot be read is reported by `orchestrator_metrics_source_up{source}` = 0
@@ -106,7 +106,7 @@ class StateCollector(Collector):
         self.settle = timedelta(seconds=settle)
         self._lock = threading.Lock()
         self._histograms = {name: stats.Histogram.empty(bounds) for name, _, bounds, _ in HISTOGRAMS}
-        self._counted_until: datetime | None = None
+        self._counted_until = datetime.now(UTC) - self.settle
         self._step_counts: tuple[float, list[tuple[str, str, int]]] | None = None
 
     def collect(self) -> Iterator[Metric]:

@@ -130,16 +130,13 @@ def _histogram(session: Session, seconds: Any, query: Any, bounds: Sequence[floa
     )
 
 
-def _window(column: Any, after: datetime | None, until: datetime) -> list[Any]:
+def _window(column: Any, after: datetime, until: datetime) -> list[Any]:
     """Rows whose `column` is in (after, until]: each scrape adds only what is new."""
-    conditions = [column <= until]
-    if after is not None:
-        conditions.append(column > after)
-    return conditions
+    return [column > after, column <= until]
 
 
 def event_to_run_histogram(
-    session: Session, bounds: Sequence[float], until: datetime, after: datetime | None = None
+    session: Session, bounds: Sequence[float], after: datetime, until: datetime
 ) -> Histogram:
     """Seconds from an event's Kafka timestamp to the creation of the run it started.
 
@@ -155,7 +152,7 @@ def event_to_run_histogram(
 
 
 def queue_wait_histogram(
-    session: Session, bounds: Sequence[float], until: datetime, after: datetime | None = None
+    session: Session, bounds: Sequence[float], after: datetime, until: datetime
 ) -> Histogram:
     """Seconds a step waited from being queued to being started, for claims in (after, until].
 
@@ -178,7 +175,7 @@ def queue_wait_histogram(
 
 
 def execution_histogram(
-    session: Session, bounds: Sequence[float], until: datetime, after: datetime | None = None
+    session: Session, bounds: Sequence[float], after: datetime, until: datetime
 ) -> Histogram:
     """Seconds each attempt finished in (after, until] ran, from start to finish."""
     seconds = _seconds(session, Attempt.finished_at, Attempt.started_at)
