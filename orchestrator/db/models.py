@@ -166,7 +166,12 @@ class Attempt(Base):
     """One try at running a step, with its timing, error, traceback and log lines."""
 
     __tablename__ = "attempts"
-    __table_args__ = (UniqueConstraint("step_id", "number"),)
+    __table_args__ = (
+        UniqueConstraint("step_id", "number"),
+        # /metrics reads only the attempts started / finished since its previous scrape.
+        Index("ix_attempts_started", "started_at"),
+        Index("ix_attempts_finished", "finished_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     step_id: Mapped[int] = mapped_column(BigId, ForeignKey("steps.id", ondelete="CASCADE"))
