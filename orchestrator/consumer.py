@@ -36,7 +36,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from .engine import WorkflowEngine
 from .errors import ConfigurationError
@@ -257,7 +257,7 @@ class EventConsumer:
             return record_batch(self.engine, assessments)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
             raise StorageFailed(_first_line(exc)) from exc
-        except DBAPIError as exc:
+        except Exception as exc:  # noqa: BLE001 - one event's data must not stop the consumer
             if len(assessments) == 1:
                 return self._record_unstorable(assessments[0], exc)
             log.warning("the database refused a batch (%s); recording its events one by one",
@@ -272,7 +272,7 @@ class EventConsumer:
                 total.outcomes.update(one.outcomes)
             return total
 
-    def _record_unstorable(self, assessment: Assessment, exc: DBAPIError) -> BatchResult:
+    def _record_unstorable(self, assessment: Assessment, exc: Exception) -> BatchResult:
         reason = f"could not be stored: {_first_line(exc)}"
         log.warning("event %s/%s/%s %s", assessment.message.topic, assessment.message.partition,
                     assessment.message.offset, reason)

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
+from .db.inserts import insert_all, insert_ignoring_conflicts
 from .db.models import Event, Run, StepRun
 from .dispatch import Dispatch
 from .engine import PlannedRun, WorkflowEngine
@@ -119,43 +119,17 @@ def event_row(assessment: Assessment, received_at: datetime) -> dict[str, Any]:
     return row
 
 
-# -- bulk writing ------------------------------------------------------------------------
-
-
-def _insert(session: Session, table: Table) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (PostgreSQL and SQLite)."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise OrchestratorError(f"the Kafka consumer needs PostgreSQL or SQLite, not {dialect}")
-
-
-def _by_columns(rows: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Group rows by the set of columns they set, so each group is one executemany.
-
-    A column left out gets its SQL default (NULL), which differs from None for JSON columns.
-    """
-    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(frozenset(row), []).append(row)
-    return list(groups.values())
+# -- writing -------------------------------------------------------------------------------
 
 
 def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int, int], int]:
     """Insert event rows, skipping those already recorded; returns the new ones' ids by key."""
-    table = Event.__table__
-    inserted: dict[tuple[str, int, int], int] = {}
-    for group in _by_columns(rows):
-        statement = (
-            _insert(session, table)
-            .on_conflict_do_nothing(index_elements=["topic", "partition", "offset"])
-            .returning(table.c.id, table.c.topic, table.c.partition, table.c.offset)
-        )
-        for event_id, topic, partition, offset in session.execute(statement, group):
-            inserted[(topic, partition, offset)] = event_id
-    return inserted
+    inserted = insert_ignoring_conflicts(
+        session, Event.__table__, rows,
+        conflict_columns=("topic", "partition", "offset"),
+        returning=("id", "topic", "partition", "offset"),
+    )
+    return {(topic, partition, offset): event_id for event_id, topic, partition, offset in inserted}
 
 
 def start_runs(
@@ -187,13 +161,12 @@ def start_runs(
         )
     if not planned:
         return []
-    runs = Run.__table__
-    statement = _insert(session, runs).on_conflict_do_nothing().returning(runs.c.id)
-    created = set(session.execute(statement, [p.run for p in planned]).scalars())
+    inserted = insert_ignoring_conflicts(
+        session, Run.__table__, [p.run for p in planned], returning=("id",)
+    )
+    created = {run_id for (run_id,) in inserted}
     kept = [p for p in planned if p.run["id"] in created]
-    step_rows = [row for p in kept for row in p.steps]
-    if step_rows:
-        session.execute(StepRun.__table__.insert(), step_rows)
+    insert_all(session, StepRun.__table__, [row for p in kept for row in p.steps])
     for p in kept:
         outbox.extend(p.dispatches)
     return [str(p.run["id"]) for p in kept]

@@ -156,8 +156,13 @@ def decode(value: bytes | None, max_bytes: int) -> dict[str, Any]:
         raise Rejected(f"not JSON this orchestrator accepts: nested deeper than {MAX_NESTING} levels") from None
     if not isinstance(payload, dict):
         raise Rejected(f"event is a JSON {_json_type(payload)}, expected a JSON object")
-    _check_storable(payload, "event", check_nul="\\u0000" in text)
+    _check_storable(payload, "event", check_text=any(e in text for e in _SUSPECT_ESCAPES))
     return payload
+
+
+#: JSON escapes that may hide text PostgreSQL refuses (NUL, surrogates); only then are the
+#: strings of an event looked at one by one.
+_SUSPECT_ESCAPES = ("\\u0000", "\\ud", "\\uD")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -176,10 +181,12 @@ def _json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else type(value).__name__
 
 
-def _check_storable(value: Any, what: str, check_nul: bool = True) -> None:
-    """Refuse what PostgreSQL's JSONB cannot hold (NUL characters) and absurd nesting.
+def _check_storable(value: Any, what: str, check_text: bool = True) -> None:
+    """Refuse what PostgreSQL's JSONB cannot hold and absurd nesting.
 
-    Iterative, so hostile nesting cannot exhaust the stack.
+    JSONB refuses NUL characters and unpaired UTF-16 surrogates in strings. `check_text`
+    False skips looking at strings (the JSON text showed there are none). Iterative, so
+    hostile nesting cannot exhaust the stack.
     """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -188,15 +195,33 @@ def _check_storable(value: Any, what: str, check_nul: bool = True) -> None:
             if depth > MAX_NESTING:
                 raise Rejected(f"{what} is nested deeper than {MAX_NESTING} levels")
             for key, child in item.items():
-                if check_nul and isinstance(key, str) and "\x00" in key:
-                    raise Rejected(f"{what} holds a NUL character (\\u0000), which cannot be stored")
+                if check_text:
+                    _check_text(key, what)
                 stack.append((child, depth + 1))
         elif isinstance(item, list):
             if depth > MAX_NESTING:
                 raise Rejected(f"{what} is nested deeper than {MAX_NESTING} levels")
             stack.extend((child, depth + 1) for child in item)
-        elif check_nul and isinstance(item, str) and "\x00" in item:
-            raise Rejected(f"{what} holds a NUL character (\\u0000), which cannot be stored")
+        elif check_text and isinstance(item, str):
+            _check_text(item, what)
+
+
+def _check_text(text: Any, what: str) -> None:
+    if not isinstance(text, str) or text.isascii() and "\x00" not in text:
+        return
+    if "\x00" in text:
+        raise Rejected(f"{what} holds a NUL character (\\u0000), which cannot be stored")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected(
+            f"{what} holds an unpaired surrogate (\\u{ord(text[_surrogate_at(text)]):04x}), "
+            "which cannot be stored"
+        ) from None
+
+
+def _surrogate_at(text: str) -> int:
+    return next(i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
 
 
 # -- evaluating triggers --------------------------------------------------------------
@@ -219,15 +244,17 @@ def _user_error(what: str, exc: BaseException) -> str:
 def decide(workflow: Workflow, triggers: list[KafkaTrigger], payload: dict[str, Any]) -> Decision:
     """One workflow's decision about one decoded event (see the module docstring)."""
     for trigger in triggers:
-        runs_user_code = callable(trigger.match) or trigger.input is not None
-        # User code may mutate what it is given; every workflow must see the event as sent.
-        event = copy.deepcopy(payload) if runs_user_code else payload
+        # User code may mutate what it is given: it gets a copy, so every workflow (and the
+        # stored payload) sees the event as it was sent. A `match` dict only reads.
+        event = copy.deepcopy(payload) if callable(trigger.match) else payload
         try:
             matched = trigger.matches(event)
         except Exception as exc:  # noqa: BLE001 - user code
             return Decision(workflow.name, REJECTED, reason=_user_error("match function", exc))
         if not matched:
             continue
+        if trigger.input is not None and event is payload:
+            event = copy.deepcopy(payload)
         try:
             data = trigger.run_input(event)
         except Exception as exc:  # noqa: BLE001 - user code
@@ -240,7 +267,7 @@ def decide(workflow: Workflow, triggers: list[KafkaTrigger], payload: dict[str, 
             return Decision(workflow.name, REJECTED, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - e.g. a schema check recursing too deep
             return Decision(workflow.name, REJECTED, reason=_user_error("input validation", exc))
-        key = dedupe_key(trigger.dedupe_value(event))
+        key = dedupe_key(trigger.dedupe_value(payload))
         return Decision(workflow.name, MATCHED, input=data, dedupe_key=key)
     return Decision(workflow.name, IGNORED)
 

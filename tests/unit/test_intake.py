@@ -59,6 +59,8 @@ def message(value, topic: str = "orders", offset: int = 0) -> Message:
         (b"null", "event is a JSON null, expected a JSON object"),
         (b'{"a": "nul \\u0000 inside"}', "event holds a NUL character (\\u0000), which cannot be stored"),
         (b'{"\\u0000": 1}', "event holds a NUL character (\\u0000), which cannot be stored"),
+        (b'{"a": "lone \\ud800 surrogate"}', "event holds an unpaired surrogate (\\ud800), which cannot be stored"),
+        (b'{"\\uDC00": 1}', "event holds an unpaired surrogate (\\udc00), which cannot be stored"),
     ],
 )
 def test_undecodable_messages_are_rejected_with_a_reason(value, reason):
@@ -86,6 +88,10 @@ def test_deep_nesting_is_rejected_without_exhausting_the_stack():
 
 def test_an_escaped_backslash_before_u0000_is_not_a_nul():
     assert decode(b'{"path": "C:\\\\u0000"}', LIMIT) == {"path": "C:\\u0000"}
+
+
+def test_a_surrogate_pair_is_a_character_not_an_error():
+    assert decode(b'{"emoji": "\\ud83d\\ude00"}', LIMIT) == {"emoji": "\U0001F600"}
 
 
 # -- matching and mapping ---------------------------------------------------------------------
