@@ -408,10 +408,11 @@ def publish(topic: str, payload: str, key: str | None, raw: bool) -> None:
     """Publish one event, PAYLOAD (JSON), to TOPIC; prints its partition and offset."""
     from kafka.errors import KafkaError
 
-    from .kafka import create_producer
+    from .kafka import create_producer, quiet_client_logs
 
     if not raw:
         _json_arg(payload, "PAYLOAD")
+    quiet_client_logs()
     settings = _kafka_settings()
     try:
         producer = create_producer(settings)

