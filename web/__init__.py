@@ -58,7 +58,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         KAFKA_GROUP=settings.kafka_group,
         POLL_MS=2000,
-        JSON_SORT_KEYS=False,
     )
     app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]

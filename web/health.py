@@ -38,7 +38,8 @@ def check_broker() -> str:
 
 
 def check_kafka(bootstrap: str) -> str:
-    return f"{kafka_admin.ping(bootstrap)} broker(s)"
+    settings = context.settings().with_(kafka_bootstrap=bootstrap)
+    return f"{kafka_admin.ping(settings)} broker(s)"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,6 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.kafka import create_admin
+from orchestrator.settings import Settings
+
 #: Milliseconds a probe waits for Kafka before calling it unreachable.
 PROBE_TIMEOUT_MS = 3000
 
@@ -26,28 +29,27 @@ class PartitionLag:
         return max(self.end - (self.committed or 0), 0)
 
 
-def _admin(bootstrap: str) -> Any:
-    from kafka import KafkaAdminClient  # imported on use: only probes with Kafka set need it
-
-    return KafkaAdminClient(
-        bootstrap_servers=bootstrap.split(","),
+def _admin(settings: Settings) -> Any:
+    """The project's admin client (`orchestrator.kafka`), with a probe's short timeouts."""
+    return create_admin(
+        settings,
         client_id="orchestrator-web",
         request_timeout_ms=PROBE_TIMEOUT_MS,
         bootstrap_timeout_ms=PROBE_TIMEOUT_MS,
     )
 
 
-def ping(bootstrap: str) -> int:
+def ping(settings: Settings) -> int:
     """Number of brokers in the cluster; raises if Kafka cannot be reached."""
-    admin = _admin(bootstrap)
+    admin = _admin(settings)
     try:
         return len(admin.describe_cluster()["brokers"])
     finally:
         admin.close()
 
 
-def consumer_lag(bootstrap: str, group: str, topics: Iterable[str] = ()) -> list[PartitionLag]:
-    """Lag of consumer `group`: end offset minus committed offset, per partition.
+def consumer_lag(settings: Settings, topics: Iterable[str] = ()) -> list[PartitionLag]:
+    """Lag of the consumer group `settings.kafka_group`: end offset minus committed offset.
 
     Covers every partition the group has committed on plus every partition of `topics`
     (the triggers' topics), so a group that never committed still shows its backlog.
@@ -55,7 +57,8 @@ def consumer_lag(bootstrap: str, group: str, topics: Iterable[str] = ()) -> list
     from kafka import TopicPartition
     from kafka.admin import OffsetSpec
 
-    admin = _admin(bootstrap)
+    group = settings.kafka_group
+    admin = _admin(settings)
     try:
         committed = admin.list_group_offsets({group: None}).get(group, {})
         partitions = set(committed)

@@ -178,8 +178,10 @@ class StateCollector(Collector):
             "Messages not yet consumed by the trigger consumer group (end offset - committed)",
             labels=["topic", "partition"],
         )
-        assert self.kafka_bootstrap is not None
-        for p in kafka_admin.consumer_lag(self.kafka_bootstrap, self.kafka_group, topics):
+        settings = self.runtime.settings.with_(
+            kafka_bootstrap=self.kafka_bootstrap, kafka_group=self.kafka_group
+        )
+        for p in kafka_admin.consumer_lag(settings, topics):
             lag.add_metric([p.topic, str(p.partition)], p.lag)
         return lag
 

@@ -11,24 +11,8 @@ from typing import Any
 
 from orchestrator import planner as P
 
+from .openapi_schemas import SCHEMAS, obj, ref
 from .params import DEFAULT_PAGE, MAX_PAGE, OUTCOMES
-
-NULLABLE_STRING = {"type": ["string", "null"]}
-NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
-TIME = {"type": "string", "format": "date-time"}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties) if required is None else required,
-        "additionalProperties": False,
-    }
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -36,7 +20,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+    return _json(ref("Error"), description)
 
 
 def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -63,206 +47,7 @@ SINCE = _query(
 SECURED = [{"bearer": []}]
 UNAUTHORIZED = _error("Missing or wrong bearer token")
 
-RUN_FIELDS: dict[str, Any] = {
-    "id": {"type": "string", "format": "uuid"},
-    "workflow": {"type": "string"},
-    "status": {"type": "string", "enum": list(P.RUN_STATUSES)},
-    "input": {"type": "object"},
-    "error": NULLABLE_STRING,
-    "created_at": TIME,
-    "started_at": NULLABLE_TIME,
-    "finished_at": NULLABLE_TIME,
-    "event_id": {"type": ["integer", "null"]},
-}
-
-CONCURRENCY = {
-    "type": ["object", "null"],
-    "description": "At most `limit` at once per value of `key`",
-    "properties": {
-        "key": {"type": ["string", "null"]},
-        "limit": {"type": "integer"},
-        "strategy": {"type": "string"},
-    },
-}
-
-SCHEMAS: dict[str, Any] = {
-    "Error": _object({"error": {"type": "string"}}),
-    "StepDefinition": _object(
-        {
-            "name": {"type": "string"},
-            "after": {"type": "array", "items": {"type": "string"}},
-            "queue": {"type": "string"},
-            "retries": {"type": "integer"},
-            "backoff": {"type": "number"},
-            "timeout": {"type": ["number", "null"]},
-            "conditional": {"type": "boolean"},
-            "concurrency": CONCURRENCY,
-        },
-        required=["name", "after", "queue", "retries", "backoff", "timeout", "conditional"],
-    ),
-    "Trigger": {
-        "type": "object",
-        "properties": {
-            "type": {"type": "string"},
-            "topic": {"type": "string"},
-            "match": {},
-            "input": NULLABLE_STRING,
-            "dedupe": NULLABLE_STRING,
-        },
-        "required": ["type", "topic"],
-    },
-    "Workflow": _object(
-        {
-            "name": {"type": "string"},
-            "description": {"type": "string"},
-            "steps": {"type": "array", "items": _ref("StepDefinition")},
-            "triggers": {"type": "array", "items": _ref("Trigger")},
-            "input_schema": {"type": ["object", "null"]},
-            "concurrency": CONCURRENCY,
-            "partition_by": {"type": ["string", "null"], "description": "Dotted path, or <function>"},
-            "shards": {"type": ["integer", "null"]},
-            "queues": {"type": "array", "items": {"type": "string"}},
-        },
-        required=["name", "description", "steps", "triggers", "input_schema"],
-    ),
-    "LogLine": {
-        "type": "object",
-        "properties": {"ts": {"type": "string"}, "level": {"type": "string"}, "message": {"type": "string"}},
-    },
-    "Attempt": _object(
-        {
-            "number": {"type": "integer"},
-            "status": {"type": "string", "enum": list(P.STEP_STATUSES)},
-            "worker": NULLABLE_STRING,
-            "started_at": TIME,
-            "finished_at": NULLABLE_TIME,
-            "error": NULLABLE_STRING,
-            "traceback": NULLABLE_STRING,
-            "logs": {"type": "array", "items": _ref("LogLine")},
-        }
-    ),
-    "Step": _object(
-        {
-            "name": {"type": "string"},
-            "status": {"type": "string", "enum": list(P.STEP_STATUSES)},
-            "queue": {"type": "string"},
-            "result": {"description": "The step's JSON result once it succeeded"},
-            "error": NULLABLE_STRING,
-            "attempt_count": {"type": "integer"},
-            "queued_at": NULLABLE_TIME,
-            "started_at": NULLABLE_TIME,
-            "finished_at": NULLABLE_TIME,
-            "attempts": {"type": "array", "items": _ref("Attempt")},
-        }
-    ),
-    "EventRef": _object(
-        {
-            "id": {"type": "integer"},
-            "topic": {"type": "string"},
-            "partition": {"type": "integer"},
-            "offset": {"type": "integer"},
-            "key": NULLABLE_STRING,
-        }
-    ),
-    "Run": _object(RUN_FIELDS),
-    "RunDetail": _object(
-        {
-            **RUN_FIELDS,
-            "steps": {"type": "array", "items": _ref("Step")},
-            "event": {"oneOf": [_ref("EventRef"), {"type": "null"}]},
-        }
-    ),
-    "RunRef": _object(
-        {
-            "id": {"type": "string", "format": "uuid"},
-            "workflow": {"type": "string"},
-            "status": {"type": "string", "enum": list(P.RUN_STATUSES)},
-            "created_at": TIME,
-        }
-    ),
-    "Event": _object(
-        {
-            "id": {"type": "integer"},
-            "topic": {"type": "string"},
-            "partition": {"type": "integer"},
-            "offset": {"type": "integer"},
-            "key": NULLABLE_STRING,
-            "headers": {"type": "array"},
-            "payload": {"description": "The decoded JSON payload; null when it was not JSON"},
-            "raw": {"type": ["string", "null"], "description": "The message value as UTF-8 (lossy)"},
-            "kafka_timestamp": NULLABLE_TIME,
-            "received_at": TIME,
-            "outcome": {"type": "string", "enum": list(OUTCOMES)},
-            "reason": NULLABLE_STRING,
-            "runs": {"type": "array", "items": _ref("RunRef")},
-        }
-    ),
-    "RunPage": _object(
-        {"runs": {"type": "array", "items": _ref("Run")}, "next_cursor": NULLABLE_STRING}
-    ),
-    "EventPage": _object(
-        {"events": {"type": "array", "items": _ref("Event")}, "next_cursor": NULLABLE_STRING}
-    ),
-    "StartRun": _object({"input": {"type": "object"}}, required=[]),
-    "BulkRequest": {
-        "description": "Either `ids`, or a filter of at least one of workflow, status, since",
-        "oneOf": [
-            _object(
-                {"ids": {"type": "array", "items": {"type": "string", "format": "uuid"}, "minItems": 1,
-                         "maxItems": 10000}}
-            ),
-            {
-                **_object(
-                    {
-                        "workflow": {"type": "string"},
-                        "status": {"type": "string", "enum": list(P.RUN_STATUSES)},
-                        "since": {"type": "string"},
-                        "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
-                    },
-                    required=[],
-                ),
-                "minProperties": 1,
-            },
-        ],
-    },
-    "BulkResult": _object(
-        {
-            "action": {"type": "string", "enum": ["retry", "cancel"]},
-            "matched": {"type": "integer"},
-            "touched": {"type": "integer"},
-            "runs": {"type": "array", "items": {"type": "string"}},
-            "not_found": {"type": "array", "items": {"type": "string"}},
-            "errors": {"type": "object", "additionalProperties": {"type": "string"}},
-            "remaining": {"type": "boolean"},
-        }
-    ),
-    "Replay": _object(
-        {
-            "event_id": {"type": "integer"},
-            "runs": {"type": "array", "items": {"type": "string"}},
-            "started": {"type": "integer"},
-        }
-    ),
-    "Health": _object(
-        {
-            "status": {"type": "string", "enum": ["ok", "unhealthy"]},
-            "checks": {
-                "type": "object",
-                "additionalProperties": {
-                    "type": "object",
-                    "properties": {
-                        "ok": {"type": ["boolean", "null"]},
-                        "detail": {"type": "string"},
-                        "ms": {"type": "number"},
-                    },
-                    "required": ["ok", "detail"],
-                },
-            },
-        }
-    ),
-}
-
-_BULK_BODY = {"required": True, "content": {"application/json": {"schema": _ref("BulkRequest")}}}
+_BULK_BODY = {"required": True, "content": {"application/json": {"schema": ref("BulkRequest")}}}
 
 PATHS: dict[str, Any] = {
     "/api/openapi.json": {
@@ -276,7 +61,7 @@ PATHS: dict[str, Any] = {
             "summary": "Every workflow with its steps, dependencies and triggers",
             "responses": {
                 "200": _json(
-                    _object({"workflows": {"type": "array", "items": _ref("Workflow")}}), "Workflows"
+                    obj({"workflows": {"type": "array", "items": ref("Workflow")}}), "Workflows"
                 )
             },
         }
@@ -285,7 +70,7 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "One workflow",
             "parameters": [WORKFLOW_NAME],
-            "responses": {"200": _json(_ref("Workflow"), "The workflow"), "404": _error("Unknown workflow")},
+            "responses": {"200": _json(ref("Workflow"), "The workflow"), "404": _error("Unknown workflow")},
         }
     },
     "/api/workflows/{name}/runs": {
@@ -293,9 +78,9 @@ PATHS: dict[str, Any] = {
             "summary": "Start a run",
             "security": SECURED,
             "parameters": [WORKFLOW_NAME],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("StartRun")}}},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref("StartRun")}}},
             "responses": {
-                "201": _json(_ref("RunDetail"), "The new run (Location header: its URL)"),
+                "201": _json(ref("RunDetail"), "The new run (Location header: its URL)"),
                 "400": _error("The body is not a JSON object, or the input fails the workflow's schema"),
                 "401": UNAUTHORIZED,
                 "404": _error("Unknown workflow"),
@@ -312,14 +97,14 @@ PATHS: dict[str, Any] = {
                 LIMIT,
                 CURSOR,
             ],
-            "responses": {"200": _json(_ref("RunPage"), "A page of runs"), "400": _error("A bad parameter")},
+            "responses": {"200": _json(ref("RunPage"), "A page of runs"), "400": _error("A bad parameter")},
         }
     },
     "/api/runs/{run_id}": {
         "get": {
             "summary": "A run with its steps, attempts, logs and triggering event",
             "parameters": [RUN_ID],
-            "responses": {"200": _json(_ref("RunDetail"), "The run"), "404": _error("No such run")},
+            "responses": {"200": _json(ref("RunDetail"), "The run"), "404": _error("No such run")},
         }
     },
     "/api/runs/{run_id}/cancel": {
@@ -328,7 +113,7 @@ PATHS: dict[str, Any] = {
             "security": SECURED,
             "parameters": [RUN_ID],
             "responses": {
-                "200": _json(_ref("RunDetail"), "The cancelled run"),
+                "200": _json(ref("RunDetail"), "The cancelled run"),
                 "401": UNAUTHORIZED,
                 "404": _error("No such run"),
                 "409": _error("The run has already finished"),
@@ -341,7 +126,7 @@ PATHS: dict[str, Any] = {
             "security": SECURED,
             "parameters": [RUN_ID],
             "responses": {
-                "200": _json(_ref("RunDetail"), "The run, running again"),
+                "200": _json(ref("RunDetail"), "The run, running again"),
                 "401": UNAUTHORIZED,
                 "404": _error("No such run"),
                 "409": _error("The run is still running or has nothing to retry"),
@@ -354,7 +139,7 @@ PATHS: dict[str, Any] = {
             "security": SECURED,
             "requestBody": _BULK_BODY,
             "responses": {
-                "200": _json(_ref("BulkResult"), "What was touched"),
+                "200": _json(ref("BulkResult"), "What was touched"),
                 "400": _error("Neither ids nor a filter, or a bad value"),
                 "401": UNAUTHORIZED,
             },
@@ -366,7 +151,7 @@ PATHS: dict[str, Any] = {
             "security": SECURED,
             "requestBody": _BULK_BODY,
             "responses": {
-                "200": _json(_ref("BulkResult"), "What was touched"),
+                "200": _json(ref("BulkResult"), "What was touched"),
                 "400": _error("Neither ids nor a filter, or a bad value"),
                 "401": UNAUTHORIZED,
             },
@@ -381,14 +166,14 @@ PATHS: dict[str, Any] = {
                 LIMIT,
                 CURSOR,
             ],
-            "responses": {"200": _json(_ref("EventPage"), "A page of events"), "400": _error("A bad parameter")},
+            "responses": {"200": _json(ref("EventPage"), "A page of events"), "400": _error("A bad parameter")},
         }
     },
     "/api/events/{event_id}": {
         "get": {
             "summary": "One event with the runs it started",
             "parameters": [EVENT_ID],
-            "responses": {"200": _json(_ref("Event"), "The event"), "404": _error("No such event")},
+            "responses": {"200": _json(ref("Event"), "The event"), "404": _error("No such event")},
         }
     },
     "/api/events/{event_id}/replay": {
@@ -399,7 +184,7 @@ PATHS: dict[str, Any] = {
             "security": SECURED,
             "parameters": [EVENT_ID],
             "responses": {
-                "200": _json(_ref("Replay"), "The runs the replay started (possibly none)"),
+                "200": _json(ref("Replay"), "The runs the replay started (possibly none)"),
                 "401": UNAUTHORIZED,
                 "404": _error("No such event"),
                 "409": _error("The event kept neither its payload nor its raw bytes"),
@@ -410,8 +195,8 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "Database, broker and Kafka reachability",
             "responses": {
-                "200": _json(_ref("Health"), "Everything configured answers"),
-                "503": _json(_ref("Health"), "Something is down"),
+                "200": _json(ref("Health"), "Everything configured answers"),
+                "503": _json(ref("Health"), "Something is down"),
             },
         }
     },

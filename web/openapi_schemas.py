@@ -1,0 +1,230 @@
+"""The schemas of the OpenAPI document: the JSON shape of every object the API returns.
+
+Response objects forbid undocumented fields (`additionalProperties: false`), so the API
+tests notice when a response grows a field this document does not describe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator import planner as P
+
+from .params import OUTCOMES
+
+NULLABLE_STRING = {"type": ["string", "null"]}
+NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+TIME = {"type": "string", "format": "date-time"}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+    }
+
+
+RUN_FIELDS: dict[str, Any] = {
+    "id": {"type": "string", "format": "uuid"},
+    "workflow": {"type": "string"},
+    "status": {"type": "string", "enum": list(P.RUN_STATUSES)},
+    "input": {"type": "object"},
+    "error": NULLABLE_STRING,
+    "created_at": TIME,
+    "started_at": NULLABLE_TIME,
+    "finished_at": NULLABLE_TIME,
+    "event_id": {"type": ["integer", "null"]},
+}
+
+CONCURRENCY = {
+    "type": ["object", "null"],
+    "description": "At most `limit` at once per value of `key`",
+    "properties": {
+        "key": {"type": ["string", "null"]},
+        "limit": {"type": "integer"},
+        "strategy": {"type": "string"},
+    },
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": obj({"error": {"type": "string"}}),
+    "StepDefinition": obj(
+        {
+            "name": {"type": "string"},
+            "after": {"type": "array", "items": {"type": "string"}},
+            "queue": {"type": "string"},
+            "retries": {"type": "integer"},
+            "backoff": {"type": "number"},
+            "timeout": {"type": ["number", "null"]},
+            "conditional": {"type": "boolean"},
+            "concurrency": CONCURRENCY,
+        },
+        required=["name", "after", "queue", "retries", "backoff", "timeout", "conditional"],
+    ),
+    "Trigger": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string"},
+            "topic": {"type": "string"},
+            "match": {},
+            "input": NULLABLE_STRING,
+            "dedupe": NULLABLE_STRING,
+        },
+        "required": ["type", "topic"],
+    },
+    "Workflow": obj(
+        {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "steps": {"type": "array", "items": ref("StepDefinition")},
+            "triggers": {"type": "array", "items": ref("Trigger")},
+            "input_schema": {"type": ["object", "null"]},
+            "concurrency": CONCURRENCY,
+            "partition_by": {"type": ["string", "null"], "description": "Dotted path, or <function>"},
+            "shards": {"type": ["integer", "null"]},
+            "queues": {"type": "array", "items": {"type": "string"}},
+        },
+        required=["name", "description", "steps", "triggers", "input_schema"],
+    ),
+    "LogLine": {
+        "type": "object",
+        "properties": {"ts": {"type": "string"}, "level": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "Attempt": obj(
+        {
+            "number": {"type": "integer"},
+            "status": {"type": "string", "enum": list(P.STEP_STATUSES)},
+            "worker": NULLABLE_STRING,
+            "started_at": TIME,
+            "finished_at": NULLABLE_TIME,
+            "error": NULLABLE_STRING,
+            "traceback": NULLABLE_STRING,
+            "logs": {"type": "array", "items": ref("LogLine")},
+        }
+    ),
+    "Step": obj(
+        {
+            "name": {"type": "string"},
+            "status": {"type": "string", "enum": list(P.STEP_STATUSES)},
+            "queue": {"type": "string"},
+            "result": {"description": "The step's JSON result once it succeeded"},
+            "error": NULLABLE_STRING,
+            "attempt_count": {"type": "integer"},
+            "queued_at": NULLABLE_TIME,
+            "started_at": NULLABLE_TIME,
+            "finished_at": NULLABLE_TIME,
+            "attempts": {"type": "array", "items": ref("Attempt")},
+        }
+    ),
+    "EventRef": obj(
+        {
+            "id": {"type": "integer"},
+            "topic": {"type": "string"},
+            "partition": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "key": NULLABLE_STRING,
+        }
+    ),
+    "Run": obj(RUN_FIELDS),
+    "RunDetail": obj(
+        {
+            **RUN_FIELDS,
+            "steps": {"type": "array", "items": ref("Step")},
+            "event": {"oneOf": [ref("EventRef"), {"type": "null"}]},
+        }
+    ),
+    "RunRef": obj(
+        {
+            "id": {"type": "string", "format": "uuid"},
+            "workflow": {"type": "string"},
+            "status": {"type": "string", "enum": list(P.RUN_STATUSES)},
+            "created_at": TIME,
+        }
+    ),
+    "Event": obj(
+        {
+            "id": {"type": "integer"},
+            "topic": {"type": "string"},
+            "partition": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "key": NULLABLE_STRING,
+            "headers": {"type": "array"},
+            "payload": {"description": "The decoded JSON payload; null when it was not JSON"},
+            "raw": {"type": ["string", "null"], "description": "The message value as UTF-8 (lossy)"},
+            "kafka_timestamp": NULLABLE_TIME,
+            "received_at": TIME,
+            "outcome": {"type": "string", "enum": list(OUTCOMES)},
+            "reason": NULLABLE_STRING,
+            "runs": {"type": "array", "items": ref("RunRef")},
+        }
+    ),
+    "RunPage": obj(
+        {"runs": {"type": "array", "items": ref("Run")}, "next_cursor": NULLABLE_STRING}
+    ),
+    "EventPage": obj(
+        {"events": {"type": "array", "items": ref("Event")}, "next_cursor": NULLABLE_STRING}
+    ),
+    "StartRun": obj({"input": {"type": "object"}}, required=[]),
+    "BulkRequest": {
+        "description": "Either `ids`, or a filter of at least one of workflow, status, since",
+        "oneOf": [
+            obj(
+                {"ids": {"type": "array", "items": {"type": "string", "format": "uuid"}, "minItems": 1,
+                         "maxItems": 10000}}
+            ),
+            {
+                **obj(
+                    {
+                        "workflow": {"type": "string"},
+                        "status": {"type": "string", "enum": list(P.RUN_STATUSES)},
+                        "since": {"type": "string"},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
+                    },
+                    required=[],
+                ),
+                "minProperties": 1,
+            },
+        ],
+    },
+    "BulkResult": obj(
+        {
+            "action": {"type": "string", "enum": ["retry", "cancel"]},
+            "matched": {"type": "integer"},
+            "touched": {"type": "integer"},
+            "runs": {"type": "array", "items": {"type": "string"}},
+            "not_found": {"type": "array", "items": {"type": "string"}},
+            "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+            "remaining": {"type": "boolean"},
+        }
+    ),
+    "Replay": obj(
+        {
+            "event_id": {"type": "integer"},
+            "runs": {"type": "array", "items": {"type": "string"}},
+            "started": {"type": "integer"},
+        }
+    ),
+    "Health": obj(
+        {
+            "status": {"type": "string", "enum": ["ok", "unhealthy"]},
+            "checks": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "ok": {"type": ["boolean", "null"]},
+                        "detail": {"type": "string"},
+                        "ms": {"type": "number"},
+                    },
+                    "required": ["ok", "detail"],
+                },
+            },
+        }
+    ),
+}
