@@ -26,7 +26,7 @@ today's triggers and starts its runs as a new event would; it is re-exported her
 from __future__ import annotations
 
 import logging
-import socket
+import re
 import threading
 import time
 from collections import Counter
@@ -50,6 +50,7 @@ from .kafka import (
     create_producer,
     ensure_topics,
     quiet_client_logs,
+    reachable,
 )
 from .settings import Settings
 
@@ -63,6 +64,8 @@ PROBE_INTERVAL = 2.0
 RETRY_DELAY = (0.2, 5.0)
 #: Seconds a batch's dead-letter copies may take to be acknowledged.
 DEAD_LETTER_TIMEOUT = 30.0
+#: What Kafka accepts as a topic name.
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 #: Seconds between two progress lines in the log.
 REPORT_INTERVAL = 30.0
 
@@ -132,6 +135,12 @@ class EventConsumer:
                 "add kafka_trigger(...) to a workflow or check ORCHESTRATOR_WORKFLOWS"
             )
         bootstrap_servers(self.settings)  # a clear error now rather than in the loop
+        illegal = [t for t in self.index.topics if not _TOPIC.match(t)]
+        if illegal:
+            raise ConfigurationError(
+                f"Kafka topic name(s) {', '.join(map(repr, illegal))} in kafka_trigger(...) are not "
+                "legal: use 1-249 letters, digits, '.', '_' or '-'"
+            )
         quiet_client_logs()
         log.info(
             "consuming %s as group %r from %s",
@@ -218,7 +227,7 @@ class EventConsumer:
         now = time.monotonic()
         if now - self._last_message >= PROBE_INTERVAL:
             self._last_message = now
-            if _reachable(self.settings):
+            if reachable(self.settings):
                 self.kafka.up()
             else:
                 self.kafka.down("no broker accepts connections")
@@ -407,18 +416,6 @@ def _next_offsets(messages: Iterable[Message]) -> dict[TopicPartition, int]:
         tp = TopicPartition(m.topic, m.partition)
         offsets[tp] = max(m.offset + 1, offsets.get(tp, 0))
     return offsets
-
-
-def _reachable(settings: Settings) -> bool:
-    """True when some bootstrap server accepts a TCP connection."""
-    for server in bootstrap_servers(settings):
-        host, _, port = server.rpartition(":")
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
-            return True
-        except OSError:
-            continue
-    return False
 
 
 def _names(partitions: Iterable[Any]) -> str:

@@ -8,6 +8,8 @@ in a tight loop.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,6 +43,38 @@ def bootstrap_servers(settings: Settings) -> list[str]:
                 f"ORCHESTRATOR_KAFKA_BOOTSTRAP={settings.kafka_bootstrap!r}: {server!r} is not host:port"
             )
     return servers
+
+
+def answers_kafka(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a Kafka broker at host:port answers an ApiVersions (v0) request.
+
+    A probe independent of any client's state: the consumer uses it to tell an outage
+    from a quiet topic, `orchestrator dev` to know its broker is up.
+    """
+    client_id = b"orchestrator-probe"
+    correlation = 0x0C0FFEE
+    request = struct.pack(">hhih", 18, 0, correlation, len(client_id)) + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            header = _read(sock, 8)
+    except OSError:
+        return False
+    if header is None:
+        return False
+    size, answered = struct.unpack(">ii", header)
+    return size >= 4 and answered == correlation
+
+
+def _read(sock: socket.socket, count: int) -> bytes | None:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
 
 
 def _common(settings: Settings) -> dict[str, Any]:
@@ -105,6 +139,15 @@ def create_admin(settings: Settings, **overrides: Any) -> Any:
     config: dict[str, Any] = {**_common(settings), "client_id": "orchestrator-admin"}
     config.update(overrides)
     return KafkaAdminClient(**_known(KafkaAdminClient, config))
+
+
+def reachable(settings: Settings) -> bool:
+    """True when some bootstrap server answers Kafka requests."""
+    for server in bootstrap_servers(settings):
+        host, _, port = server.rpartition(":")
+        if answers_kafka(host.strip("[]"), int(port)):
+            return True
+    return False
 
 
 def ensure_topics(admin: Any, topics: Iterable[str], partitions: int | None = None) -> list[str]:

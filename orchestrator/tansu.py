@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from types import TracebackType
 from typing import IO
 
 from .errors import ConfigurationError
+from .kafka import answers_kafka
 from .settings import DEV_HOME
 
 #: Seconds to wait for a started broker to answer Kafka requests.
@@ -57,24 +57,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def answers_kafka(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True when a Kafka broker at host:port answers an ApiVersions (v0) request."""
-    client_id = b"orchestrator-probe"
-    correlation = 0x0C0FFEE
-    request = struct.pack(">hhih", 18, 0, correlation, len(client_id)) + client_id
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(struct.pack(">i", len(request)) + request)
-            header = _read(sock, 8)
-    except OSError:
-        return False
-    if header is None:
-        return False
-    size, answered = struct.unpack(">ii", header)
-    return size >= 4 and answered == correlation
-
-
 def running_dev_broker(path: Path = DEV_BOOTSTRAP_FILE) -> str | None:
     """The address of the broker a running `orchestrator dev` started here, if it answers."""
     try:
@@ -85,16 +67,6 @@ def running_dev_broker(path: Path = DEV_BOOTSTRAP_FILE) -> str | None:
     if host and port.isdigit() and answers_kafka(host, int(port)):
         return bootstrap
     return None
-
-
-def _read(sock: socket.socket, count: int) -> bytes | None:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 class TansuBroker:
