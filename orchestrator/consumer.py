@@ -34,21 +34,20 @@ from collections.abc import Iterable
 from typing import Any
 
 from kafka import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
+from .dead_letters import ensure_dead_letter_topics, send_dead_letters
 from .engine import WorkflowEngine
 from .errors import ConfigurationError
-from .events import BatchResult, DeadLetter, dead_letter_headers, record_batch
+from .events import BatchResult, record_batch
 from .events import replay_event as replay_event  # the dashboard's replay calls it here
 from .intake import MATCHED, REJECTED, Assessment, Message, TriggerIndex, assess
 from .kafka import (
     bootstrap_servers,
-    create_admin,
     create_consumer,
     create_producer,
-    ensure_topics,
     quiet_client_logs,
     reachable,
 )
@@ -62,8 +61,6 @@ POLL_TIMEOUT_MS = 500
 PROBE_INTERVAL = 2.0
 #: Pauses, in seconds, between retries while Kafka or the database is away: first, longest.
 RETRY_DELAY = (0.2, 5.0)
-#: Seconds a batch's dead-letter copies may take to be acknowledged.
-DEAD_LETTER_TIMEOUT = 30.0
 #: What Kafka accepts as a topic name.
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 #: Seconds between two progress lines in the log.
@@ -165,24 +162,8 @@ class EventConsumer:
             self._close()
             self.kafka.down(exc)
             return False
-        self._ensure_dead_letter_topics()
+        ensure_dead_letter_topics(self.settings, self.index.topics)
         return True
-
-    def _ensure_dead_letter_topics(self) -> None:
-        topics = [t + self.settings.dlq_suffix for t in self.index.topics]
-        try:
-            admin = create_admin(self.settings)
-        except KafkaError as exc:
-            log.info("could not check the dead-letter topics (%s); they will be auto-created", exc)
-            return
-        try:
-            created = ensure_topics(admin, topics)
-            if created:
-                log.info("created dead-letter topic(s) %s", ", ".join(created))
-        except KafkaError as exc:
-            log.info("could not create the dead-letter topics (%s); they will be auto-created", exc)
-        finally:
-            admin.close()
 
     def _close(self) -> None:
         if self._consumer is not None:
@@ -230,7 +211,7 @@ class EventConsumer:
             if reachable(self.settings):
                 self.kafka.up()
             else:
-                self.kafka.down("no broker accepts connections")
+                self.kafka.down("no broker answers")
         if self.kafka.is_down and now - started < POLL_TIMEOUT_MS / 1000:
             self.stopping.wait(self.kafka.pause())  # the client returned at once: do not spin
 
@@ -246,7 +227,7 @@ class EventConsumer:
             return None
         self.database.up()
         try:
-            self._dead_letter(result.dead_letters)
+            send_dead_letters(self._producer, result.dead_letters, self.settings)
         except KafkaError as exc:
             self.kafka.down(f"dead-letter copy failed: {exc}")
             self._rewind(messages)
@@ -290,30 +271,6 @@ class EventConsumer:
             return record_batch(self.engine, [bare])
         except (OperationalError, InterfaceError, DisconnectionError) as again:
             raise StorageFailed(_first_line(again)) from again
-
-    def _dead_letter(self, letters: list[DeadLetter]) -> None:
-        """Copy rejected events to `<topic><suffix>` and wait until the broker has them."""
-        if not letters:
-            return
-        futures = []
-        for letter in letters:
-            topic = letter.message.topic + self.settings.dlq_suffix
-            headers = dead_letter_headers(letter)
-            try:
-                future = self._producer.send(
-                    topic, value=letter.message.value, key=letter.message.key, headers=headers
-                )
-            except MessageSizeTooLargeError:
-                # Too big for the producer: keep the record of it, without the body.
-                size = str(len(letter.message.value or b"")).encode()
-                future = self._producer.send(
-                    topic, value=None, key=letter.message.key,
-                    headers=[*headers, ("orchestrator-dropped-bytes", size)],
-                )
-            futures.append(future)
-        self._producer.flush(timeout=DEAD_LETTER_TIMEOUT)
-        for future in futures:
-            future.get(timeout=DEAD_LETTER_TIMEOUT)
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit recorded offsets (plus any left over); keep them for later if Kafka says no."""

@@ -17,7 +17,6 @@ in bulk.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from .db.inserts import insert_all, insert_ignoring_conflicts
 from .db.models import Event, Run, StepRun
+from .dead_letters import DeadLetter
 from .dispatch import Dispatch
 from .engine import PlannedRun, WorkflowEngine
 from .errors import EventNotFound, OrchestratorError
@@ -43,13 +43,6 @@ from .intake import (
     text_of,
 )
 
-#: Dead-letter header holding why the event was rejected.
-REASON_HEADER = "orchestrator-reason"
-#: Dead-letter header holding `[topic, partition, offset]` of the original message.
-SOURCE_HEADER = "orchestrator-source"
-#: Dead-letter header holding the id of the recorded event (to de-duplicate copies).
-EVENT_ID_HEADER = "orchestrator-event-id"
-
 
 class EventNotReplayable(OrchestratorError):
     """A recorded event whose body was not kept cannot be evaluated again."""
@@ -63,15 +56,6 @@ class RunRequest:
     workflow: str
     input: dict[str, Any]
     dedupe_key: str | None = None
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A rejected event to copy to its topic's dead-letter topic."""
-
-    message: Message
-    reason: str
-    event_id: int
 
 
 @dataclass
@@ -271,14 +255,3 @@ def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
         if event.payload is None and assessment.payload is not None:
             event.payload = assessment.payload
     return run_ids
-
-
-def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    """The original headers plus the orchestrator's: why, from where, which event."""
-    message = letter.message
-    return [
-        *message.headers,
-        (REASON_HEADER, letter.reason.encode("utf-8", "backslashreplace")),
-        (SOURCE_HEADER, json.dumps([message.topic, message.partition, message.offset]).encode()),
-        (EVENT_ID_HEADER, str(letter.event_id).encode()),
-    ]

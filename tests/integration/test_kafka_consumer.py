@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from orchestrator.events import EVENT_ID_HEADER, REASON_HEADER, SOURCE_HEADER
+from orchestrator.dead_letters import EVENT_ID_HEADER, REASON_HEADER, SOURCE_HEADER
 from orchestrator.tansu import TansuBroker
 from tests.conftest import ROOT, wait_for
 from tests.kafka_fixtures import TEST_MAX_EVENT_BYTES, Kafka, count, kafka_env
