@@ -61,6 +61,9 @@ POLL_TIMEOUT_MS = 500
 PROBE_INTERVAL = 2.0
 #: Pauses, in seconds, between retries while Kafka or the database is away: first, longest.
 RETRY_DELAY = (0.2, 5.0)
+#: Milliseconds an offset commit, or leaving the group on close, may take before it is
+#: given up (and retried later): a broker that went away must not freeze the loop.
+KAFKA_CALL_TIMEOUT_MS = 5000
 #: What Kafka accepts as a topic name.
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 #: Seconds between two progress lines in the log.
@@ -168,7 +171,7 @@ class EventConsumer:
     def _close(self) -> None:
         if self._consumer is not None:
             try:
-                self._consumer.close(autocommit=False)
+                self._consumer.close(autocommit=False, timeout_ms=KAFKA_CALL_TIMEOUT_MS)
             except Exception:  # noqa: BLE001 - closing a client of a broker that is gone
                 log.debug("error closing the consumer", exc_info=True)
             self._consumer = None
@@ -203,7 +206,7 @@ class EventConsumer:
 
     def _idle(self, started: float) -> None:
         """Nothing arrived: commit leftovers, and notice (once) a broker that went away."""
-        if self._uncommitted:
+        if self._uncommitted and not self.kafka.is_down:
             self._commit({})
         now = time.monotonic()
         if now - self._last_message >= PROBE_INTERVAL:
@@ -283,7 +286,10 @@ class EventConsumer:
         if not pending:
             return
         try:
-            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()})
+            self._consumer.commit(
+                {tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()},
+                timeout_ms=KAFKA_CALL_TIMEOUT_MS,
+            )
         except CommitFailedError:
             log.info("offsets not committed: the group rebalanced; the new owner of these "
                      "partitions will skip the events already recorded")
