@@ -14,11 +14,12 @@ import threading
 import time
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from orchestrator.dead_letters import EVENT_ID_HEADER, REASON_HEADER, SOURCE_HEADER
 from orchestrator.tansu import TansuBroker
 from tests.conftest import ROOT, wait_for
-from tests.kafka_fixtures import TEST_MAX_EVENT_BYTES, Kafka, count, kafka_env
+from tests.kafka_fixtures import TEST_MAX_EVENT_BYTES, Kafka, TcpProxy, count, kafka_env
 
 
 @pytest.fixture
@@ -296,3 +297,35 @@ def test_the_consumer_waits_for_a_broker_that_went_away_and_carries_on(
     output = consumer.output()
     assert output.count("is unavailable") == 1 and output.count("is back after") == 1, output[-3000:]
     assert consumer.stop() == 0, consumer.output()[-3000:]
+
+
+def test_the_consumer_waits_for_a_database_that_went_away_and_loses_nothing(
+    runtime, settings, kafka, topic_prefix, start_consumer
+):
+    proxy = TcpProxy("127.0.0.1", make_url(settings.database_url).port or 5432).start()
+    load = topic(topic_prefix, "load")
+    kafka.create_topic(load, partitions=1)
+    consumer = start_consumer("patient", ORCHESTRATOR_DATABASE_URL=proxy.url(settings.database_url))
+    for i in range(10):
+        kafka.publish(load, {"type": "load", "i": i})
+    kafka.flush()
+    events_recorded(runtime, 10)
+
+    proxy.cut()  # the database goes away: open connections drop, new ones are refused
+    for i in range(10, 30):
+        kafka.publish(load, {"type": "load", "i": i})
+    kafka.flush()
+    time.sleep(4)
+    assert count(runtime, "SELECT count(*) FROM events") == 10
+    assert consumer.process.poll() is None, consumer.output()[-3000:]
+    assert consumer.output().count("the database is unavailable") == 1, consumer.output()[-3000:]
+
+    proxy.restore()
+    events_recorded(runtime, 30)
+    wait_for(lambda: count(runtime, "SELECT count(*) FROM runs") >= 30, 30, 0.2, "a run per event")
+    time.sleep(0.5)
+    assert count(runtime, "SELECT count(*) FROM events") == 30
+    assert count(runtime, "SELECT count(DISTINCT (payload ->> 'i')::int) FROM events") == 30
+    assert count(runtime, "SELECT count(*) FROM runs") == 30
+    assert consumer.output().count("the database is back after") == 1, consumer.output()[-3000:]
+    assert consumer.stop() == 0
