@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,7 +146,7 @@ def decode(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise Rejected(f"not JSON: invalid UTF-8 at byte {exc.start}") from None
     try:
-        payload = json.loads(text, parse_constant=_refuse_constant)
+        payload = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise Rejected(
             f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -167,6 +168,13 @@ _SUSPECT_ESCAPES = ("\\u0000", "\\ud", "\\uD")
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
 
 
 def _json_type(value: Any) -> str:

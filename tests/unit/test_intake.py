@@ -53,6 +53,8 @@ def message(value, topic: str = "orders", offset: int = 0) -> Message:
         (b"{not json", "not JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
         (b"", "not JSON: Expecting value at line 1 column 1"),
         (b'{"n": NaN}', "not JSON: NaN is not a JSON number"),
+        (b'{"n": 1e999}', "not JSON: number 1e999 is out of range"),
+        (b'\xef\xbb\xbf{}', "not JSON: Unexpected UTF-8 BOM"),
         (b"[1, 2]", "event is a JSON array, expected a JSON object"),
         (b'"text"', "event is a JSON string, expected a JSON object"),
         (b"42", "event is a JSON number, expected a JSON object"),
