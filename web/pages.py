@@ -62,6 +62,7 @@ def start(name: str) -> Any:
         run_id = services.start_run(name, {"input": params.json_body(text.encode())})
     except (BadRequest, InvalidInput) as exc:
         message = exc.description if isinstance(exc, BadRequest) else str(exc)
+        message = (message or "").replace("the request body", "the input")  # the form's words
         page = services.workflow_page(name)
         return render_template("workflow.html", **page, input_text=text, error=message), 400
     flash(f"Started run {run_id}.", "info")

@@ -157,6 +157,8 @@ def test_start_form_starts_a_run_or_explains_the_refusal(client):
     assert bad.status_code == 400
     html = bad.get_data(as_text=True)
     assert "not valid JSON" in html and "{&#34;email&#34;: 1" in html  # the input is kept
+    listed = client.post("/workflows/signup/start", data={"csrf_token": token, "input": "[1]"})
+    assert listed.status_code == 400 and "the input must be a JSON object" in listed.get_data(as_text=True)
     invalid = client.post("/workflows/signup/start", data={"csrf_token": token, "input": "{}"})
     assert invalid.status_code == 400 and "required property" in invalid.get_data(as_text=True)
     ok = client.post("/workflows/signup/start",
