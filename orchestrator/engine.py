@@ -76,9 +76,29 @@ def check_json(value: Any, what: str) -> Any:
     """Return `value` if it can be stored as JSON, else raise saying why."""
     try:
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
+    if _has_nul(value):
+        raise InvalidInput(
+            f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store; remove it"
+        )
     return value
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether any string or key in a JSON value holds U+0000 (PostgreSQL cannot store it)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def validate_input(workflow: Workflow, data: Any) -> dict[str, Any]:

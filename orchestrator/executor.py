@@ -38,7 +38,7 @@ class _Capture(logging.Handler):
             {
                 "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
                 "level": record.levelname,
-                "message": message[:10_000],
+                "message": printable(message[:10_000]),
             }
         )
 
@@ -105,12 +105,17 @@ class Heartbeats:
                 log.warning("heartbeat failed", exc_info=True)
 
 
+def printable(text: str) -> str:
+    """Text as stored: NUL characters (which PostgreSQL rejects) shown as \\x00."""
+    return text.replace("\x00", "\\x00")
+
+
 def _describe(exc: BaseException) -> str:
     try:
         text = str(exc)
     except Exception:  # noqa: BLE001 - an exception whose __str__ raises
         text = f"<unprintable {type(exc).__name__}>"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 def execute(
@@ -149,7 +154,7 @@ def execute(
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise anything
             try:
-                tb = traceback.format_exc()
+                tb = printable(traceback.format_exc())
             except Exception:  # noqa: BLE001
                 tb = None
             outcome = Outcome(ok=False, error=_describe(exc), traceback=tb, logs=capture.lines)

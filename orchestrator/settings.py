@@ -117,7 +117,8 @@ class Settings:
     kafka_session_timeout: float = DEFAULT_KAFKA_SESSION_TIMEOUT
     kafka_max_poll_interval: float = DEFAULT_KAFKA_MAX_POLL_INTERVAL
     kafka_batch_size: int = DEFAULT_KAFKA_BATCH_SIZE
-    extra: Mapping[str, str] = field(default_factory=dict)
+    #: Every ORCHESTRATOR_* variable as read (may hold secrets: never printed).
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
