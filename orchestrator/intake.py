@@ -245,7 +245,11 @@ def dedupe_key(value: str | None) -> str | None:
 
 
 def _user_error(what: str, exc: BaseException) -> str:
-    text = f"{what} raised {type(exc).__name__}: {exc}"
+    try:
+        detail = str(exc)
+    except Exception:  # noqa: BLE001 - an exception that cannot even say what it is
+        detail = "(unprintable)"
+    text = f"{what} raised {type(exc).__name__}: {detail}"
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 

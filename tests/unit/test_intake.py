@@ -205,6 +205,18 @@ def test_user_functions_cannot_change_what_other_workflows_see():
     assert {d.workflow: d.input for d in result.to_start}["second"] == {"order": {"id": 1}}
 
 
+def test_an_exception_that_cannot_be_printed_still_gives_a_reason():
+    class Weird(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    def match(event):  # noqa: ANN001, ANN202
+        raise Weird()
+
+    result = assess(message({}), TriggerIndex([workflow("w", kafka_trigger("orders", match=match))]), LIMIT)
+    assert result.reason == "workflow 'w': match function raised Weird: (unprintable)"
+
+
 def test_huge_exception_messages_are_cut_in_the_reason():
     flow = workflow("w", kafka_trigger("orders", match=lambda e: (_ for _ in ()).throw(ValueError("x" * 10_000))))
     result = assess(message({}), TriggerIndex([flow]), LIMIT)
