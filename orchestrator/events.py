@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from .errors import EventNotFound, OrchestratorError
 from .intake import (
     REJECTED,
     Assessment,
+    Decision,
     Message,
     TriggerIndex,
     assess,
@@ -46,16 +47,6 @@ from .intake import (
 
 class EventNotReplayable(OrchestratorError):
     """A recorded event whose body was not kept cannot be evaluated again."""
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """Start `workflow` with `input` for event `event_id` (at most once per dedupe key)."""
-
-    event_id: int
-    workflow: str
-    input: dict[str, Any]
-    dedupe_key: str | None = None
 
 
 @dataclass
@@ -116,43 +107,68 @@ def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> dict[tupl
     return {(topic, partition, offset): event_id for event_id, topic, partition, offset in inserted}
 
 
-def start_runs(
+def plan_runs(engine: WorkflowEngine, assessment: Assessment) -> tuple[Assessment, list[PlannedRun]]:
+    """The runs an assessed event starts, planned by the engine (no I/O).
+
+    A run the engine refuses to plan (say, its concurrency key cannot be computed from the
+    input) turns that workflow's decision into a rejection, and so the event's outcome.
+    """
+    planned: list[PlannedRun] = []
+    refused: dict[str, str] = {}
+    for decision in assessment.to_start:
+        try:
+            planned.append(
+                engine.plan_run(
+                    engine.registry.get(decision.workflow),
+                    decision.input or {},
+                    dedupe_key=decision.dedupe_key,
+                )
+            )
+        except OrchestratorError as exc:
+            refused[decision.workflow] = str(exc)
+    if not refused:
+        return assessment, planned
+    decisions = [
+        Decision(d.workflow, REJECTED, reason=refused[d.workflow]) if d.workflow in refused else d
+        for d in assessment.decisions
+    ]
+    reason = "; ".join(filter(None, [assessment.reason, *refused.values()]))
+    return replace(assessment, outcome=REJECTED, reason=reason, decisions=decisions), planned
+
+
+def insert_runs(
     engine: WorkflowEngine,
     session: Session,
     outbox: list[Dispatch],
-    requests: Iterable[RunRequest],
+    planned: Iterable[PlannedRun],
 ) -> list[str]:
-    """Add runs to an open transaction, skipping each that would be a second one.
+    """Add planned runs to an open transaction, skipping each that would be a second one.
 
     A run is skipped when its (event, workflow) pair already has a run or its workflow
-    already has a run with the same dedupe key (earlier, or earlier in `requests`). Returns
-    the ids of the runs added; their first steps are in `outbox`.
+    already has a run with the same dedupe key (earlier, or earlier in `planned`). Runs of
+    workflows with a concurrency limit are then admitted by the engine. Returns the ids of
+    the runs added; their first steps are in `outbox`.
     """
-    planned: list[PlannedRun] = []
+    unique: list[PlannedRun] = []
     seen: set[tuple[str, str]] = set()
-    for request in requests:
-        if request.dedupe_key is not None:
-            if (request.workflow, request.dedupe_key) in seen:
+    for p in planned:
+        dedupe = (p.run["workflow"], p.run["dedupe_key"])
+        if dedupe[1] is not None:
+            if dedupe in seen:
                 continue
-            seen.add((request.workflow, request.dedupe_key))
-        planned.append(
-            engine.plan_run(
-                engine.registry.get(request.workflow),
-                request.input,
-                event_id=request.event_id,
-                dedupe_key=request.dedupe_key,
-            )
-        )
-    if not planned:
+            seen.add(dedupe)
+        unique.append(p)
+    if not unique:
         return []
     inserted = insert_ignoring_conflicts(
-        session, Run.__table__, [p.run for p in planned], returning=("id",)
+        session, Run.__table__, [p.run for p in unique], returning=("id",)
     )
     created = {run_id for (run_id,) in inserted}
-    kept = [p for p in planned if p.run["id"] in created]
+    kept = [p for p in unique if p.run["id"] in created]
     insert_all(session, StepRun.__table__, [row for p in kept for row in p.steps])
     for p in kept:
         outbox.extend(p.dispatches)
+    engine.admit_planned(session, outbox, kept)
     return [str(p.run["id"]) for p in kept]
 
 
@@ -172,8 +188,11 @@ def record_batch(
     """
     received_at = received_at or datetime.now(UTC)
     unique: dict[tuple[str, int, int], Assessment] = {}
+    plans: dict[tuple[str, int, int], list[PlannedRun]] = {}
     for assessment in assessments:
-        unique.setdefault(_key(assessment.message), assessment)
+        key = _key(assessment.message)
+        if key not in unique:
+            unique[key], plans[key] = plan_runs(engine, assessment)
     result = BatchResult()
     if not unique:
         return result
@@ -189,15 +208,14 @@ def record_batch(
                 .where(tuple_(table.c.topic, table.c.partition, table.c.offset).in_(redelivered))
             )
             earlier = {(t, p, o): (i, outcome, reason) for t, p, o, i, outcome, reason in found}
-        requests: list[RunRequest] = []
+        to_insert: list[PlannedRun] = []
         for key, assessment in unique.items():
             if key in new_ids:
                 event_id = new_ids[key]
                 result.outcomes[assessment.outcome] += 1
-                requests.extend(
-                    RunRequest(event_id, d.workflow, d.input or {}, d.dedupe_key)
-                    for d in assessment.to_start
-                )
+                for planned in plans[key]:
+                    planned.run["event_id"] = event_id
+                    to_insert.append(planned)
                 if assessment.outcome == REJECTED:
                     result.dead_letters.append(
                         DeadLetter(assessment.message, assessment.reason or "rejected", event_id)
@@ -210,7 +228,7 @@ def record_batch(
                     )
         result.recorded = len(new_ids)
         result.duplicates = len(unique) - len(new_ids)
-        result.run_ids = start_runs(engine, session, outbox, requests)
+        result.run_ids = insert_runs(engine, session, outbox, to_insert)
     return result
 
 
@@ -242,12 +260,10 @@ def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
                 f"event {event_id} has neither a payload nor its raw bytes; "
                 f"re-publish it from {event.topic}{engine.settings.dlq_suffix} instead"
             )
-        run_ids = start_runs(
-            engine,
-            session,
-            outbox,
-            [RunRequest(event.id, d.workflow, d.input or {}, d.dedupe_key) for d in assessment.to_start],
-        )
+        assessment, planned = plan_runs(engine, assessment)
+        for p in planned:
+            p.run["event_id"] = event.id
+        run_ids = insert_runs(engine, session, outbox, planned)
         if (assessment.outcome, assessment.reason) != (event.outcome, event.reason):
             before = event.outcome + (f": {event.reason}" if event.reason else "")
             event.reason = assessment.reason or f"replayed {now.isoformat(timespec='seconds')}; was {before}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from orchestrator import Workflow, kafka_trigger
+from orchestrator import Concurrency, Workflow, kafka_trigger
 from orchestrator.db.migrate import upgrade
 from orchestrator.dispatch import RecordingDispatcher
 from orchestrator.engine import WorkflowEngine
@@ -60,7 +60,17 @@ def _workflows() -> list[Workflow]:
     def never(ctx):  # noqa: ANN001, ANN202
         return None
 
-    return [orders, audit, stock]
+    def customer_of(data: dict) -> str:
+        return data["customer"]["id"]  # raises when the event has no customer
+
+    serial = Workflow("serial", triggers=[kafka_trigger("serial")],
+                      concurrency=Concurrency(key=customer_of, limit=1))
+
+    @serial.step
+    def handle(ctx):  # noqa: ANN001, ANN202
+        return None
+
+    return [orders, audit, stock, serial]
 
 
 def _engine(database_url: str) -> tuple[WorkflowEngine, Runtime, RecordingDispatcher]:
@@ -222,3 +232,38 @@ def test_an_event_without_a_body_cannot_be_replayed(recording):
     event_id = rows(runtime, "SELECT id FROM events")[0][0]
     with pytest.raises(EventNotReplayable, match="re-publish it from orders.dlq"):
         replay_event(engine, event_id)
+
+
+def test_runs_of_a_limited_workflow_started_by_events_are_admitted_within_the_limit(recording):
+    engine, runtime, dispatcher = recording
+    result = record_batch(engine, batch(
+        engine,
+        ("serial", 0, {"customer": {"id": "c1"}, "n": 1}),
+        ("serial", 1, {"customer": {"id": "c1"}, "n": 2}),
+        ("serial", 2, {"customer": {"id": "c2"}, "n": 3}),
+    ))
+    assert len(result.run_ids) == 3
+    statuses = rows(runtime, "SELECT r.concurrency_key, s.status FROM runs r JOIN steps s ON s.run_id = r.id "
+                             "ORDER BY r.created_at, r.concurrency_key")
+    by_key: dict[str, list[str]] = {}
+    for key, status in statuses:
+        by_key.setdefault(key, []).append(status)
+    assert sorted(by_key["c1"]) == ["pending", "queued"]  # one at a time per customer
+    assert by_key["c2"] == ["queued"]
+    assert len(dispatcher.sent) == 2
+
+
+def test_a_concurrency_key_that_cannot_be_computed_rejects_the_event_not_the_batch(recording):
+    engine, runtime, _ = recording
+    result = record_batch(engine, batch(
+        engine,
+        ("serial", 0, {"n": 1}),
+        ("serial", 1, {"customer": {"id": "c1"}}),
+    ))
+    assert len(result.run_ids) == 1
+    [letter] = result.dead_letters
+    assert letter.message.offset == 0
+    assert "cannot compute the concurrency key: KeyError: 'customer'" in letter.reason
+    assert rows(runtime, 'SELECT "offset", outcome FROM events ORDER BY "offset"') == [
+        (0, "rejected"), (1, "matched")
+    ]
