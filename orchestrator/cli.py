@@ -469,5 +469,34 @@ def replay(event_id: int) -> None:
         click.echo(f"started run {run_id}")
 
 
+# -- retention ---------------------------------------------------------------------------
+
+
+@main.command("prune")
+@click.option("--older-than", "older_than", required=True,
+              help="Age such as 30d, 12h, 90m or 45s: runs that finished, and events that "
+                   "arrived, longer ago than this go.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=None,
+              help="Runs (or events) deleted per transaction (default: 500).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@friendly_errors
+def prune_command(older_than: str, batch_size: int | None, dry_run: bool) -> None:
+    """Delete finished runs (with steps and attempts) and unreferenced events older than an age.
+
+    Pending and running runs are never deleted. Work is done in short batches, each its
+    own transaction, so workers, consumers and the dashboard never wait on it for long.
+    """
+    from .retention import DEFAULT_BATCH_SIZE, cutoff_for, parse_age, prune
+
+    cutoff = cutoff_for(parse_age(older_than))
+    rt = Runtime(Settings.from_env())
+    _check_database(rt)
+    try:
+        report = prune(rt.db, cutoff, batch_size=batch_size or DEFAULT_BATCH_SIZE, dry_run=dry_run)
+    finally:
+        rt.close()
+    click.echo(report.summary())
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
