@@ -245,11 +245,19 @@ def retry(run_id: str) -> None:
               help="Serve shard queues <workflow>.shard-<i> of every sharded workflow: 'all' or "
                    "indices such as 0,2-3. With --shards alone, only those shard queues.")
 @click.option("--no-recovery", is_flag=True, help="Do not run the recovery loop in this worker.")
+@click.option("--shutdown-timeout", type=click.FloatRange(0), default=None,
+              envvar="ORCHESTRATOR_WORKER_SHUTDOWN_TIMEOUT",
+              help="Seconds after SIGTERM before steps still running are handed back to other "
+                   "workers (default: 60).")
 @friendly_errors
 def worker(concurrency: int | None, queues: str | None, shards: str | None, hostname: str | None,
-           no_recovery: bool) -> None:
-    """Run a Celery worker that executes workflow steps."""
-    from .recovery import RecoveryLoop
+           no_recovery: bool, shutdown_timeout: float | None) -> None:
+    """Run a Celery worker that executes workflow steps.
+
+    SIGTERM stops it gracefully: reserved messages go back to the broker, running steps
+    finish (or are handed back after --shutdown-timeout), then it exits with status 0.
+    """
+    from .worker import DEFAULT_SHUTDOWN_TIMEOUT, run_worker
 
     rt = _runtime()
     registry = rt.registry  # load and validate before forking children
@@ -261,8 +269,6 @@ def worker(concurrency: int | None, queues: str | None, shards: str | None, host
     if not selected:
         raise click.ClickException(f"--shards {shards} selects no queue: no loaded workflow has shards")
     _check_database(rt)
-    if not no_recovery:
-        RecoveryLoop(rt.engine, rt.settings.recovery_interval).start()
     argv = [
         "worker",
         "--loglevel=INFO",
@@ -275,7 +281,8 @@ def worker(concurrency: int | None, queues: str | None, shards: str | None, host
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     click.echo(f"worker serving queues {', '.join(selected)} with {len(registry)} workflow(s)")
-    rt.celery.worker_main(argv)
+    run_worker(rt, argv, recovery=not no_recovery,
+               shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout)
 
 
 def shard_queues_for(registry: Any, spec: str) -> list[str]:

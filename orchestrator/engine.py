@@ -705,6 +705,37 @@ class WorkflowEngine:
             self._settled(session, outbox, run, workflow, row, now)
             return True
 
+    def hand_back(self, run_id: str, step_name: str, worker: str) -> bool:
+        """A worker shutting down gives back a step that it (node `worker`) is still running.
+
+        The attempt is recorded as interrupted and the step is queued again for another
+        worker, as after a failed attempt but without counting this one against its retries
+        (the step did nothing wrong). Returns False if the attempt had already ended. Should
+        the interrupted process still finish, its result is dropped like any lost lease's.
+        """
+        now = utcnow()
+        with self.transaction() as (session, outbox):
+            run = self._lock_run(session, parse_run_id(run_id))
+            row = session.scalars(
+                select(StepRun).where(StepRun.run_id == run.id, StepRun.name == step_name)
+            ).one_or_none()
+            if row is None or row.status != P.RUNNING:
+                return False
+            record = session.scalars(
+                select(Attempt).where(Attempt.step_id == row.id, Attempt.number == row.attempts)
+            ).one_or_none()
+            if record is None or record.status != P.RUNNING or record.worker != worker:
+                return False
+            error = "interrupted: the worker shut down before the attempt finished; handed back"
+            record.status = P.FAILED
+            record.error = error
+            record.finished_at = now
+            row.max_attempts += 1
+            workflow = self.registry.get(run.workflow)
+            self._fail_attempt(run, workflow, row, error, outbox, now)
+            self._settled(session, outbox, run, workflow, row, now)
+            return True
+
     def redeliver(self, step_ids: Iterable[int]) -> int:
         """Re-send messages of steps queued too long (a message lost between commit and send)."""
         now = utcnow()

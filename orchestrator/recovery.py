@@ -84,8 +84,12 @@ class RecoveryLoop:
         self.thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: float | None = None) -> None:
+        """No sweep starts after this; with `wait`, also wait (that long at most) for one in
+        progress to end, so the process does not exit in the middle of a sweep."""
         self.stopped.set()
+        if wait is not None and self.thread.is_alive():
+            self.thread.join(wait)
 
     def _run(self) -> None:
         failing = False
