@@ -333,12 +333,18 @@ WEB_THREADS = 8
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Port to listen on (default: ORCHESTRATOR_WEB_PORT or 8080).")
 @click.option("--threads", type=click.IntRange(1, 256), default=WEB_THREADS, show_default=True)
+@click.option("--shutdown-timeout", type=click.FloatRange(0), default=None,
+              envvar="ORCHESTRATOR_WEB_SHUTDOWN_TIMEOUT",
+              help="Seconds requests in flight get to finish after SIGTERM (default: 20).")
 @friendly_errors
-def web_command(host: str | None, port: int | None, threads: int) -> None:
-    """Serve the dashboard and JSON API with waitress (a production WSGI server)."""
-    from waitress import serve
+def web_command(host: str | None, port: int | None, threads: int, shutdown_timeout: float | None) -> None:
+    """Serve the dashboard and JSON API with waitress (a production WSGI server).
 
+    SIGTERM stops it gracefully: no new connections, requests in flight are answered
+    (for --shutdown-timeout seconds at most), then it exits with status 0.
+    """
     from web import create_app
+    from web.server import DEFAULT_SHUTDOWN_TIMEOUT, serve
 
     rt = _runtime()
     rt.registry  # noqa: B018 - load and validate the workflows before serving
@@ -352,7 +358,9 @@ def web_command(host: str | None, port: int | None, threads: int) -> None:
             err=True,
         )
     click.echo(f"dashboard and API on http://{host}:{port}/ (API document: /api/openapi.json)")
-    serve(create_app({"RUNTIME": rt}), host=host, port=port, threads=threads, ident="orchestrator")
+    serve(create_app({"RUNTIME": rt}), host=host, port=port, threads=threads,
+          shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout)
+    click.echo("web stopped")
 
 
 @main.command()

@@ -9,14 +9,21 @@ Kubernetes and Docker send it. Timeouts here are hang guards, not measurements.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
+import sys
+import threading
+import urllib.request
 
 import pytest
 import redis
-from sqlalchemy import text
+from kafka import KafkaConsumer, TopicPartition
+from sqlalchemy import create_engine, text
 
-from tests.conftest import wait_for
+from orchestrator.tansu import free_port
+from tests.conftest import ROOT, settings_env, wait_for
 from tests.kafka_fixtures import KAFKA_TEST_WORKFLOWS, count
+from tests.webtools import TOKEN
 
 #: Seconds a SIGTERMed process may take to exit before the test calls it hung.
 EXIT_GUARD = 60
@@ -114,3 +121,120 @@ def test_a_step_outlasting_the_shutdown_timeout_is_handed_back_without_using_a_r
     assert run["status"] == "succeeded"
     assert run["steps"][0]["result"] == {"attempt": 2}
     assert int(side_channel.get(f"exec:{run_id}:outlasts_shutdown")) == 2  # interrupted, then done
+
+
+# -- consumer -------------------------------------------------------------------------------
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """The sum over `topic`'s partitions of the offsets `group` has committed."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
+    finally:
+        consumer.close()
+
+
+def consumer_waiting_on_a_lock(runtime) -> bool:
+    return bool(count(runtime, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                               "AND query LIKE 'INSERT INTO events%'"))
+
+
+def test_sigterm_on_a_consumer_commits_the_batch_in_hand_and_leaves_the_group(
+    runtime, settings, pg_url, kafka, topic_prefix, start_consumer
+):
+    topic = f"{topic_prefix}load"
+    kafka.create_topic(topic, partitions=2)
+
+    def publish(numbers: range) -> None:
+        for i in numbers:
+            kafka.publish(topic, {"type": "load" if i % 25 == 0 else "noise", "i": i}, key=str(i % 7))
+        kafka.flush()
+
+    publish(range(0, 300))
+    first = start_consumer(ORCHESTRATOR_KAFKA_BATCH_SIZE="100")
+    wait_for(lambda: count(runtime, "SELECT count(*) FROM events") == 300, 60, message="300 events")
+    # Hold the consumer in the middle of its next batch: its INSERT waits on this lock.
+    holder = create_engine(pg_url)
+    with holder.connect() as conn:
+        conn.execute(text("LOCK TABLE events IN SHARE MODE"))
+        publish(range(300, 600))
+        wait_for(lambda: consumer_waiting_on_a_lock(runtime), 60, message="the consumer to wait mid-batch")
+        first.process.send_signal(signal.SIGTERM)
+        conn.rollback()  # the batch in hand goes on, commits, and the consumer stops
+    holder.dispose()
+    try:
+        status = first.process.wait(EXIT_GUARD)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"consumer still running {EXIT_GUARD}s after SIGTERM:\n{first.output()[-3000:]}")
+    assert status == 0, first.output()[-3000:]
+    assert f"left consumer group '{settings.kafka_group}'" in first.output()
+    recorded = count(runtime, "SELECT count(*) FROM events")
+    assert 300 < recorded < 600, "it finished the batch in hand and took no other"
+    # Exactly what is recorded is committed: nothing to do twice, nothing skipped.
+    assert committed_offsets(settings.kafka_bootstrap, settings.kafka_group, topic, 2) == recorded
+
+    second = start_consumer(name="c2")
+    wait_for(lambda: count(runtime, "SELECT count(*) FROM events") == 600, 60, message="all 600 events")
+    assert second.stop() == 0
+    assert second.report()["redelivered"] == 0
+    assert count(runtime, "SELECT count(DISTINCT (partition, \"offset\")) FROM events") == 600
+    assert count(runtime, "SELECT count(*) FROM runs") == 24  # one per "load" event, once
+
+
+# -- web ------------------------------------------------------------------------------------
+
+
+def test_sigterm_on_the_web_process_answers_requests_in_flight_and_refuses_new_ones(
+    runtime, settings, pg_url, redis_url, tmp_path
+):
+    port = free_port()
+    log = tmp_path / "web.log"
+    env = {**settings_env(settings, redis_url), "ORCHESTRATOR_API_TOKEN": TOKEN}
+    with log.open("wb") as out:
+        web = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "web", "--port", str(port)],
+            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    answers: dict[str, int] = {}
+
+    def call(name: str, path: str, body: bytes | None = None) -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        with urllib.request.urlopen(urllib.request.Request(base + path, body, headers), timeout=EXIT_GUARD) as r:
+            answers[name] = r.status
+
+    try:
+        wait_for(lambda: b"Serving on" in log.read_bytes(), 30, message="waitress to listen")
+        holder = create_engine(pg_url)
+        with holder.connect() as conn:
+            # Both requests below wait on this lock: they are in flight when SIGTERM comes.
+            conn.execute(text("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"))
+            calls = [
+                threading.Thread(target=call, args=("read", "/api/runs")),
+                threading.Thread(target=call, args=("start", "/api/workflows/diamond/runs", b'{"input": {}}')),
+            ]
+            for thread in calls:
+                thread.start()
+            wait_for(lambda: count(runtime, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                                            "'Lock' AND datname = current_database()") == 2,
+                     30, message="two requests waiting on the lock")
+            web.send_signal(signal.SIGTERM)
+            wait_for(lambda: b"finishing 2 request(s) in flight" in log.read_bytes(), 30,
+                     message="the web process to stop listening")
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5)
+            conn.rollback()
+        holder.dispose()
+        for thread in calls:
+            thread.join(EXIT_GUARD)
+        status = web.wait(EXIT_GUARD)
+    finally:
+        if web.poll() is None:
+            web.kill()
+            web.wait()
+    output = log.read_text()
+    assert status == 0, output[-3000:]
+    assert answers == {"read": 200, "start": 201}
+    assert "every request in flight was answered" in output and "web stopped" in output
+    assert count(runtime, "SELECT count(*) FROM runs WHERE workflow = 'diamond'") == 1
