@@ -61,7 +61,9 @@ def browser():  # noqa: ANN201 - a playwright Browser
 
 
 @pytest.fixture
-def page(browser, tmp_path: Path):  # noqa: ANN201 - a playwright Page
+def page(browser, server: str, tmp_path: Path):  # noqa: ANN201 - a playwright Page
+    # Depends on `server` so the page closes before the server stops: a live-update poll
+    # cut off by the shutdown would otherwise be reported as a console error.
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(15_000)
