@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import urllib.request
 
@@ -20,9 +19,9 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import create_engine, text
 
-from orchestrator.tansu import free_port
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.conftest import wait_for
 from tests.kafka_fixtures import KAFKA_TEST_WORKFLOWS, count
+from tests.web_process import web_process
 from tests.webtools import TOKEN
 
 #: Seconds a SIGTERMed process may take to exit before the test calls it hung.
@@ -188,24 +187,15 @@ def test_sigterm_on_a_consumer_commits_the_batch_in_hand_and_leaves_the_group(
 def test_sigterm_on_the_web_process_answers_requests_in_flight_and_refuses_new_ones(
     runtime, settings, pg_url, redis_url, tmp_path
 ):
-    port = free_port()
-    log = tmp_path / "web.log"
-    env = {**settings_env(settings, redis_url), "ORCHESTRATOR_API_TOKEN": TOKEN}
-    with log.open("wb") as out:
-        web = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "web", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
     answers: dict[str, int] = {}
+    with web_process(settings, redis_url, tmp_path) as web:
 
-    def call(name: str, path: str, body: bytes | None = None) -> None:
-        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-        with urllib.request.urlopen(urllib.request.Request(base + path, body, headers), timeout=EXIT_GUARD) as r:
-            answers[name] = r.status
+        def call(name: str, path: str, body: bytes | None = None) -> None:
+            headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            request = urllib.request.Request(web.base + path, body, headers)
+            with urllib.request.urlopen(request, timeout=EXIT_GUARD) as response:
+                answers[name] = response.status
 
-    try:
-        wait_for(lambda: b"Serving on" in log.read_bytes(), 30, message="waitress to listen")
         holder = create_engine(pg_url)
         with holder.connect() as conn:
             # Both requests below wait on this lock: they are in flight when SIGTERM comes.
@@ -219,22 +209,17 @@ def test_sigterm_on_the_web_process_answers_requests_in_flight_and_refuses_new_o
             wait_for(lambda: count(runtime, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
                                             "'Lock' AND datname = current_database()") == 2,
                      30, message="two requests waiting on the lock")
-            web.send_signal(signal.SIGTERM)
-            wait_for(lambda: b"finishing 2 request(s) in flight" in log.read_bytes(), 30,
+            web.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: "finishing 2 request(s) in flight" in web.output(), 30,
                      message="the web process to stop listening")
             with pytest.raises(ConnectionRefusedError):
-                socket.create_connection(("127.0.0.1", port), timeout=5)
+                socket.create_connection(("127.0.0.1", web.port), timeout=5)
             conn.rollback()
         holder.dispose()
         for thread in calls:
             thread.join(EXIT_GUARD)
-        status = web.wait(EXIT_GUARD)
-    finally:
-        if web.poll() is None:
-            web.kill()
-            web.wait()
-    output = log.read_text()
-    assert status == 0, output[-3000:]
+        assert sigterm(web.process) == 0, web.output()[-3000:]  # a second SIGTERM changes nothing
+        output = web.output()
     assert answers == {"read": 200, "start": 201}
     assert "every request in flight was answered" in output and "web stopped" in output
     assert count(runtime, "SELECT count(*) FROM runs WHERE workflow = 'diamond'") == 1
