@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from kafka import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, CorruptRecordError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
@@ -199,6 +199,11 @@ class EventConsumer:
                 batch = self._consumer.poll(
                     timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.kafka_batch_size
                 )
+            except CorruptRecordError as exc:
+                if not self._skip_unreadable(exc):
+                    self.kafka.down(exc)
+                    return  # reconnect: a new client reads the partitions afresh
+                continue
             except KafkaError as exc:
                 self.kafka.down(exc)
                 self.stopping.wait(self.kafka.pause())
@@ -228,7 +233,13 @@ class EventConsumer:
 
     def handle(self, messages: list[Message]) -> BatchResult | None:
         """Assess, record, dead-letter and commit one batch; rewinds it if a step fails."""
-        assessments = [assess(m, self.index, self.settings.max_event_bytes) for m in messages]
+        return self.handle_assessed(
+            [assess(m, self.index, self.settings.max_event_bytes) for m in messages]
+        )
+
+    def handle_assessed(self, assessments: list[Assessment]) -> BatchResult | None:
+        """Record, dead-letter and commit assessed messages; rewinds them if a step fails."""
+        messages = [a.message for a in assessments]
         try:
             result = self._record(assessments)
         except StorageFailed as exc:
@@ -251,6 +262,30 @@ class EventConsumer:
         self.counts["dead_letters"] += len(result.dead_letters)
         self.counts.update(result.outcomes)
         return result
+
+    def _skip_unreadable(self, exc: CorruptRecordError) -> bool:
+        """Record a message the Kafka client cannot parse as rejected, then move past it.
+
+        kafka-python raises for a record it cannot decode (a header key that is not UTF-8, a
+        failed CRC) and, polled again at the same position, loops forever: one such message
+        would stop its partition for good. The culprit is in the partition the client was
+        reading, at the consumer's position there (nothing of it was returned). Its bytes
+        cannot be had, so it is recorded and dead-lettered without them. False when the
+        partition cannot be told.
+        """
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        tp = getattr(getattr(fetcher, "_next_partition_records", None), "topic_partition", None)
+        if tp is None or tp not in self._consumer.assignment():
+            return False
+        offset = self._consumer.position(tp)
+        reason = f"the Kafka client could not read this message: {exc}"
+        log.warning("event %s/%s/%s: %s", tp.topic, tp.partition, offset, reason)
+        unreadable = Assessment(Message(tp.topic, tp.partition, offset, value=None), REJECTED, reason)
+        while self.handle_assessed([unreadable]) is None:  # the database or Kafka is away
+            if self.stopping.is_set():
+                return True  # not committed: read (and refused) again after a restart
+        self._consumer.seek(tp, offset + 1)
+        return True
 
     def _record(self, assessments: list[Assessment]) -> BatchResult:
         """Record the batch; if the database refuses its data, find and set aside the culprit."""

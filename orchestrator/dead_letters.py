@@ -64,13 +64,14 @@ def send_dead_letters(producer: Any, letters: Iterable[DeadLetter], settings: Se
     for letter in letters:
         topic = dead_letter_topic(letter.message.topic, settings)
         headers = dead_letter_headers(letter)
+        key = letter.message.key
         try:
-            future = producer.send(topic, value=letter.message.value, key=letter.message.key,
+            future = producer.send(topic, value=_sendable(letter.message.value, key), key=key,
                                    headers=headers)
         except MessageSizeTooLargeError:
             # Too big to send: keep the record of it, without the body (the database has it).
             size = str(len(letter.message.value or b"")).encode()
-            future = producer.send(topic, value=None, key=letter.message.key,
+            future = producer.send(topic, value=_sendable(None, key), key=key,
                                    headers=[*headers, (DROPPED_BYTES_HEADER, size)])
         futures.append(future)
     if not futures:
@@ -78,6 +79,12 @@ def send_dead_letters(producer: Any, letters: Iterable[DeadLetter], settings: Se
     producer.flush(timeout=SEND_TIMEOUT)
     for future in futures:
         future.get(timeout=SEND_TIMEOUT)
+
+
+def _sendable(value: bytes | None, key: bytes | None) -> bytes | None:
+    """The value to send: the client refuses a message with neither key nor value (a keyless
+    tombstone, or a message it could not read), so that one is copied with an empty value."""
+    return b"" if value is None and key is None else value
 
 
 def ensure_dead_letter_topics(settings: Settings, topics: Iterable[str]) -> None:

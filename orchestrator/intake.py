@@ -146,11 +146,14 @@ def decode(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise Rejected(f"not JSON: invalid UTF-8 at byte {exc.start}") from None
     try:
-        payload = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        payload = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                             object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise Rejected(
             f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except DuplicateKey as exc:
+        raise Rejected(f"ambiguous JSON: {exc}") from None
     except ValueError as exc:  # NaN / Infinity
         raise Rejected(f"not JSON: {exc}") from None
     except RecursionError:
@@ -164,6 +167,25 @@ def decode(value: bytes | None, max_bytes: int) -> dict[str, Any]:
 #: JSON escapes that may hide text PostgreSQL refuses (NUL, surrogates); only then are the
 #: strings of an event looked at one by one.
 _SUSPECT_ESCAPES = ("\\u0000", "\\ud", "\\uD")
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names a key twice."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for `json.loads` that refuses an object naming a key twice.
+
+    Parsers disagree on which of the values counts (Python and PostgreSQL keep the last,
+    others the first), so a producer's validator and a trigger could see different events.
+    """
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        shown = repr(key) if len(key) <= 100 else repr(key[:100]) + "..."
+        raise DuplicateKey(f"an object has the key {shown} twice")
+    return obj
 
 
 def _refuse_constant(name: str) -> Any:

@@ -20,6 +20,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import BadRequest
 
 from orchestrator import planner as P
+from orchestrator.intake import DuplicateKey, unique_keys
 
 #: Page size when a request does not give `limit`, and the largest it may ask for.
 DEFAULT_PAGE = 50
@@ -47,11 +48,11 @@ def limit_arg(args: Mapping[str, Any], default: int = DEFAULT_PAGE, maximum: int
     raw = args.get("limit")
     if raw is None or raw == "":
         return default
-    if isinstance(raw, bool):
-        raise BadRequest(f"limit must be an integer from 1 to {maximum}")
+    if isinstance(raw, bool) or isinstance(raw, float) and not raw.is_integer():
+        raise BadRequest(f"limit must be an integer from 1 to {maximum}, got {raw!r}")
     try:
         value = int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"limit must be an integer from 1 to {maximum}, got {raw!r}") from None
     if not 1 <= value <= maximum:
         raise BadRequest(f"limit must be an integer from 1 to {maximum}, got {value}")
@@ -178,7 +179,9 @@ def json_body(raw: bytes, required: bool = True) -> dict[str, Any]:
             raise BadRequest("the request body must be a JSON object")
         return {}
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
+        raise BadRequest(f"the request body is ambiguous JSON: {exc}") from None
     except (ValueError, RecursionError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deeply nested or malformed"
         raise BadRequest(f"the request body is not valid JSON: {reason}") from None
@@ -196,12 +199,21 @@ def check_fields(data: Mapping[str, Any], allowed: set[str]) -> None:
 
 
 def check_storable(value: Any, what: str = "input", depth: int = 0) -> None:
-    """PostgreSQL cannot store NUL characters in text or JSON; reject them up front."""
+    """PostgreSQL cannot store NUL characters or unpaired surrogates in text or JSON; reject
+    them up front."""
     if depth > 200:
         raise BadRequest(f"{what} is nested too deeply (more than 200 levels)")
     if isinstance(value, str):
         if "\x00" in value:
             raise BadRequest(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise BadRequest(
+                    f"{what} contains an unpaired surrogate (\\u{ord(value[exc.start]):04x}), "
+                    "which cannot be stored"
+                ) from None
     elif isinstance(value, dict):
         for key, item in value.items():
             check_storable(key, what, depth + 1)
