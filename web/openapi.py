@@ -24,7 +24,9 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+    # An empty value means "not given" (what an HTML form sends for an unset filter).
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema, "allowEmptyValue": True}
 
 
 def _path(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
