@@ -38,6 +38,12 @@ def show_workflow(name: str) -> Any:
     return jsonify(context.registry().get(name).describe())
 
 
+@bp.get("/queues")
+def list_queues() -> Any:
+    """Each queue the loaded workflows need, its steps and the live workers serving it."""
+    return jsonify(services.queues().as_dict())
+
+
 @bp.post("/workflows/<name>/runs")
 @require_token
 def create_run(name: str) -> Any:

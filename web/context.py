@@ -10,11 +10,13 @@ from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
 
 from orchestrator.engine import WorkflowEngine
+from orchestrator.queues import CACHE_SECONDS, INSPECT_TIMEOUT, QueueWatch, ask_workers
 from orchestrator.registry import Registry
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 
 EXTENSION = "orchestrator"
+QUEUES = "orchestrator.queues"
 
 
 def runtime_of(app: Flask) -> Runtime:
@@ -35,6 +37,21 @@ def registry() -> Registry:
 
 def engine() -> WorkflowEngine:
     return runtime().engine
+
+
+def queue_watch() -> QueueWatch:
+    """The app's cached view of which queues live workers serve (built on first use)."""
+    app = current_app
+    watch = app.extensions.get(QUEUES)
+    if watch is None:
+        rt = runtime()
+        timeout = app.config.get("QUEUES_INSPECT_TIMEOUT", INSPECT_TIMEOUT)
+        watch = app.extensions.setdefault(QUEUES, QueueWatch(
+            lambda: rt.registry,
+            lambda: ask_workers(rt.celery, timeout),
+            ttl=app.config.get("QUEUES_CACHE_SECONDS", CACHE_SECONDS),
+        ))
+    return watch
 
 
 def db() -> Session:

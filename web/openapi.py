@@ -75,6 +75,14 @@ PATHS: dict[str, Any] = {
             "responses": {"200": _json(ref("Workflow"), "The workflow"), "404": _error("Unknown workflow")},
         }
     },
+    "/api/queues": {
+        "get": {
+            "summary": "The queues the loaded workflows need and the live workers serving each",
+            "description": "Workers are asked over the broker (Celery's inspect `active_queues`, "
+            "waiting about a second) and the answer is cached for a few seconds.",
+            "responses": {"200": _json(ref("QueueReport"), "Queues and their workers")},
+        }
+    },
     "/api/workflows/{name}/runs": {
         "post": {
             "summary": "Start a run",

@@ -210,6 +210,30 @@ SCHEMAS: dict[str, Any] = {
             "started": {"type": "integer"},
         }
     ),
+    "Queue": obj(
+        {
+            "name": {"type": "string"},
+            "steps": {"type": "array", "items": {"type": "string"},
+                      "description": "Steps sent to this queue, as `workflow.step`"},
+            "workers": {"type": "array", "items": {"type": "string"},
+                        "description": "Live Celery workers serving it (empty: nobody takes its messages)"},
+            "served": {"type": "boolean"},
+        }
+    ),
+    "QueueReport": obj(
+        {
+            "status": {
+                "type": "string",
+                "enum": ["ok", "unserved", "unknown"],
+                "description": "`unserved`: some queue has no live worker; `unknown`: the workers "
+                "could not be asked (see `error`)",
+            },
+            "checked_at": TIME,
+            "error": NULLABLE_STRING,
+            "workers": {"type": "array", "items": {"type": "string"}},
+            "queues": {"type": "array", "items": ref("Queue")},
+        }
+    ),
     "Health": obj(
         {
             "status": {"type": "string", "enum": ["ok", "unhealthy"]},

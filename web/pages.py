@@ -37,14 +37,14 @@ def _filters(source: Any) -> dict[str, str]:
 @bp.get("/")
 def overview() -> Any:
     """Counts by status (last hour, last day), throughput chart, recent failures."""
-    return render_template("overview.html", **services.overview(_now()))
+    return render_template("overview.html", **services.overview(_now()), queues=services.latest_queues())
 
 
 @bp.get("/workflows")
 def workflows() -> Any:
     """Every workflow with its DAG and triggers."""
     items = [(w.describe(), services.dag_of(w)) for w in context.registry()]
-    return render_template("workflows.html", items=items)
+    return render_template("workflows.html", items=items, queues=services.latest_queues())
 
 
 @bp.get("/workflows/<name>")

@@ -17,6 +17,7 @@ from orchestrator.bulk import MAX_BULK_LIMIT, RunFilter, bulk_action
 from orchestrator.db import queries as Q
 from orchestrator.db import stats
 from orchestrator.dsl import Workflow
+from orchestrator.queues import QueueReport
 
 from . import context, graphics, params
 
@@ -126,6 +127,17 @@ def bulk(action: str, body: dict[str, Any]) -> dict[str, Any]:
             )
         result = bulk_action(context.engine(), action, where=where, limit=limit)  # type: ignore[arg-type]
     return result.as_dict()
+
+
+def queues() -> QueueReport:
+    """The queues the loaded workflows need and the live workers serving each (cached)."""
+    return context.queue_watch().report()
+
+
+def latest_queues() -> QueueReport | None:
+    """The latest queue report without waiting for workers (None before the first check);
+    pages show it, and the next view shows a fresher one."""
+    return context.queue_watch().latest()
 
 
 def replay(event_id: int) -> list[str]:
