@@ -7,8 +7,9 @@ variable over the default documented here.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ConfigurationError
@@ -93,6 +94,11 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def safe_url(url: str) -> str:
+    """`url` with the password of its user, if any, shown as `***`."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -154,6 +160,13 @@ class Settings:
             kafka_batch_size=_positive_int(env, "ORCHESTRATOR_KAFKA_BATCH_SIZE", DEFAULT_KAFKA_BATCH_SIZE),
             extra={k: v for k, v in env.items() if k.startswith("ORCHESTRATOR_")},
         )
+
+    def __repr__(self) -> str:
+        """The dataclass's repr without secrets: URL passwords hidden, tokens and keys left out."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["database_url"] = safe_url(self.database_url)
+        shown["broker_url"] = safe_url(self.broker_url)
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
