@@ -149,3 +149,30 @@ def test_fuzzed_requests_get_documented_answers_and_never_a_server_error(app, kn
 
     fuzz()
     assert not failures, f"{len(failures)} failing request(s), first ones:\n" + "\n".join(failures[:5])
+
+
+# -- hand-picked hostile bodies (each one a defect the fuzzing above cannot be relied on to find) --
+
+HOSTILE_BODIES = [
+    ("/api/workflows/diamond/runs", b'{"input": {"a": 1}, "input": {"b": 2}}',
+     "ambiguous JSON: an object has the key 'input' twice"),
+    ("/api/workflows/diamond/runs", b'{"input": {"a": 1, "a": 2}}', "has the key 'a' twice"),
+    ("/api/workflows/diamond/runs", b'{"input": {"a": "\\ud800"}}', "unpaired surrogate (\\ud800)"),
+    ("/api/workflows/diamond/runs", b'{"input": {"\\udc00": 1}}', "unpaired surrogate (\\udc00)"),
+    ("/api/workflows/diamond/runs", b'{"input": {"a": "\\u0000"}}', "NUL character"),
+    ("/api/workflows/diamond/runs", b'{"input": {"a": 1e999}}', "not JSON-serialisable"),
+    ("/api/workflows/diamond/runs", b'{"input": {"a": ' + b"9" * 5000 + b"}}", "not valid JSON"),
+    ("/api/workflows/diamond/runs", b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "not valid JSON"),
+    ("/api/workflows/diamond/runs", b'{"input": {"a": "\xff"}}', "not valid JSON"),
+    ("/api/runs/cancel", b'{"workflow": "diamond", "limit": 1e999}', "limit must be an integer"),
+    ("/api/runs/cancel", b'{"workflow": "diamond", "limit": 2.5}', "limit must be an integer"),
+    ("/api/runs/retry", b'{"ids": ["00000000-0000-0000-0000-000000000000"], "ids": []}', "has the key 'ids' twice"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "message"), HOSTILE_BODIES)
+def test_hostile_bodies_are_refused_with_a_message_and_change_nothing(client, path, body, message):
+    response = client.post(path, data=body, headers={**AUTH["valid"], "Content-Type": "application/json"})
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert message in response.get_json()["error"]
+    assert client.get("/api/runs").get_json()["runs"] == []
