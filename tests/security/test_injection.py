@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as fuzzing
+from hypothesis import strategies as st
 from markupsafe import escape
 from sqlalchemy import text
 
@@ -168,3 +172,48 @@ def test_hostile_paths_and_query_parameters_are_refused_as_text(client, runtime,
     assert_database_intact(runtime, runs=1)
     assert client.get("/api/runs").get_json()["runs"][0]["status"] == "pending"
 
+
+
+# -- the dashboard under fuzzed requests ---------------------------------------------------------
+
+_text = st.text(max_size=40) | st.sampled_from(HOSTILE_STRINGS)
+_PAGES = ["/", "/runs", "/events", "/workflows", "/workflows/{text}", "/runs/{text}", "/events/{number}",
+          "/login"]
+_QUERY = ["workflow", "status", "since", "limit", "cursor", "topic", "outcome", "next"]
+_ACTIONS = ["/workflows/{text}/start", "/runs/bulk", "/runs/{text}/retry", "/runs/{text}/cancel",
+            "/events/{number}/replay", "/login"]  # not /logout: the session must last
+_FIELDS = ["input", "action", "scope", "ids", "workflow", "status", "since", "token", "next"]
+
+
+def _url(template: str, text_value: str, number: int) -> str:
+    return template.format(text=quote(text_value, safe=""), number=number)
+
+
+def test_fuzzed_pages_and_forms_never_fail_and_show_text_escaped(client, runtime):
+    csrf = login(client)
+    run_id = client.post("/api/workflows/diamond/runs", json={"input": {}}, headers=AUTH).get_json()["id"]
+    names = st.sampled_from([run_id, "diamond", "signup", "hostile-text"]) | _text
+
+    @fuzzing(max_examples=150, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(page=st.sampled_from(_PAGES), text_value=names, number=st.integers(-5, 2**64),
+           query=st.dictionaries(st.sampled_from(_QUERY), _text, max_size=4))
+    def read(page: str, text_value: str, number: int, query: dict[str, str]) -> None:
+        response = client.get(_url(page, text_value, number), query_string=query)
+        assert response.status_code < 500, (page, text_value, query)
+        assert_escaped(response.get_data(as_text=True), page)
+
+    @fuzzing(max_examples=150, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(action=st.sampled_from(_ACTIONS), text_value=names, number=st.integers(-5, 2**64),
+           fields=st.dictionaries(st.sampled_from(_FIELDS), names | st.lists(names, max_size=3), max_size=4))
+    def act(action: str, text_value: str, number: int, fields: dict[str, Any]) -> None:
+        if action == "/login":
+            fields.pop("token", None)  # stay logged in as is
+        response = client.post(_url(action, text_value, number), data={**fields, "csrf_token": csrf})
+        assert response.status_code < 500, (action, text_value, fields)
+        assert_escaped(response.get_data(as_text=True), action)
+
+    read()
+    act()
+    assert_database_intact(runtime, runs=count(runtime, "SELECT count(*) FROM runs"))
