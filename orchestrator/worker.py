@@ -79,22 +79,24 @@ class GracefulShutdown:
         from celery.worker import state
 
         pool = getattr(self._worker, "pool", None)
-        handed = 0
+        given = []
+        # Every database call first, then every termination: a terminated child may be
+        # replaced by a fork, which must not happen while this thread holds a lock.
         for request in list(state.active_requests):
             run_id, step = request.args[0], request.args[1]  # orchestrator.run_step(run_id, step)
             try:
-                given = self.rt.engine.hand_back(run_id, step, request.hostname)
+                if self.rt.engine.hand_back(run_id, step, request.hostname):
+                    given.append(request)
             except Exception:  # noqa: BLE001 - the step's lease recovers it instead
                 log.warning("could not hand back step %s of run %s", step, run_id, exc_info=True)
-                continue
-            if given and pool is not None:
+        if pool is not None:
+            for request in given:
                 request.terminate(pool, signal="SIGTERM")
-                handed += 1
         log.warning(
             "shutdown: %d step(s) still running after %gs handed back to other workers",
-            handed, self.timeout,
+            len(given), self.timeout,
         )
-        return handed
+        return len(given)
 
     def close(self) -> None:
         """The worker has stopped: end the deadline and the recovery loop (waiting for a sweep)."""
