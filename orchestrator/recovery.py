@@ -8,7 +8,10 @@ second sweeper could do no harm, only waste.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
+import time
 from datetime import UTC, datetime
 
 from sqlalchemy import select, text
@@ -16,6 +19,7 @@ from sqlalchemy import select, text
 from . import planner as P
 from .db.models import StepRun
 from .engine import WorkflowEngine
+from .settings import Settings
 
 log = logging.getLogger("orchestrator.recovery")
 
@@ -103,3 +107,83 @@ class RecoveryLoop:
                 if not failing:
                     log.warning("recovery loop: sweep failed (%s); will keep trying", exc)
                 failing = True
+
+
+class RecoveryProcess:
+    """The recovery loop in a process of its own, beside a Celery worker.
+
+    A Celery worker forks its pool children from its main process at any time (at start,
+    and whenever a child dies). A thread running in that process at the moment of a fork can
+    leave a lock held forever in the child (seen: SQLAlchemy's mapper-configuration lock),
+    hanging the child mid-step. So the worker's main process runs no thread of ours: the loop
+    runs in a *spawned* process (a fresh interpreter, nothing inherited). It is stopped with
+    SIGTERM (it finishes a sweep in progress first), and stops by itself when it finds the
+    worker that started it gone.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        import multiprocessing
+
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=_recovery_main,
+            args=(settings, os.getpid()),
+            name="orchestrator-recovery",
+            daemon=True,
+        )
+        #: `stopped.set()` asks the loop to stop; safe to call from a signal handler.
+        self.stopped = _Stop(self)
+
+    def start(self) -> RecoveryProcess:
+        self.process.start()
+        return self
+
+    def stop(self, wait: float | None = None) -> None:
+        """Ask the loop to stop; with `wait`, wait that long for a sweep in progress, then kill it."""
+        self.stopped.set()
+        deadline = time.monotonic() + (wait or 0)
+        while self.process.is_alive() and time.monotonic() < deadline:
+            self.process.join(0.1)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
+
+class _Stop:
+    def __init__(self, owner: RecoveryProcess) -> None:
+        self.owner = owner
+
+    def set(self) -> None:
+        pid = self.owner.process.pid
+        if pid is not None and self.owner.process.exitcode is None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def _recovery_main(settings: Settings, parent: int) -> None:
+    """Entry point of the spawned recovery process."""
+    from .runtime import Runtime
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the worker decides
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rt = Runtime(settings, pre_ping=True)
+    failing = False
+    try:
+        while not stop.wait(settings.recovery_interval):
+            if os.getppid() != parent:
+                log.warning("recovery loop: the worker that started it is gone; stopping")
+                return
+            try:
+                sweep(rt.engine)
+                if failing:
+                    log.warning("recovery loop: database reachable again")
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - keep sweeping; log an outage once
+                if not failing:
+                    log.warning("recovery loop: sweep failed (%s); will keep trying", exc)
+                failing = True
+    finally:
+        rt.close()

@@ -13,7 +13,7 @@ from functools import cached_property
 
 from celery import Celery
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
 from .celery_app import CeleryDispatcher, create_celery_app
 from .db.session import create_db_engine, session_factory
@@ -34,6 +34,9 @@ class Runtime:
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
+        # Configure the ORM mappers now, in one thread, rather than lazily under a global
+        # lock on whichever thread first needs them.
+        configure_mappers()
         return session_factory(self.db)
 
     @cached_property

@@ -28,7 +28,7 @@ from typing import Any
 
 from celery import signals
 
-from .recovery import RecoveryLoop
+from .recovery import RecoveryProcess
 from .runtime import Runtime
 
 log = logging.getLogger("orchestrator.worker")
@@ -44,7 +44,7 @@ RECOVERY_STOP_WAIT = 10.0
 class GracefulShutdown:
     """Celery signal receivers that stop the recovery loop and bound the warm shutdown."""
 
-    def __init__(self, rt: Runtime, timeout: float, recovery: RecoveryLoop | None) -> None:
+    def __init__(self, rt: Runtime, timeout: float, recovery: RecoveryProcess | None) -> None:
         self.rt = rt
         self.timeout = timeout
         self.recovery = recovery
@@ -114,7 +114,7 @@ def run_worker(
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
 ) -> None:
     """Run the Celery worker `argv` describes until it shuts down (module docstring)."""
-    loop = RecoveryLoop(rt.engine, rt.settings.recovery_interval).start() if recovery else None
+    loop = RecoveryProcess(rt.settings).start() if recovery else None
     shutdown = GracefulShutdown(rt, shutdown_timeout, loop).connect()
     try:
         rt.celery.worker_main(list(argv))
