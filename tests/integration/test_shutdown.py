@@ -69,6 +69,7 @@ def test_sigterm_on_a_worker_finishes_running_steps_and_returns_reserved_message
     patient = engine.start_run("patient", {})
     wait_for(lambda: rows(runtime, "SELECT status FROM steps WHERE run_id = :r", r=patient) == [("retrying",)],
              30, message="the first attempt to fail")
+    wait_for(lambda: broker_messages(redis_url) == (0, 1), 30, message="the worker to reserve the retry")
     longs = [engine.start_run("long", {"sleep": 3}) for _ in range(3)]
     wait_for(lambda: count(runtime, "SELECT count(*) FROM steps WHERE name = 'linger' AND status = 'running'") == 2,
              30, message="two steps to be running")
