@@ -75,7 +75,12 @@ def parse_run_id(run_id: str | uuid.UUID) -> uuid.UUID:
 def check_json(value: Any, what: str) -> Any:
     """Return `value` if it can be stored as JSON, else raise saying why."""
     try:
-        json.dumps(value, allow_nan=False)
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:  # before ValueError, its base class
+        raise InvalidInput(
+            f"{what} contains an unpaired surrogate (\\u{ord(exc.object[exc.start]):04x}), "
+            "which PostgreSQL cannot store; remove it"
+        ) from None
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
     if _has_nul(value):
@@ -611,10 +616,19 @@ class WorkflowEngine:
 
     def _lease_lost(self, session: Session, claim: Claim) -> None:
         """The recovery loop gave this attempt up while it ran: keep its record, drop its result."""
-        attempts = Attempt.__table__
+        attempts, steps = Attempt.__table__, StepRun.__table__
+        # Not when the step holds this very attempt's success: an outcome recorded again
+        # (its first commit's answer was lost with the connection) changes nothing.
+        recorded = (
+            select(steps.c.id)
+            .where(steps.c.id == claim.step_id, steps.c.status == P.SUCCEEDED,
+                   steps.c.attempts == claim.attempt)
+            .exists()
+        )
         session.execute(
             update(attempts)
-            .where(attempts.c.id == claim.attempt_id, attempts.c.status.in_((P.RUNNING, P.SUCCEEDED)))
+            .where(attempts.c.id == claim.attempt_id, attempts.c.status.in_((P.RUNNING, P.SUCCEEDED)),
+                   ~recorded)
             .values(status=P.FAILED, error="lease lost: the attempt finished after it was given up")
         )
         log.warning("step %s/%s finished after its lease was lost", claim.run_id, claim.step)

@@ -5,17 +5,25 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+
 from .dsl import StepContext
 from .engine import Claim, Outcome, WorkflowEngine, check_json
 from .errors import InvalidInput
 
 log = logging.getLogger("orchestrator.worker")
+
+#: Seconds an attempt keeps trying to record its outcome while the database is unreachable.
+RECORD_RETRY_WINDOW = 60.0
+#: Pauses, in seconds, between those tries: first, longest.
+RECORD_RETRY_PAUSE = (0.2, 2.0)
 
 
 class StepTimeout(Exception):
@@ -106,8 +114,12 @@ class Heartbeats:
 
 
 def printable(text: str) -> str:
-    """Text as stored: NUL characters (which PostgreSQL rejects) shown as \\x00."""
-    return text.replace("\x00", "\\x00")
+    """Text as stored: NUL characters and unpaired surrogates (which PostgreSQL rejects)
+    shown as \\x00 and \\udXXX."""
+    text = text.replace("\x00", "\\x00")
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _describe(exc: BaseException) -> str:
@@ -116,6 +128,30 @@ def _describe(exc: BaseException) -> str:
     except Exception:  # noqa: BLE001 - an exception whose __str__ raises
         text = f"<unprintable {type(exc).__name__}>"
     return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def record_outcome(engine: WorkflowEngine, claim: Claim, outcome: Outcome) -> None:
+    """`engine.finish`, tried again while the database is unreachable (a restart, a failover).
+
+    The attempt keeps its heartbeat meanwhile, so its lease is renewed as soon as the
+    database answers and the recovery loop does not give the attempt up: its outcome is
+    recorded once, instead of being lost and the step run again. Gives up (re-raises) after
+    `RECORD_RETRY_WINDOW` seconds.
+    """
+    deadline = time.monotonic() + RECORD_RETRY_WINDOW
+    pause = RECORD_RETRY_PAUSE[0]
+    while True:
+        try:
+            engine.finish(claim, outcome)
+            return
+        except (OperationalError, InterfaceError, DisconnectionError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            if pause == RECORD_RETRY_PAUSE[0]:
+                log.warning("step %s/%s: the database is unavailable (%s); trying again to record "
+                            "its outcome", claim.run_id, claim.step, str(exc).splitlines()[0])
+            time.sleep(pause)
+            pause = min(pause * 2, RECORD_RETRY_PAUSE[1])
 
 
 def execute(
@@ -152,13 +188,26 @@ def execute(
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
         except StepTimeout as exc:
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise anything
+        except KeyboardInterrupt:
+            raise  # the worker is being stopped: the step's lease settles it
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             try:
                 tb = printable(traceback.format_exc())
             except Exception:  # noqa: BLE001
                 tb = None
             outcome = Outcome(ok=False, error=_describe(exc), traceback=tb, logs=capture.lines)
-        engine.finish(claim, outcome)
+        try:
+            record_outcome(engine, claim, outcome)
+        except (OperationalError, InterfaceError, DisconnectionError):
+            raise  # the database stayed away: the task is retried, the lease settles the step
+        except Exception as exc:  # noqa: BLE001 - the database refused what the attempt produced
+            if not outcome.ok:
+                raise
+            log.warning("step %s/%s: its outcome could not be stored", claim.run_id, claim.step, exc_info=True)
+            outcome = Outcome(ok=False, error=printable(
+                f"the outcome of step {claim.step!r} could not be stored: {_describe(exc)[:2000]}"
+            ))
+            engine.finish(claim, outcome)
     finally:
         heartbeats.remove(claim)
     return "succeeded" if outcome.ok else f"failed: {outcome.error}"

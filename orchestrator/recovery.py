@@ -29,8 +29,11 @@ ADVISORY_LOCK_KEY = 0x0_4F52_4348  # "ORCH"
 BATCH = 500
 
 
-def sweep(engine: WorkflowEngine) -> dict[str, int]:
-    """One pass: expire lapsed leases, re-send stale queued steps. Returns counts."""
+def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
+    """One pass: expire lapsed leases, re-send stale queued steps. Returns counts.
+
+    `expire_leases=False` leaves running steps alone (see `OutageGrace`).
+    """
     now = datetime.now(UTC)
     counts = {"expired": 0, "redelivered": 0, "admitted": 0}
     db = engine.sessions.kw["bind"]
@@ -47,7 +50,7 @@ def sweep(engine: WorkflowEngine) -> dict[str, int]:
                 select(StepRun.id)
                 .where(StepRun.status == P.RUNNING, StepRun.lease_expires_at < now)
                 .limit(BATCH)
-            ).all()
+            ).all() if expire_leases else []
             stale = conn.scalars(
                 select(StepRun.id)
                 .where(
@@ -75,6 +78,30 @@ def sweep(engine: WorkflowEngine) -> dict[str, int]:
     return counts
 
 
+class OutageGrace:
+    """After the database was unreachable, leases lapse for no fault of their workers: no
+    heartbeat could be written. So lapsed leases are left alone for one `step_lease` after
+    the database answers again, time for the heartbeats (and the outcomes waiting to be
+    recorded, see `executor.record_outcome`) to get through. A worker that really died is
+    then given up one lease later than usual.
+    """
+
+    def __init__(self, step_lease: float) -> None:
+        self.step_lease = step_lease
+        self.until = 0.0
+
+    def outage(self) -> None:
+        self.until = float("inf")
+
+    def reachable(self) -> None:
+        if self.until == float("inf"):
+            self.until = time.monotonic() + self.step_lease
+
+    @property
+    def expire_leases(self) -> bool:
+        return time.monotonic() >= self.until
+
+
 class RecoveryLoop:
     """Calls `sweep` every `interval` seconds in a daemon thread until stopped."""
 
@@ -97,13 +124,16 @@ class RecoveryLoop:
 
     def _run(self) -> None:
         failing = False
+        grace = OutageGrace(self.engine.settings.step_lease)
         while not self.stopped.wait(self.interval):
             try:
-                sweep(self.engine)
+                sweep(self.engine, expire_leases=grace.expire_leases)
+                grace.reachable()
                 if failing:
                     log.warning("recovery loop: database reachable again")
                 failing = False
             except Exception as exc:  # noqa: BLE001 - keep sweeping; log an outage once
+                grace.outage()
                 if not failing:
                     log.warning("recovery loop: sweep failed (%s); will keep trying", exc)
                 failing = True
@@ -171,17 +201,20 @@ def _recovery_main(settings: Settings, parent: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rt = Runtime(settings, pre_ping=True)
     failing = False
+    grace = OutageGrace(settings.step_lease)
     try:
         while not stop.wait(settings.recovery_interval):
             if os.getppid() != parent:
                 log.warning("recovery loop: the worker that started it is gone; stopping")
                 return
             try:
-                sweep(rt.engine)
+                sweep(rt.engine, expire_leases=grace.expire_leases)
+                grace.reachable()
                 if failing:
                     log.warning("recovery loop: database reachable again")
                 failing = False
             except Exception as exc:  # noqa: BLE001 - keep sweeping; log an outage once
+                grace.outage()
                 if not failing:
                     log.warning("recovery loop: sweep failed (%s); will keep trying", exc)
                 failing = True

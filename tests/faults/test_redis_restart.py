@@ -1,0 +1,89 @@
+"""The Celery broker (Redis) restarts under load and loses every message it held: the
+recovery loop sends again what was lost, and nothing runs twice.
+
+The test runs its own Redis server without persistence (`private_redis`) as the broker; the
+side channel that counts executions stays on the machine's Redis.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.faults.harness import (
+    Figures,
+    Load,
+    audit,
+    now,
+    publish_figures,
+    recorded_ids,
+    rows,
+    scalar,
+    wait_until_settled,
+)
+
+#: Seconds the broker stays down.
+OUTAGE = 2.0
+
+
+@pytest.fixture
+def broker_url(private_redis) -> str:
+    return private_redis.url
+
+
+@pytest.fixture
+def settings(settings):
+    """Lost messages are sent again after 3 s in a queue."""
+    return settings.with_(redeliver_after=3.0)
+
+
+@pytest.mark.timeout(240)
+def test_redis_restarted_under_load_loses_its_messages_and_recovery_sends_them_again(
+    runtime, settings, topic_prefix, private_redis, start_worker, start_consumer, side_channel
+):
+    clock = time.monotonic()
+    topic = f"{topic_prefix}load"
+    load = Load(settings.kafka_bootstrap, topic)
+    load.create_topic(partitions=4)
+    workers = [start_worker(concurrency=3) for _ in range(2)]
+    consumer = start_consumer(ORCHESTRATOR_KAFKA_BATCH_SIZE="50")
+    began = now()
+    events = 600
+    load.start(events, rate=60, make=lambda n: (load.event(n, sleep=0.05), None))
+    wait_for(lambda: recorded_ids(runtime) >= 200, 60, 0.1, "200 events to be recorded")
+
+    killed_at = now()
+    private_redis.kill()  # no persistence: every queued and unacknowledged message is gone
+    time.sleep(OUTAGE)
+    private_redis.start()
+    back_at = now()
+
+    load.join()
+    settled = wait_until_settled(runtime, events, timeout=120, processes=workers)
+    figures = audit(
+        runtime, side_channel, Figures("Redis (Celery broker) restart, messages lost"), load.published,
+        workflows_per_event=lambda _id: {"chain"}, fault_at=killed_at, started_at=began,
+        group=settings.kafka_group, bootstrap=settings.kafka_bootstrap,
+    )
+    resent = sum(
+        int(line.split("recovery: ", 1)[1].split("lapsed lease(s), ", 1)[1].split(" message(s)", 1)[0])
+        for worker in workers
+        for line in worker.output().splitlines()
+        if "recovery: " in line and "message(s) re-sent" in line
+    )
+    assert resent > 0, "the recovery loop re-sent nothing, yet the broker lost its messages"
+    assert consumer.process.poll() is None, consumer.output()[-3000:]
+    after = dict(rows(runtime, "SELECT worker, count(*) FROM attempts WHERE started_at > :t GROUP BY 1", t=back_at))
+    for worker in workers:
+        assert worker.process.poll() is None, worker.output()[-3000:]
+        assert after.get(worker.name), f"{worker.name} ran nothing after the restart: {after}"
+    first_run = scalar(runtime, "SELECT min(finished_at) FROM runs WHERE finished_at > :t", t=back_at)
+    figures.seconds = time.monotonic() - clock
+    figures.notes.append(
+        f"down {(back_at - killed_at).total_seconds():.1f}s, {resent} message(s) re-sent by recovery, "
+        f"runs finishing again {(first_run - back_at).total_seconds():.1f}s after the restart; "
+        f"settled {settled:.0f}s after the load"
+    )
+    publish_figures(figures)
