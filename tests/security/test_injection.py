@@ -217,3 +217,23 @@ def test_fuzzed_pages_and_forms_never_fail_and_show_text_escaped(client, runtime
     read()
     act()
     assert_database_intact(runtime, runs=count(runtime, "SELECT count(*) FROM runs"))
+
+
+def test_text_postgresql_cannot_store_is_stored_escaped_and_the_run_still_finishes(
+    client, start_worker, wait_for_run
+):
+    start_worker(concurrency=1)
+    logged = client.post("/api/workflows/unstorable-text/runs", json={"input": {}}, headers=AUTH)
+    returned = client.post("/api/workflows/unstorable-result/runs", json={"input": {}}, headers=AUTH)
+    run = wait_for_run(logged.get_json()["id"], timeout=30)
+    assert run["status"] == "failed"
+    [attempt] = run["steps"][0]["attempts"]
+    assert attempt["error"] == "ValueError: a lone surrogate \\udcff and a NUL \\x00 in an error"
+    assert [line["message"] for line in attempt["logs"]] == [
+        "a lone surrogate \\ud800 and a NUL \\x00 in a log line"
+    ]
+    result = wait_for_run(returned.get_json()["id"], timeout=30)
+    assert result["status"] == "failed"
+    assert "surrogate" in result["steps"][0]["error"]
+    page = client.get(f"/runs/{run['id']}").get_data(as_text=True)
+    assert "a lone surrogate \\udcff and a NUL \\x00 in an error" in page
