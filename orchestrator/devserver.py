@@ -19,6 +19,8 @@ from .settings import DEV_HOME, Settings
 
 #: Seconds a child gets to stop after SIGTERM before it is killed.
 STOP_GRACE = 10.0
+#: Seconds each service gets for its own graceful shutdown in dev mode (within STOP_GRACE).
+SERVICE_SHUTDOWN = 5.0
 #: Kafka group session timeout in dev mode: the embedded broker waits half of it for a
 #: consumer to join, so a short one makes `orchestrator dev` consume within seconds.
 DEV_KAFKA_SESSION_TIMEOUT = 6.0
@@ -45,19 +47,22 @@ class Supervisor:
             time.sleep(0.5)
 
     def stop(self) -> None:
+        # SIGTERM to each service's main process only, as Kubernetes and Docker do: a worker
+        # then finishes its running steps instead of having its pool children killed.
         for _name, process in reversed(self.children):
             if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         for _name, process in reversed(self.children):
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                pass
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # whatever is left of its group
+            except ProcessLookupError:
+                pass
+            process.wait()
 
 
 def start_kafka(settings: Settings, registry: Registry, env: dict[str, str],
@@ -111,14 +116,16 @@ def run_dev(settings: Settings, concurrency: int = 1) -> None:
         kafka = start_kafka(settings, registry, env, supervisor)
         supervisor.start(
             "worker",
-            [sys.executable, "-m", "orchestrator", "worker", f"--concurrency={concurrency}"],
+            [sys.executable, "-m", "orchestrator", "worker", f"--concurrency={concurrency}",
+             f"--shutdown-timeout={SERVICE_SHUTDOWN}"],
             env,
         )
         web_url = f"http://{settings.web_host}:{settings.web_port}/"
         supervisor.start(
             "web",
             [sys.executable, "-m", "orchestrator", "web",
-             f"--host={settings.web_host}", f"--port={settings.web_port}"],
+             f"--host={settings.web_host}", f"--port={settings.web_port}",
+             f"--shutdown-timeout={SERVICE_SHUTDOWN}"],
             env,
         )
         click.echo("orchestrator dev is running:")
