@@ -224,6 +224,10 @@ def private_kafka(tmp_path: Path) -> Iterator[TansuBroker]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures of every fault test that ran, as a Markdown table."""
     if COLLECTED:
         terminalreporter.write_sep("=", "fault-injection figures")
         terminalreporter.write_line(table(COLLECTED))
+        target = os.environ.get("ORCHESTRATOR_FAULT_FIGURES")
+        if target:
+            Path(target).write_text(table(COLLECTED) + "\n")

@@ -27,7 +27,6 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -273,12 +272,10 @@ def table(figures: Iterable[Figures]) -> str:
 
 
 def publish_figures(figures: Figures) -> None:
+    """Print the test's figures line; the session ends with the table of all of them (and
+    writes it to the file ORCHESTRATOR_FAULT_FIGURES names, if set)."""
     print(figures.line())
     COLLECTED.append(figures)
-    target = os.environ.get("ORCHESTRATOR_FAULT_FIGURES")
-    if target:
-        with Path(target).open("a") as out:
-            out.write(json.dumps(figures.__dict__) + "\n")
 
 
 # -- the audit ------------------------------------------------------------------------------------
