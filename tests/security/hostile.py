@@ -34,9 +34,11 @@ RAW_HTML_FRAGMENTS = ("<script>alert", "<img src=x", "<svg onload", "</textarea>
 
 # -- JSON building blocks ----------------------------------------------------------------
 
-#: Text PostgreSQL can store: no NUL, no unpaired surrogate (hypothesis never generates those
-#: by default; NUL is excluded explicitly).
-storable_text = st.text(st.characters(blacklist_characters="\x00"), max_size=20)
+#: Text PostgreSQL can store: no NUL, no unpaired surrogate (category Cs), both excluded
+#: explicitly (newer hypothesis releases do generate surrogates by default).
+storable_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20
+)
 json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(
     allow_nan=False, allow_infinity=False
 ) | storable_text | st.sampled_from(HOSTILE_STRINGS)
