@@ -102,43 +102,6 @@ class OutageGrace:
         return time.monotonic() >= self.until
 
 
-class RecoveryLoop:
-    """Calls `sweep` every `interval` seconds in a daemon thread until stopped."""
-
-    def __init__(self, engine: WorkflowEngine, interval: float) -> None:
-        self.engine = engine
-        self.interval = interval
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="recovery", daemon=True)
-
-    def start(self) -> RecoveryLoop:
-        self.thread.start()
-        return self
-
-    def stop(self, wait: float | None = None) -> None:
-        """No sweep starts after this; with `wait`, also wait (that long at most) for one in
-        progress to end, so the process does not exit in the middle of a sweep."""
-        self.stopped.set()
-        if wait is not None and self.thread.is_alive():
-            self.thread.join(wait)
-
-    def _run(self) -> None:
-        failing = False
-        grace = OutageGrace(self.engine.settings.step_lease)
-        while not self.stopped.wait(self.interval):
-            try:
-                sweep(self.engine, expire_leases=grace.expire_leases)
-                grace.reachable()
-                if failing:
-                    log.warning("recovery loop: database reachable again")
-                failing = False
-            except Exception as exc:  # noqa: BLE001 - keep sweeping; log an outage once
-                grace.outage()
-                if not failing:
-                    log.warning("recovery loop: sweep failed (%s); will keep trying", exc)
-                failing = True
-
-
 class RecoveryProcess:
     """The recovery loop in a process of its own, beside a Celery worker.
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigurationError
 
@@ -47,43 +48,40 @@ DEFAULT_KAFKA_MAX_POLL_INTERVAL = 300.0
 DEFAULT_KAFKA_BATCH_SIZE = 500
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: Any,
+    convert: Callable[[str], Any],
+    what: str,
+    valid: Callable[[Any], bool],
+    rule: str,
+) -> Any:
+    """Parse variable `name` with `convert`; a malformed or out-of-range value is one clear error."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = convert(raw)
     except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name}={raw!r} must be greater than 0")
+        raise ConfigurationError(f"{name}={raw!r} is not {what}") from None
+    if not valid(value):
+        raise ConfigurationError(f"{name}={raw!r} must be {rule}")
     return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, float, "a number of seconds", lambda v: v > 0, "greater than 0")
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a port number") from None
-    if not 0 < value < 65536:
-        raise ConfigurationError(f"{name}={raw!r} must be between 1 and 65535")
-    return value
+    return _number(
+        env, name, default, int, "a port number", lambda v: 0 < v < 65536, "between 1 and 65535"
+    )
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name}={raw!r} must be greater than 0")
-    return value
+    return _number(env, name, default, int, "a whole number", lambda v: v > 0, "greater than 0")
 
 
 def normalise_database_url(url: str) -> str:
