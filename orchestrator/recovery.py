@@ -1,6 +1,6 @@
 """The recovery loop: settle steps whose worker died and re-send messages that were lost.
 
-It runs in every worker's main process. On PostgreSQL an advisory lock lets one node sweep
+Every worker runs it beside itself, in a process of its own (`RecoveryProcess`). On PostgreSQL an advisory lock lets one node sweep
 at a time (the others skip that round); every action it takes is itself conditional, so a
 second sweeper could do no harm, only waste.
 """
