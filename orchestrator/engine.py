@@ -751,7 +751,8 @@ class WorkflowEngine:
             return True
 
     def redeliver(self, step_ids: Iterable[int]) -> int:
-        """Re-send messages of steps queued too long (a message lost between commit and send)."""
+        """Re-send messages of steps queued too long (a message lost between commit and send,
+        or with a broker that lost it); each step's copies come at growing intervals."""
         now = utcnow()
         sent = 0
         with self.transaction() as (session, outbox):
@@ -771,7 +772,11 @@ class WorkflowEngine:
                 )
                 row.status = P.QUEUED
                 row.task_id = message.task_id
-                row.lease_expires_at = now + timedelta(seconds=self.settings.redeliver_after)
+                # The next copy waits as long as the step has already waited (at least
+                # `redeliver_after`): a step that is only waiting in a long queue gets a few
+                # copies, not one every `redeliver_after`, which would flood that queue.
+                waited = now - _aware(row.queued_at) if row.queued_at is not None else timedelta(0)
+                row.lease_expires_at = now + max(timedelta(seconds=self.settings.redeliver_after), waited)
                 outbox.append(message)
                 sent += 1
         return sent

@@ -25,7 +25,7 @@ import redis
 
 from orchestrator.settings import Settings
 from orchestrator.tansu import TansuBroker, free_port
-from tests.faults.harness import COLLECTED, table
+from tests.faults.harness import COLLECTED, Load, table
 
 #: Workflow modules of the fault tests (the side channel counts executions per attempt).
 FAULT_WORKFLOWS = ("tests.faults.flows",)
@@ -66,6 +66,22 @@ def settings(database_url: str, broker_url: str, kafka_bootstrap: str, topic_pre
         kafka_session_timeout=SESSION_TIMEOUT,
         kafka_batch_size=100,
     )
+
+
+@pytest.fixture
+def make_load(settings: Settings, topic_prefix: str) -> Iterator[Callable[..., Load]]:
+    """`make_load(name, partitions)`: a `Load` on a new topic `<prefix><name>`, closed after the test."""
+    loads: list[Load] = []
+
+    def make(name: str = "load", partitions: int = 4) -> Load:
+        load = Load(settings.kafka_bootstrap or "", f"{topic_prefix}{name}")
+        loads.append(load)
+        load.create_topic(partitions)
+        return load
+
+    yield make
+    for load in loads:
+        load.close()
 
 
 # -- processes: killed outright when a test ends (graceful shutdown is not what these test) ----

@@ -70,6 +70,7 @@ class Load:
         self._stop = threading.Event()
         self._running = threading.Event()
         self._running.set()
+        self._paused = threading.Event()
         self.errors: list[BaseException] = []
 
     def create_topic(self, partitions: int) -> None:
@@ -111,7 +112,9 @@ class Load:
                     break
                 if not self._running.is_set():
                     self.flush()
+                    self._paused.set()
                     self._running.wait()
+                    self._paused.clear()
                     started = time.monotonic() - i / rate
                 event, key = make(first + i)
                 self.send(event, key)
@@ -127,9 +130,8 @@ class Load:
     def pause(self) -> None:
         """Stop publishing and wait until every sent event is acknowledged."""
         self._running.clear()
-        time.sleep(0.05)
-        with self._lock:
-            pass
+        if self._thread is not None and self._thread.is_alive():
+            self._paused.wait(10)
         self.flush()
 
     def resume(self) -> None:

@@ -22,7 +22,6 @@ from tests.conftest import wait_for
 from tests.faults.harness import (
     LONG,
     Figures,
-    Load,
     audit,
     committed_offsets,
     now,
@@ -79,12 +78,11 @@ EVENTS, KILLS = (3000, 5) if LONG else (500, 1)
 
 @pytest.mark.timeout(900 if LONG else 240)
 def test_a_consumer_killed_between_recording_and_committing_loses_and_repeats_nothing(
-    runtime, settings, topic_prefix, start_worker, start_consumer, side_channel
+    runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):
     clock = time.monotonic()
-    topic = f"{topic_prefix}load"
-    load = Load(settings.kafka_bootstrap, topic)
-    load.create_topic(partitions=4)
+    load = make_load("load")
+    topic = load.topic
     workers = [start_worker(concurrency=3) for _ in range(2)]
     consumer = start_consumer("c0", ORCHESTRATOR_KAFKA_BATCH_SIZE=BATCH)
     began = now()
@@ -166,12 +164,11 @@ class OffsetWatch:
 
 @pytest.mark.timeout(240)
 def test_a_consumer_frozen_past_its_session_timeout_commits_no_stale_offsets_when_resumed(
-    runtime, settings, topic_prefix, start_worker, start_consumer, side_channel
+    runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):
     clock = time.monotonic()
-    topic = f"{topic_prefix}load"
-    load = Load(settings.kafka_bootstrap, topic)
-    load.create_topic(partitions=4)
+    load = make_load("load")
+    topic = load.topic
     workers = [start_worker(concurrency=3) for _ in range(2)]
     frozen = start_consumer("frozen", ORCHESTRATOR_KAFKA_BATCH_SIZE=BATCH)
     other = start_consumer("other", ORCHESTRATOR_KAFKA_BATCH_SIZE=BATCH)

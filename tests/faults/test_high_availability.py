@@ -117,11 +117,10 @@ def check_limit(runtime, limit: int = 2) -> dict[str, int]:
     return {"regions": len(by_key), "runs": len(runs), "peak": highest}
 
 
-def run_high_availability(events: int, rate: float, runtime, settings, topic_prefix, start_worker,
+def run_high_availability(events: int, rate: float, runtime, settings, make_load, start_worker,
                           start_consumer, side_channel, name: str) -> Figures:
     clock = time.monotonic()
-    load = Load(settings.kafka_bootstrap, f"{topic_prefix}orders")
-    load.create_topic(partitions=4)
+    load = make_load("orders")
     workers = [start_worker(concurrency=3) for _ in range(3)]
     consumers = [start_consumer(f"c{i}", ORCHESTRATOR_KAFKA_BATCH_SIZE="50") for i in range(2)]
     topic = load.topic
@@ -179,9 +178,9 @@ def run_high_availability(events: int, rate: float, runtime, settings, topic_pre
 
 @pytest.mark.timeout(300)
 def test_one_consumer_and_one_worker_killed_lose_nothing_and_break_no_ordering_or_limit(
-    runtime, settings, topic_prefix, start_worker, start_consumer, side_channel
+    runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):
-    run_high_availability(1000, 50, runtime, settings, topic_prefix, start_worker, start_consumer,
+    run_high_availability(1000, 50, runtime, settings, make_load, start_worker, start_consumer,
                           side_channel, "HA: 1 of 2 consumers + 1 of 3 workers SIGKILLed")
 
 
@@ -189,7 +188,7 @@ def test_one_consumer_and_one_worker_killed_lose_nothing_and_break_no_ordering_o
 @pytest.mark.skipif(not LONG, reason="soak: ./scripts/test --long")
 @pytest.mark.timeout(1200)
 def test_soak_high_availability_with_five_thousand_orders(
-    runtime, settings, topic_prefix, start_worker, start_consumer, side_channel
+    runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):
-    run_high_availability(5000, 60, runtime, settings, topic_prefix, start_worker, start_consumer,
+    run_high_availability(5000, 60, runtime, settings, make_load, start_worker, start_consumer,
                           side_channel, "HA soak: 5,000 orders")

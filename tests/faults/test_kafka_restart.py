@@ -71,12 +71,11 @@ def restore_log(bootstrap: str, topic: str, load: Load) -> int:
 
 @pytest.mark.timeout(240)
 def test_kafka_broker_restarted_under_load_the_consumer_goes_on_and_records_each_event_once(
-    runtime, settings, topic_prefix, private_kafka, start_worker, start_consumer, side_channel
+    runtime, settings, private_kafka, make_load, start_worker, start_consumer, side_channel
 ):
     clock = time.monotonic()
-    topic = f"{topic_prefix}load"
-    load = Load(settings.kafka_bootstrap, topic)
-    load.create_topic(partitions=PARTITIONS)
+    load = make_load("load", PARTITIONS)
+    topic = load.topic
     workers = [start_worker(concurrency=3) for _ in range(2)]
     consumer = start_consumer(ORCHESTRATOR_KAFKA_BATCH_SIZE="50")
     began = now()

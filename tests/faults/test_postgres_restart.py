@@ -15,7 +15,6 @@ from tests.conftest import wait_for
 from tests.faults.harness import (
     LONG,
     Figures,
-    Load,
     assert_committed_offsets_recorded,
     audit,
     committed_offsets,
@@ -42,12 +41,10 @@ EVENTS, RESTARTS = (3000, 5) if LONG else (500, 1)
 
 @pytest.mark.timeout(900 if LONG else 240)
 def test_postgres_restarted_under_load_loses_nothing_and_every_service_reconnects(
-    runtime, settings, topic_prefix, private_postgres, start_worker, start_consumer, side_channel
+    runtime, settings, private_postgres, make_load, start_worker, start_consumer, side_channel
 ):
     clock = time.monotonic()
-    topic = f"{topic_prefix}load"
-    load = Load(settings.kafka_bootstrap, topic)
-    load.create_topic(partitions=4)
+    load = make_load("load")
     workers = [start_worker(concurrency=3) for _ in range(2)]
     consumer = start_consumer(ORCHESTRATOR_KAFKA_BATCH_SIZE="50")
     began = now()

@@ -16,7 +16,6 @@ from tests.conftest import wait_for
 from tests.faults.harness import (
     LONG,
     Figures,
-    Load,
     audit,
     now,
     publish_figures,
@@ -47,17 +46,15 @@ EVENTS, RESTARTS = (3000, 5) if LONG else (500, 1)
 
 @pytest.mark.timeout(900 if LONG else 240)
 def test_redis_restarted_under_load_loses_its_messages_and_recovery_sends_them_again(
-    runtime, settings, topic_prefix, private_redis, start_worker, start_consumer, side_channel
+    runtime, settings, private_redis, make_load, start_worker, start_consumer, side_channel
 ):
     clock = time.monotonic()
-    topic = f"{topic_prefix}load"
-    load = Load(settings.kafka_bootstrap, topic)
-    load.create_topic(partitions=4)
+    load = make_load("load")
     workers = [start_worker(concurrency=3) for _ in range(2)]
     consumer = start_consumer(ORCHESTRATOR_KAFKA_BATCH_SIZE="50")
     began = now()
     events = EVENTS
-    load.start(events, rate=60, make=lambda n: (load.event(n, sleep=0.05), None))
+    load.start(events, rate=60, make=lambda n: (load.event(n, sleep=0.02), None))
     outages: list[tuple[datetime, datetime, int]] = []
     for restart in range(RESTARTS):
         target = (restart + 1) * EVENTS * 0.8 // (RESTARTS + 1)

@@ -17,7 +17,6 @@ from tests.conftest import wait_for
 from tests.faults.flows import HOSTILE
 from tests.faults.harness import (
     Figures,
-    Load,
     audit,
     live_runs,
     now,
@@ -33,11 +32,10 @@ HOSTILE_AT = {40 + 15 * i + 220 * copy: name for copy in range(2) for i, name in
 
 @pytest.mark.timeout(240)
 def test_misbehaving_steps_fail_with_a_clear_error_and_the_workers_keep_serving(
-    runtime, settings, topic_prefix, start_worker, start_consumer, side_channel
+    runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):
     clock = time.monotonic()
-    load = Load(settings.kafka_bootstrap, f"{topic_prefix}load")
-    load.create_topic(partitions=4)
+    load = make_load("load")
     workers = [start_worker(concurrency=3) for _ in range(2)]
     pids = {w.name: w.process.pid for w in workers}
     start_consumer()

@@ -11,7 +11,6 @@ from tests.conftest import wait_for
 from tests.faults.harness import (
     LONG,
     Figures,
-    Load,
     audit,
     now,
     publish_figures,
@@ -24,11 +23,10 @@ def running_on(runtime, worker: str) -> int:
     return len(rows(runtime, "SELECT 1 FROM attempts WHERE status = 'running' AND worker = :w", w=worker))
 
 
-def kill_workers_mid_step(events: int, kills: int, rate: float, runtime, settings, topic_prefix,
+def kill_workers_mid_step(events: int, kills: int, rate: float, runtime, settings, make_load,
                           start_worker, start_consumer, side_channel, name: str) -> Figures:
     clock = time.monotonic()
-    load = Load(settings.kafka_bootstrap, f"{topic_prefix}load")
-    load.create_topic(partitions=4)
+    load = make_load("load")
     workers = [start_worker(concurrency=3) for _ in range(3)]
     start_consumer()
     began = now()
@@ -68,9 +66,9 @@ def kill_workers_mid_step(events: int, kills: int, rate: float, runtime, setting
 
 @pytest.mark.timeout(240)
 def test_workers_killed_mid_step_five_times_lose_nothing_and_repeat_no_success(
-    runtime, settings, topic_prefix, start_worker, start_consumer, side_channel
+    runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):
-    kill_workers_mid_step(500, 5, 50, runtime, settings, topic_prefix, start_worker,
+    kill_workers_mid_step(500, 5, 50, runtime, settings, make_load, start_worker,
                           start_consumer, side_channel, "worker SIGKILL mid-step x5")
 
 
@@ -78,7 +76,7 @@ def test_workers_killed_mid_step_five_times_lose_nothing_and_repeat_no_success(
 @pytest.mark.skipif(not LONG, reason="soak: ./scripts/test --long")
 @pytest.mark.timeout(900)
 def test_soak_workers_killed_mid_step_twenty_times(
-    runtime, settings, topic_prefix, start_worker, start_consumer, side_channel
+    runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):
-    kill_workers_mid_step(5000, 20, 50, runtime, settings, topic_prefix, start_worker,
+    kill_workers_mid_step(5000, 20, 50, runtime, settings, make_load, start_worker,
                           start_consumer, side_channel, "worker SIGKILL mid-step x20 (soak)")
