@@ -45,6 +45,10 @@ def create_celery_app(settings: Settings) -> Celery:
         # An unacked message of a dead worker comes back after this long; the lease-based
         # recovery loop usually re-sends it well before that.
         app.conf.broker_transport_options = {"visibility_timeout": 3600}
+    if settings.broker_url.startswith("redis://"):
+        from .redis_broker import TRANSPORT
+
+        app.conf.broker_transport = TRANSPORT  # survives a Redis restart (see redis_broker)
     from .tasks import register_tasks
 
     register_tasks(app)
