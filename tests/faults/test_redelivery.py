@@ -26,6 +26,7 @@ def test_a_step_waiting_in_a_long_queue_gets_copies_at_growing_intervals(runtime
         time.sleep(0.02)
     sent = [d for d in dispatcher.sent if d.run_id == run_id and d.step == "first"]
     # The first message, then copies after about 0.2, 0.4, 0.8 and 1.6 s of waiting (and
-    # perhaps 3.2 s), where a fixed interval would have sent about sixteen.
-    assert 4 <= len(sent) - 1 <= 5, [round(time.monotonic() - began, 2), len(sent)]
+    # perhaps 3.2 s), where a fixed interval would have sent about sixteen. A loaded machine
+    # sweeps less often, so it may send fewer copies; never more.
+    assert 2 <= len(sent) - 1 <= 5, [round(time.monotonic() - began, 2), len(sent)]
     assert len({d.task_id for d in sent}) == len(sent)
