@@ -32,38 +32,26 @@ from pathlib import Path
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fresh_database  # noqa: E402
 from orchestrator import Workflow, kafka_trigger  # noqa: E402
 from orchestrator.celery_app import CeleryDispatcher, create_celery_app  # noqa: E402
 from orchestrator.consumer import EventConsumer  # noqa: E402
-from orchestrator.db.migrate import upgrade  # noqa: E402
 from orchestrator.db.session import create_db_engine, session_factory  # noqa: E402
 from orchestrator.engine import WorkflowEngine  # noqa: E402
 from orchestrator.registry import Registry  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 from orchestrator.tansu import TansuBroker  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "orchestrator_bench_consumer"
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
 TOPIC = "bench.orders"
 #: The target of the Kafka triggers issue, in events per second.
 TARGET = 2000.0
-
-
-def fresh_database() -> str:
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
-    admin.dispose()
-    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + DB_NAME
-    upgrade(url)
-    return url
 
 
 def workflows() -> Registry:
@@ -189,7 +177,7 @@ def main() -> None:
     args = parser.parse_args()
 
     redis.Redis.from_url(BROKER).flushdb()
-    database_url = fresh_database()
+    database_url = fresh_database(DB_NAME)
     with TansuBroker() as broker:
         print(f"publishing {args.events} events to {TOPIC} ({args.partitions} partitions) "
               f"on Tansu at {broker.bootstrap} ...", flush=True)

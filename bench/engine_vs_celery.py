@@ -22,32 +22,20 @@ from pathlib import Path
 
 import redis
 from celery import chain
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fresh_database  # noqa: E402
 from bench.plain_celery import app as plain_app  # noqa: E402
 from bench.plain_celery import last, noop  # noqa: E402
-from orchestrator.db.migrate import upgrade  # noqa: E402
 from orchestrator.db.models import Run  # noqa: E402
 from orchestrator.runtime import Runtime  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "orchestrator_bench"
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
-
-
-def fresh_database() -> str:
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
-    admin.dispose()
-    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + DB_NAME
-    upgrade(url)
-    return url
 
 
 def start(argv: list[str], env: dict[str, str], log: Path, ready: str) -> subprocess.Popen[bytes]:
@@ -113,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
 
     redis.Redis.from_url(BROKER).flushdb()
-    settings = Settings(database_url=fresh_database(), broker_url=BROKER, workflows=("bench.flows",))
+    settings = Settings(database_url=fresh_database(DB_NAME), broker_url=BROKER, workflows=("bench.flows",))
     env = {
         **os.environ,
         "ORCHESTRATOR_DATABASE_URL": settings.database_url,
