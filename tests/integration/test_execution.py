@@ -162,10 +162,14 @@ def test_lost_message_is_resent_by_the_recovery_loop(runtime, settings, start_wo
 
 
 def test_worker_killed_mid_step_is_completed_by_another_worker(runtime, settings, start_worker, wait_for_run, side_channel):
-    first = start_worker(concurrency=1)
+    # Both workers are up before the step starts (a worker starting under load can take
+    # longer than the step): the one that took it is killed mid-step.
+    workers = {w.name: w for w in (start_worker(concurrency=1), start_worker(concurrency=1))}
     run_id = runtime.engine.start_run("long", {"sleep": 3})
     wait_for(lambda: side_channel.get(f"exec:{run_id}:linger"), 20, message="linger to start")
-    second = start_worker(concurrency=1)
+    holder = steps_of(wait_for_run(run_id, ("running",)))["linger"]["attempts"][0]["worker"]
+    first = workers.pop(holder)
+    (second,) = workers.values()
     first.kill(signal.SIGKILL)
     first.process.wait()
     run = wait_for_run(run_id, timeout=settings.step_lease + 30)
