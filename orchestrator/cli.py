@@ -86,8 +86,13 @@ def db_upgrade(revision: str) -> None:
     from .db.migrate import upgrade
 
     settings = Settings.from_env()
-    upgrade(settings.database_url, revision)
-    click.echo(f"database at {_safe_url(settings.database_url)} is at revision {revision}")
+    result = upgrade(settings.database_url, revision)
+    where = f"database at {_safe_url(settings.database_url)} is at revision {revision}"
+    if result.changed:
+        before = ", ".join(result.before) or "an empty schema"
+        click.echo(f"{where}: upgraded from {before} to {', '.join(result.after)}")
+    else:
+        click.echo(f"{where}: already at {revision} ({', '.join(result.after) or 'empty'}), nothing to do")
 
 
 def _safe_url(url: str) -> str:
