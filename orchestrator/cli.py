@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -86,8 +87,13 @@ def db_upgrade(revision: str) -> None:
     from .db.migrate import upgrade
 
     settings = Settings.from_env()
-    upgrade(settings.database_url, revision)
-    click.echo(f"database at {_safe_url(settings.database_url)} is at revision {revision}")
+    result = upgrade(settings.database_url, revision)
+    where = f"database at {_safe_url(settings.database_url)} is at revision {revision}"
+    if result.changed:
+        before = ", ".join(result.before) or "an empty schema"
+        click.echo(f"{where}: upgraded from {before} to {', '.join(result.after)}")
+    else:
+        click.echo(f"{where}: already at {revision} ({', '.join(result.after) or 'empty'}), nothing to do")
 
 
 def _safe_url(url: str) -> str:
@@ -282,8 +288,18 @@ def worker(concurrency: int | None, queues: str | None, shards: str | None, host
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     click.echo(f"worker serving queues {', '.join(selected)} with {len(registry)} workflow(s)")
+    _announce_when_celery_is_ready()
     run_worker(rt, argv, recovery=not no_recovery,
                shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout)
+
+
+def _announce_when_celery_is_ready() -> None:
+    """Tell `orchestrator dev`, if it started this worker, once Celery takes messages."""
+    from celery import signals
+
+    from .supervision import announce_ready
+
+    signals.worker_ready.connect(lambda **_: announce_ready(), weak=False)
 
 
 def shard_queues_for(registry: Any, spec: str) -> list[str]:
@@ -359,8 +375,15 @@ def web_command(host: str | None, port: int | None, threads: int, shutdown_timeo
             err=True,
         )
     click.echo(f"dashboard and API on http://{host}:{port}/ (API document: /api/openapi.json)")
-    serve(create_app({"RUNTIME": rt}), host=host, port=port, threads=threads,
-          shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout)
+    try:
+        serve(create_app({"RUNTIME": rt}), host=host, port=port, threads=threads,
+              shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigurationError(
+            f"port {port} on {host} is in use; set ORCHESTRATOR_WEB_PORT (or --port) to another port"
+        ) from None
     click.echo("web stopped")
 
 
@@ -399,6 +422,7 @@ def consume() -> None:
     import signal
 
     from .consumer import EventConsumer
+    from .supervision import announce_ready
 
     rt = Runtime(_kafka_settings())
     install(rt)
@@ -410,6 +434,7 @@ def consume() -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    announce_ready()  # to `orchestrator dev`: the consumer joins its group from here on
     service.run()
     click.echo("consumer stopped")
 

@@ -1,14 +1,27 @@
-"""`orchestrator dev`: every service of the orchestrator on one machine, stopped together."""
+"""`orchestrator dev`: every service of the orchestrator on one machine, stopped together.
+
+The supervisor prints its banner only once every service answers (the web server its
+/healthz, the worker and the consumer their ready files, Tansu Kafka requests). Ctrl-C,
+SIGTERM and SIGHUP (the terminal closed) stop them all; if the supervisor itself dies, even
+by SIGKILL, every service gets a signal from the kernel and exits too (`supervision`).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
 
@@ -16,6 +29,7 @@ from .db.migrate import upgrade
 from .errors import ConfigurationError
 from .registry import Registry, load_workflows
 from .settings import DEV_HOME, Settings
+from .supervision import READY_FILE_VARIABLE, die_with_parent
 
 #: Seconds a child gets to stop after SIGTERM before it is killed.
 STOP_GRACE = 10.0
@@ -24,26 +38,68 @@ SERVICE_SHUTDOWN = 5.0
 #: Kafka group session timeout in dev mode: the embedded broker waits half of it for a
 #: consumer to join, so a short one makes `orchestrator dev` consume within seconds.
 DEV_KAFKA_SESSION_TIMEOUT = 6.0
+#: Seconds every service gets to be up before `orchestrator dev` gives up.
+READY_TIMEOUT = 120.0
+#: Seconds between two looks at whether the services are up.
+READY_POLL = 0.1
+#: Signals that stop everything, like Ctrl-C: SIGHUP is a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
 class Supervisor:
-    """Starts child processes and stops them all, in reverse order, on exit."""
+    """Starts child processes, waits until they are ready and stops them all, in reverse order.
+
+    Call it from the main thread only: each child dies with the thread that started it.
+    """
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    #: Per child still starting, how to tell it is ready.
+    readiness: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    #: Where children create their ready files (emptied at start: a killed run leaves some).
+    ready_dir: Path = field(default_factory=lambda: (DEV_HOME / "ready").resolve())
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(argv, env=env, start_new_session=True)
+    def __post_init__(self) -> None:
+        shutil.rmtree(self.ready_dir, ignore_errors=True)
+        self.ready_dir.mkdir(parents=True)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str],
+              ready: Callable[[], bool] | None = None) -> subprocess.Popen[bytes]:
+        """Start `argv`; ready when `ready()` says so, else when it creates its ready file."""
+        if ready is None:
+            ready_file = self.ready_dir / f"{name}.ready"
+            env = {**env, READY_FILE_VARIABLE: str(ready_file)}
+            ready = ready_file.exists
+        process = subprocess.Popen(argv, env=env, start_new_session=True,
+                                   preexec_fn=die_with_parent(signal.SIGTERM))
         self.children.append((name, process))
+        self.readiness[name] = ready
         return process
 
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Block until every child is ready; a child that exits first, or a timeout, is an error."""
+        deadline = time.monotonic() + timeout
+        while self.readiness:
+            self._check_alive()
+            for name, ready in list(self.readiness.items()):
+                if ready():
+                    del self.readiness[name]
+            if self.readiness and time.monotonic() > deadline:
+                raise click.ClickException(
+                    f"{', '.join(self.readiness)} not ready after {timeout:g}s (see the output above)"
+                )
+            time.sleep(READY_POLL)
+
+    def _check_alive(self) -> None:
+        for name, process in self.children:
+            code = process.poll()
+            if code is not None:
+                raise click.ClickException(f"{name} exited with status {code}")
+
     def watch(self) -> None:
-        """Block until Ctrl-C / SIGTERM, or until a child dies unexpectedly."""
+        """Block until Ctrl-C / SIGTERM / SIGHUP, or until a child dies unexpectedly."""
         while True:
-            for name, process in self.children:
-                code = process.poll()
-                if code is not None:
-                    raise click.ClickException(f"{name} exited with status {code}")
+            self._check_alive()
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -63,6 +119,53 @@ class Supervisor:
             except ProcessLookupError:
                 pass
             process.wait()
+        shutil.rmtree(self.ready_dir, ignore_errors=True)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail in one line, before anything starts, when the web server could not listen."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigurationError(
+                    f"port {port} on {host} is in use; set ORCHESTRATOR_WEB_PORT to another port"
+                ) from None
+            raise ConfigurationError(
+                f"cannot listen on {host} port {port} ({exc.strerror}); "
+                "set ORCHESTRATOR_WEB_HOST or ORCHESTRATOR_WEB_PORT"
+            ) from None
+
+
+def web_answers(host: str, port: int) -> Callable[[], bool]:
+    """A readiness check: the web server answers GET /healthz (whatever its status)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    url = f"http://[{host}]:{port}/healthz" if ":" in host else f"http://{host}:{port}/healthz"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered: a 503 names what is down, in the dashboard
+        except OSError:
+            return False
+
+    return answers
+
+
+def say(text: str) -> None:
+    """Print a line, unless the terminal is gone (after SIGHUP writing to it fails)."""
+    try:
+        click.echo(text)
+    except OSError:
+        pass
 
 
 def start_kafka(settings: Settings, registry: Registry, env: dict[str, str],
@@ -79,7 +182,7 @@ def start_kafka(settings: Settings, registry: Registry, env: dict[str, str],
     if bootstrap is None:
         DEV_HOME.mkdir(parents=True, exist_ok=True)
         try:
-            broker = TansuBroker(log_path=DEV_HOME / "tansu.log").start()
+            broker = TansuBroker(log_path=DEV_HOME / "tansu.log", die_with_parent=True).start()
         except ConfigurationError as exc:
             return f"not started: {exc}"
         supervisor.children.append(("kafka broker", broker.process))  # type: ignore[arg-type]
@@ -97,6 +200,7 @@ def start_kafka(settings: Settings, registry: Registry, env: dict[str, str],
 
 def run_dev(settings: Settings, concurrency: int = 1) -> None:
     """Migrate, then run a worker (and the other services) until interrupted."""
+    check_port_free(settings.web_host, settings.web_port)
     registry = load_workflows(settings.workflows)
     upgrade(settings.database_url)
     env = dict(os.environ)
@@ -111,7 +215,8 @@ def run_dev(settings: Settings, concurrency: int = 1) -> None:
     def _terminate(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _terminate)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _terminate)
     try:
         kafka = start_kafka(settings, registry, env, supervisor)
         supervisor.start(
@@ -127,7 +232,9 @@ def run_dev(settings: Settings, concurrency: int = 1) -> None:
              f"--host={settings.web_host}", f"--port={settings.web_port}",
              f"--shutdown-timeout={SERVICE_SHUTDOWN}"],
             env,
+            ready=web_answers(settings.web_host, settings.web_port),
         )
+        supervisor.wait_ready()
         click.echo("orchestrator dev is running:")
         click.echo(f"  state     {settings.database_url}")
         click.echo(f"  broker    {settings.broker_url}")
@@ -144,11 +251,13 @@ def run_dev(settings: Settings, concurrency: int = 1) -> None:
         click.echo("            orchestrator publish TOPIC '{...}'   (an event for the Kafka triggers)")
         supervisor.watch()
     except KeyboardInterrupt:
-        click.echo("stopping...")
+        say("stopping...")
     finally:
+        for signum in STOP_SIGNALS:  # a second Ctrl-C must not cut the orderly stop short
+            signal.signal(signum, signal.SIG_IGN)
         supervisor.stop()
         if settings.kafka_bootstrap is None:
             from .tansu import DEV_BOOTSTRAP_FILE
 
             DEV_BOOTSTRAP_FILE.unlink(missing_ok=True)
-        click.echo("stopped")
+        say("stopped")

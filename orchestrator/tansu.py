@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from . import supervision
 from .errors import ConfigurationError
 from .kafka import answers_kafka
 from .settings import DEV_HOME
@@ -73,10 +74,12 @@ class TansuBroker:
     """One in-memory Tansu broker process on a loopback port (chosen free when not given)."""
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1",
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, die_with_parent: bool = False) -> None:
         self.host = host
         self.port = port
         self.log_path = log_path
+        #: Killed when the process (thread) that started it dies, as `orchestrator dev` wants.
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -106,6 +109,7 @@ class TansuBroker:
                 stdout=self._log or subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=supervision.die_with_parent(signal.SIGKILL) if self.die_with_parent else None,
             )
             self.port = port
             if self._wait_ready(timeout):

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.conftest import ROOT, settings_env
 
 
 def cli(env: dict[str, str], *args: str, cwd=ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -88,36 +86,3 @@ def test_db_upgrade_creates_the_schema(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "is at revision head" in out.stdout
 
-
-def test_dev_runs_the_examples_on_embedded_defaults_and_stops_cleanly(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env["PYTHONPATH"] = str(ROOT)
-    log = (tmp_path / "dev.log").open("w")
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "dev"], cwd=tmp_path, env=env,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        wait_for(lambda: "orchestrator dev is running" in (tmp_path / "dev.log").read_text(), 90,
-                 message="dev to start")
-        out = cli(env, "trigger", "sales-report", "--input", '{"sales": [3, 1, 2]}', cwd=tmp_path)
-        assert out.returncode == 0, out.stderr
-        run_id = out.stdout.split()[-1]
-
-        def finished() -> dict | None:
-            shown = cli(env, "run", run_id, "--json", cwd=tmp_path)
-            run = json.loads(shown.stdout) if shown.returncode == 0 else {}
-            return run if run.get("status") == "succeeded" else None
-
-        run = wait_for(finished, 90, 1, "the example run to succeed")
-        publish = {s["name"]: s for s in run["steps"]}["publish"]
-        assert publish["result"] == {"count": 3, "sum": 6.0, "median": 2.0, "max": 3.0}
-    finally:
-        os.killpg(dev.pid, signal.SIGINT)
-        code = dev.wait(60)
-    text = (tmp_path / "dev.log").read_text()
-    assert "stopped" in text, text[-3000:]
-    assert code == 0
-    time.sleep(0.5)
-    leftovers = subprocess.run(["pgrep", "-f", f"orchestrator worker.*{tmp_path}"], capture_output=True)
-    assert leftovers.returncode != 0
