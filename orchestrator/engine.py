@@ -481,9 +481,11 @@ class WorkflowEngine:
         with self.sessions() as session:
             if self.registry.is_limited_step(step_name):
                 with session.begin():
-                    if not self._step_slot(session, rid, step_name, now):
+                    held = self._step_slot(session, rid, step_name, now)
+                    if held is None:
                         return None
-                    row = self.hot_path.claim_in(session, rid, step_name, parents, worker, now, lease)
+                    lease = held + timedelta(seconds=self.settings.step_lease)
+                    row = self.hot_path.claim_in(session, rid, step_name, parents, worker, held, lease)
             else:
                 row = self.hot_path.claim(session, rid, step_name, parents, worker, now, lease)
         if row is None:
@@ -502,8 +504,14 @@ class WorkflowEngine:
             run_key=row.run_key,
         )
 
-    def _step_slot(self, session: Session, rid: uuid.UUID, step_name: str, now: datetime) -> bool:
-        """Under the step's key lock: is a slot free? If not, park the step."""
+    def _step_slot(self, session: Session, rid: uuid.UUID, step_name: str, now: datetime) -> datetime | None:
+        """Under the step's key lock: is a slot free? If not, park the step.
+
+        Returns the moment the slot is held (None: no slot, or nothing to claim). The
+        attempt records that moment as its start, not `now`: the lock may have been waited
+        for while a sibling settled, and a start taken before would precede the sibling's
+        recorded end although the two never overlapped.
+        """
         target = session.execute(
             select(StepRun.id, StepRun.concurrency_key, Run.workflow)
             .join(Run, Run.id == StepRun.run_id)
@@ -514,17 +522,17 @@ class WorkflowEngine:
             )
         ).one_or_none()
         if target is None:
-            return False
+            return None
         step = self.registry.get(target.workflow).steps.get(step_name)
         if step is None or step.concurrency is None or target.concurrency_key is None:
-            return True
+            return now
         C.lock_key(session, C.step_scope(target.workflow, step_name), target.concurrency_key)
         busy = C.count_running_steps(session, target.workflow, step_name, target.concurrency_key)
         if busy < step.concurrency.limit:
-            return True
+            return utcnow()
         retry_at = now + timedelta(seconds=self.settings.redeliver_after)
         C.park_step(session, target.id, now, retry_at)
-        return False
+        return None
 
     def _wake_steps(self, session: Session, outbox: Outbox, workflow: Workflow, step_name: str, key: str | None) -> None:
         """A limited step ended: send the oldest parked siblings into the freed slots."""

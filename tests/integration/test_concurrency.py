@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections import defaultdict
 from datetime import datetime
+
+from sqlalchemy import select
 
 from orchestrator.ring import queue_for
 from tests.conftest import wait_for
@@ -134,3 +137,41 @@ def test_sharded_runs_use_their_key_shard_queue_in_key_order(runtime, start_work
         assert all(r["status"] == "succeeded" for r in runs)
         assert_serial_in_creation_order(runs)
         assert {s["queue"] for r in runs for s in r["steps"]} == {queue_for("sharded", key, 3)}
+
+
+def test_a_limited_step_attempt_starts_only_once_its_slot_is_held(runtime):
+    """The recorded start of an attempt is never earlier than the moment it got its slot.
+
+    A claim that waits for the step's key lock (a finishing sibling holds it) must not
+    record the time it began waiting: that start would precede the sibling's recorded end,
+    and the attempts would seem to overlap although the limit held.
+    """
+    from orchestrator import concurrency as C
+    from orchestrator.db.models import Attempt, StepRun
+    from orchestrator.engine import Outcome, utcnow
+
+    engine = runtime.engine
+    run_id = engine.start_run("fragile-calls", {"sleep": 0})
+    prepared = engine.claim(run_id, "prepare", worker="test")
+    engine.finish(prepared, Outcome(ok=True, result={}))
+    with runtime.sessions() as session:
+        key = session.scalar(
+            select(StepRun.concurrency_key).where(StepRun.name == "call_fragile_service")
+        )
+    claimed = {}
+    with runtime.sessions() as holder, holder.begin():  # a sibling settling, holding the key
+        C.lock_key(holder, C.step_scope("fragile-calls", "call_fragile_service"), key)
+        claimer = threading.Thread(
+            target=lambda: claimed.update(claim=engine.claim(run_id, "call_fragile_service", worker="test"))
+        )
+        claimer.start()
+        time.sleep(0.3)
+        assert claimer.is_alive(), "the claim must wait for the step's key lock"
+        released = utcnow()
+    claimer.join(10)
+    assert claimed["claim"] is not None
+    with runtime.sessions() as session:
+        started = session.scalar(select(Attempt.started_at).where(Attempt.id == claimed["claim"].attempt_id))
+        step_started = session.scalar(select(StepRun.started_at).where(StepRun.id == claimed["claim"].step_id))
+    assert started >= released, (started, released)
+    assert step_started >= released, (step_started, released)
