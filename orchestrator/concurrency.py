@@ -54,8 +54,14 @@ def step_scope(workflow: str, step: str) -> str:
     return f"step:{workflow}:{step}"
 
 
-def runs_of_key(session: Session, workflow: str, key: str, status: str, limit: int | None = None) -> list[Any]:
-    """Runs of a key in one status, oldest first (creation order is event order)."""
+def runs_of_key(
+    session: Session, workflow: str, key: str, status: str, limit: int | None = None
+) -> list[Any]:
+    """Runs of a key in one status, oldest first (creation order is event order).
+
+    With `limit`, only the oldest `limit`: an index range scan (`ix_runs_concurrency`, and
+    `ix_runs_pending` for pending runs), whatever the backlog.
+    """
     query = (
         select(_runs.c.id, _runs.c.created_at)
         .where(
@@ -68,6 +74,19 @@ def runs_of_key(session: Session, workflow: str, key: str, status: str, limit: i
     if limit is not None:
         query = query.limit(limit)
     return list(session.execute(query))
+
+
+def pending_to_decide(session: Session, workflow: str, key: str, strategy: str, free: int) -> list[Any]:
+    """The pending runs of a key that `choose` needs, oldest first.
+
+    `queue` only admits, so it reads the oldest `free` and nothing when the key is full:
+    a backlog of any size costs one index probe. The cancelling strategies admit or cancel
+    *every* pending run in the same admission, so they read them all; their backlog never
+    outlives one admission (at most what one transaction inserted, e.g. a consumer batch).
+    """
+    if strategy == "queue":
+        return runs_of_key(session, workflow, key, P.RUN_PENDING, limit=free) if free > 0 else []
+    return runs_of_key(session, workflow, key, P.RUN_PENDING)
 
 
 def choose(
@@ -86,9 +105,10 @@ def choose(
     return winners, losers, list(running[:evict])
 
 
-def count_running_steps(session: Session, workflow: str, step: str, key: str) -> int:
-    return session.scalar(
-        select(func.count())
+def count_running_steps(session: Session, workflow: str, step: str, key: str, limit: int) -> int:
+    """Running steps of a key, counted up to `limit` (all a slot check needs to know)."""
+    running = (
+        select(_steps.c.id)
         .select_from(_steps.join(_runs, _runs.c.id == _steps.c.run_id))
         .where(
             _runs.c.workflow == workflow,
@@ -96,11 +116,17 @@ def count_running_steps(session: Session, workflow: str, step: str, key: str) ->
             _steps.c.concurrency_key == key,
             _steps.c.status == P.RUNNING,
         )
-    ) or 0
+        .limit(limit)
+        .subquery()
+    )
+    return session.scalar(select(func.count()).select_from(running)) or 0
 
 
 def parked_steps(session: Session, workflow: str, step: str, key: str, limit: int) -> list[Any]:
-    """Steps waiting for a slot (queued with no message in flight), oldest first."""
+    """Steps waiting for a slot (queued with no message in flight), oldest first.
+
+    The oldest `limit` only, from the partial index `ix_steps_parked`.
+    """
     return list(
         session.execute(
             select(_steps.c.id, _steps.c.run_id, _steps.c.queue)

@@ -319,14 +319,17 @@ class WorkflowEngine:
     def admit(self, session: Session, outbox: Outbox, workflow: Workflow, key: str) -> list[str]:
         """Start the pending runs of `key` that its limit and strategy allow, oldest first.
 
-        Takes the key's distributed lock; returns the ids of the runs started.
+        Takes the key's distributed lock; returns the ids of the runs started. Reads at
+        most `limit` running runs and, for `queue`, only the oldest pending runs that fit,
+        so its cost does not grow with the backlog (see `concurrency.pending_to_decide`).
         """
         limit = workflow.concurrency
         if limit is None:
             return []
         C.lock_key(session, C.run_scope(workflow.name), key)
-        running = C.runs_of_key(session, workflow.name, key, P.RUN_RUNNING)
-        pending = C.runs_of_key(session, workflow.name, key, P.RUN_PENDING)
+        running = C.runs_of_key(session, workflow.name, key, P.RUN_RUNNING, limit=limit.limit)
+        free = limit.limit - len(running)
+        pending = C.pending_to_decide(session, workflow.name, key, limit.strategy, free)
         admit, drop, evict = C.choose(limit.strategy, limit.limit, running, pending)
         now = utcnow()
         for row in evict:
@@ -527,8 +530,9 @@ class WorkflowEngine:
         if step is None or step.concurrency is None or target.concurrency_key is None:
             return now
         C.lock_key(session, C.step_scope(target.workflow, step_name), target.concurrency_key)
-        busy = C.count_running_steps(session, target.workflow, step_name, target.concurrency_key)
-        if busy < step.concurrency.limit:
+        limit = step.concurrency.limit
+        busy = C.count_running_steps(session, target.workflow, step_name, target.concurrency_key, limit)
+        if busy < limit:
             return utcnow()
         retry_at = now + timedelta(seconds=self.settings.redeliver_after)
         C.park_step(session, target.id, now, retry_at)
@@ -540,7 +544,8 @@ class WorkflowEngine:
         if step is None or step.concurrency is None or key is None:
             return
         C.lock_key(session, C.step_scope(workflow.name, step_name), key)
-        free = step.concurrency.limit - C.count_running_steps(session, workflow.name, step_name, key)
+        limit = step.concurrency.limit
+        free = limit - C.count_running_steps(session, workflow.name, step_name, key, limit)
         if free <= 0:
             return
         lease = utcnow() + timedelta(seconds=self.settings.redeliver_after)

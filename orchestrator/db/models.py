@@ -93,6 +93,17 @@ class Run(Base):
             postgresql_where=text("concurrency_key IS NOT NULL"),
             sqlite_where=text("concurrency_key IS NOT NULL"),
         ),
+        # Admission reads only the oldest pending runs of a key: small, whatever has finished.
+        Index(
+            "ix_runs_pending",
+            "workflow",
+            "concurrency_key",
+            "created_at",
+            "event_id",
+            "id",
+            postgresql_where=text("status = 'pending' AND concurrency_key IS NOT NULL"),
+            sqlite_where=text("status = 'pending' AND concurrency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -135,6 +146,16 @@ class StepRun(Base):
             "status",
             postgresql_where=text("concurrency_key IS NOT NULL"),
             sqlite_where=text("concurrency_key IS NOT NULL"),
+        ),
+        # Steps parked for a slot of their own limit, oldest first (`_wake_steps`).
+        Index(
+            "ix_steps_parked",
+            "name",
+            "concurrency_key",
+            "queued_at",
+            "id",
+            postgresql_where=text("status = 'queued' AND task_id IS NULL AND concurrency_key IS NOT NULL"),
+            sqlite_where=text("status = 'queued' AND task_id IS NULL AND concurrency_key IS NOT NULL"),
         ),
     )
 
