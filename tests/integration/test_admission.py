@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 from sqlalchemy import event, select
 
+from orchestrator import bulk
+from orchestrator.bulk import RunFilter, bulk_action
 from orchestrator.db.models import Run
 
 BACKLOG = 150
@@ -64,3 +66,42 @@ def test_cancel_newest_still_cancels_every_run_over_the_limit(runtime):
 def test_cancel_in_progress_still_lets_the_newest_run_win(runtime):
     old, new = start_backlog(runtime, "latest-wins", "k", 2)
     assert statuses(runtime, [old, new]) == ["cancelled", "running"]
+
+
+def test_bulk_cancel_of_a_backlog_works_in_short_batches_and_starts_none_of_them(runtime, monkeypatch):
+    monkeypatch.setattr(bulk, "CANCEL_BATCH", 40)
+    ids = start_backlog(runtime, "per-customer", "k", BACKLOG)
+    commits: list[int] = []
+
+    def committed(conn) -> None:  # noqa: ANN001
+        commits.append(1)
+
+    event.listen(runtime.db, "commit", committed)
+    try:
+        with rows_read_from_runs(runtime) as counts:
+            result = bulk_action(
+                runtime.engine, "cancel", where=RunFilter(workflow="per-customer"), limit=BACKLOG - 1
+            )
+    finally:
+        event.remove(runtime.db, "commit", committed)
+    assert (result.matched, result.touched, result.remaining) == (BACKLOG - 1, BACKLOG - 1, True)
+    assert sorted(result.touched_ids) == sorted(ids[1:])  # newest first: all but the oldest
+    assert 4 <= len(commits) <= 8, f"{len(commits)} transactions for 4 batches of at most 40 runs"
+    assert sum(counts) <= 3 * BACKLOG, f"cancelling {BACKLOG - 1} runs read {sum(counts)} rows of runs"
+    assert statuses(runtime, ids[:1]) == ["running"]  # the oldest still holds its slot
+    with runtime.sessions() as session:
+        started = session.scalars(
+            select(Run.id).where(Run.concurrency_key == "k", Run.started_at.is_not(None))
+        ).all()
+    assert [str(i) for i in started] == [ids[0]], "no cancelled run was started on the way"
+
+
+def test_bulk_cancel_by_ids_reports_unknown_and_finished_runs(runtime):
+    ids = start_backlog(runtime, "per-customer", "k", 3)
+    runtime.engine.cancel_run(ids[1])
+    unknown = "00000000-0000-4000-8000-000000000000"
+    result = bulk_action(runtime.engine, "cancel", ids=[*ids, unknown, "not-a-uuid"])
+    assert (result.matched, result.touched) == (3, 2)
+    assert sorted(result.touched_ids) == sorted([ids[0], ids[2]])
+    assert result.not_found == [unknown, "not-a-uuid"]
+    assert statuses(runtime, ids) == ["cancelled"] * 3
