@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator import StepContext, Workflow
+from orchestrator import Concurrency, StepContext, Workflow
 
 chain = Workflow("bench-chain", description="Three no-op steps in a row.")
 
@@ -19,4 +19,15 @@ def two(ctx: StepContext) -> None:
 
 @chain.step(after=two)
 def three(ctx: StepContext) -> None:
+    return None
+
+limited = Workflow(
+    "bench-limited",
+    description="One no-op step, one run at a time per customer (admission benchmark).",
+    concurrency=Concurrency(key="customer", limit=1),
+)
+
+
+@limited.step
+def only(ctx: StepContext) -> None:
     return None
