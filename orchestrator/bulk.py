@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from sqlalchemy.exc import OperationalError
+
 from . import planner as P
 from .db.queries import run_ids_matching
 from .engine import WorkflowEngine
@@ -116,7 +118,8 @@ def bulk_action(
 def _cancel_batch(engine: WorkflowEngine, batch: list[str], result: BulkResult) -> None:
     try:
         cancelled = engine.cancel_runs(batch)
-    except OrchestratorError:  # one run in the way: do this batch run by run
+    except (OrchestratorError, OperationalError):  # one run in the way (or a deadlock victim):
+        # do this batch run by run, each in its own transaction
         for run_id in batch:
             _one(engine, "cancel", run_id, result)
         return
