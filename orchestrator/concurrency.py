@@ -154,19 +154,37 @@ def park_step(session: Session, step_id: int, now: datetime, retry_at: datetime)
     )
 
 
+# Keys with pending runs by a loose index scan of `ix_runs_pending` (one probe per key, not one
+# row per pending run), keeping those with a free slot (running runs counted up to the limit).
+_KEYS_WAITING = text(
+    """
+WITH RECURSIVE waiting(k) AS (
+    SELECT min(concurrency_key) FROM runs
+     WHERE workflow = :workflow AND status = 'pending' AND concurrency_key IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(concurrency_key) FROM runs
+             WHERE workflow = :workflow AND status = 'pending' AND concurrency_key > waiting.k)
+      FROM waiting WHERE waiting.k IS NOT NULL
+)
+SELECT k FROM waiting
+ WHERE k IS NOT NULL
+   AND (SELECT count(*) FROM (SELECT 1 FROM runs
+                               WHERE workflow = :workflow AND concurrency_key = waiting.k
+                                 AND status = 'running' LIMIT :slots) AS held) < :slots
+ LIMIT :limit
+"""
+)
+
+
 def workflow_keys_waiting(session: Session, workflow: Workflow, limit: int = 100) -> list[str]:
-    """Keys of a limited workflow that have pending runs (for the recovery sweep)."""
+    """Keys of a limited workflow with pending runs and a free slot (for the recovery sweep).
+
+    Only keys with a free slot, so a key left waiting (a crash between a slot's release and
+    the admission it should have run) is found however many keys are busy with a backlog.
+    """
+    slots = workflow.concurrency.limit if workflow.concurrency is not None else 1
     return list(
-        session.scalars(
-            select(_runs.c.concurrency_key)
-            .where(
-                _runs.c.workflow == workflow.name,
-                _runs.c.status == P.RUN_PENDING,
-                _runs.c.concurrency_key.is_not(None),
-            )
-            .group_by(_runs.c.concurrency_key)
-            .limit(limit)
-        )
+        session.scalars(_KEYS_WAITING, {"workflow": workflow.name, "slots": slots, "limit": limit})
     )
 
 

@@ -105,3 +105,24 @@ def test_bulk_cancel_by_ids_reports_unknown_and_finished_runs(runtime):
     assert sorted(result.touched_ids) == sorted([ids[0], ids[2]])
     assert result.not_found == [unknown, "not-a-uuid"]
     assert statuses(runtime, ids) == ["cancelled"] * 3
+
+
+def test_the_recovery_sweep_finds_a_key_with_a_free_slot_behind_many_busy_keys(runtime):
+    from sqlalchemy import insert
+
+    from orchestrator import concurrency as C
+    from orchestrator.db.models import StepRun
+
+    engine = runtime.engine
+    workflow = engine.registry.get("per-customer")
+    for key in ("a", "b", "c"):  # busy keys, each with a run waiting
+        start_backlog(runtime, "per-customer", key, 2)
+    # A run whose admission was lost (a crash between commit and admission): its key is free.
+    stranded = engine.plan_run(workflow, {"customer": "z"})
+    with runtime.sessions() as session, session.begin():
+        session.execute(insert(Run.__table__), [stranded.run])
+        session.execute(insert(StepRun.__table__), stranded.steps)
+    with runtime.sessions() as session:
+        assert C.workflow_keys_waiting(session, workflow, limit=2) == ["z"]
+    assert engine.admit_waiting() == 1
+    assert statuses(runtime, [str(stranded.run["id"])]) == ["running"]
