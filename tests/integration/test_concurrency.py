@@ -109,11 +109,14 @@ def test_step_concurrency_runs_one_fragile_call_at_a_time(runtime, start_worker,
 
 
 def test_killed_worker_does_not_block_its_key_past_the_lease(runtime, settings, start_worker, wait_for_run, side_channel):
-    doomed = start_worker(concurrency=1)
+    # Both workers are up before the holder starts (a worker starting under load can take
+    # longer than the step): the one that took it is killed mid-step.
+    workers = {w.name: w for w in (start_worker(concurrency=1), start_worker(concurrency=1))}
     holder = runtime.engine.start_run("per-customer", {"customer": "k", "sleep": 4})
     wait_for(lambda: side_channel.get(f"exec:{holder}:hold"), 20, message="the holder to start")
     waiting = runtime.engine.start_run("per-customer", {"customer": "k", "sleep": 0.1})
-    start_worker(concurrency=1)
+    taken_by = wait_for_run(holder, ("running",))["steps"][0]["attempts"][0]["worker"]
+    doomed = workers[taken_by]
     doomed.kill(signal.SIGKILL)
     killed_at = time.monotonic()
     first = wait_for_run(holder, timeout=settings.step_lease + 30)
