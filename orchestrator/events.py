@@ -17,6 +17,7 @@ in bulk.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,9 +41,12 @@ from .intake import (
     TriggerIndex,
     assess,
     assess_payload,
+    describe_error,
     headers_json,
     text_of,
 )
+
+log = logging.getLogger("orchestrator.events")
 
 
 class EventNotReplayable(OrchestratorError):
@@ -112,6 +116,8 @@ def plan_runs(engine: WorkflowEngine, assessment: Assessment) -> tuple[Assessmen
 
     A run the engine refuses to plan (say, its concurrency key cannot be computed from the
     input) turns that workflow's decision into a rejection, and so the event's outcome.
+    Each workflow is its own failure domain: whatever planning one of them raises (a bug
+    included) is recorded as its reason, and the other workflows the event matched start.
     """
     planned: list[PlannedRun] = []
     refused: dict[str, str] = {}
@@ -126,6 +132,13 @@ def plan_runs(engine: WorkflowEngine, assessment: Assessment) -> tuple[Assessmen
             )
         except OrchestratorError as exc:
             refused[decision.workflow] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one workflow's failure must not stop the others
+            message = assessment.message
+            log.exception("event %s/%s/%s: could not plan a run of workflow %r",
+                          message.topic, message.partition, message.offset, decision.workflow)
+            refused[decision.workflow] = describe_error(
+                exc, f"workflow {decision.workflow!r}: could not plan a run: "
+            )
     if not refused:
         return assessment, planned
     decisions = [

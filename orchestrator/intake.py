@@ -266,13 +266,18 @@ def dedupe_key(value: str | None) -> str | None:
     return value
 
 
-def _user_error(what: str, exc: BaseException) -> str:
+def describe_error(exc: BaseException, what: str = "") -> str:
+    """`what` and "TypeName: detail" of an exception raised by user code, as a bounded reason."""
     try:
         detail = str(exc)
     except Exception:  # noqa: BLE001 - an exception that cannot even say what it is
         detail = "(unprintable)"
-    text = f"{what} raised {type(exc).__name__}: {detail}"
+    text = f"{what}{type(exc).__name__}: {detail}"
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
+def _user_error(what: str, exc: BaseException) -> str:
+    return describe_error(exc, f"{what} raised ")
 
 
 def decide(workflow: Workflow, triggers: list[KafkaTrigger], payload: dict[str, Any]) -> Decision:

@@ -8,8 +8,9 @@ Steps count their executions in Redis (see `tests.flows.record`).
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from orchestrator import StepContext, Workflow, kafka_trigger
+from orchestrator import Concurrency, StepContext, Workflow, kafka_trigger
 from tests.flows import record
 
 PREFIX = os.environ.get("ORCHESTRATOR_TEST_TOPIC_PREFIX", "test.")
@@ -88,3 +89,40 @@ load = Workflow("load", triggers=[kafka_trigger(topic("load"), match={"type": "l
 @load.step
 def touch(ctx: StepContext) -> int:
     return ctx.input.get("i", 0)
+
+
+# -- split: one event matches three workflows; planning two of them fails ------------------
+split_ok = Workflow("split-ok", triggers=[kafka_trigger(topic("split"), match={"type": "split"})])
+
+
+@split_ok.step
+def proceed(ctx: StepContext) -> int:
+    record(ctx)
+    return ctx.input["n"]
+
+
+split_key = Workflow(
+    "split-key",
+    triggers=[kafka_trigger(topic("split"), match={"type": "split"})],
+    concurrency=Concurrency(key=lambda data: data["customer"]["id"]),  # KeyError: no customer
+)
+
+
+@split_key.step
+def never_keyed(ctx: StepContext) -> None:
+    record(ctx)
+
+
+class _UnroutableWorkflow(Workflow):
+    """Planning its runs raises something unexpected (as a bug in routing would)."""
+
+    def queue_of(self, step: Any, partition_key: str | None) -> str:
+        raise RuntimeError("routing table unavailable")
+
+
+split_bug = _UnroutableWorkflow("split-bug", triggers=[kafka_trigger(topic("split"), match={"type": "split"})])
+
+
+@split_bug.step
+def never_routed(ctx: StepContext) -> None:
+    record(ctx)

@@ -183,6 +183,38 @@ def test_each_kind_of_bad_event_lands_in_the_dead_letter_topic_while_good_ones_s
     assert consumer.process.poll() is None, "a bad event stopped the consumer"
 
 
+def test_a_workflow_whose_planning_fails_does_not_stop_the_others_the_event_matched(
+    runtime, kafka, topic_prefix, start_consumer
+):
+    split = topic(topic_prefix, "split")
+    kafka.create_topic(split, partitions=1)
+    consumer = start_consumer()
+    kafka.publish(split, {"type": "split", "n": 1})  # split-key cannot compute its key
+    kafka.publish(split, {"type": "split", "n": 2, "customer": {"id": "c2"}})
+    kafka.flush()
+    events_recorded(runtime, 2)
+
+    from sqlalchemy import text
+
+    with runtime.db.connect() as conn:
+        events = conn.execute(text('SELECT "offset", outcome, reason FROM events ORDER BY "offset"')).all()
+        runs = conn.execute(text(
+            'SELECT e."offset", r.workflow, r.status FROM runs r JOIN events e ON e.id = r.event_id '
+            'ORDER BY e."offset", r.workflow'
+        )).all()
+    assert [(o, w) for o, w, _ in runs] == [(0, "split-ok"), (1, "split-key"), (1, "split-ok")]
+    assert all(status in ("running", "pending") for *_, status in runs), runs
+    assert [outcome for _, outcome, _ in events] == ["rejected", "rejected"]
+    unexpected = "workflow 'split-bug': could not plan a run: RuntimeError: routing table unavailable"
+    assert unexpected in events[0].reason and unexpected in events[1].reason
+    assert "workflow 'split-key': cannot compute the concurrency key: KeyError: 'customer'" in events[0].reason
+    assert "split-key" not in events[1].reason
+    letters = wait_for(lambda: len(kafka.read_all(split + ".dlq")) == 2 or None, 30, 0.5,
+                       "both events in the dead-letter topic")
+    assert letters
+    assert consumer.process.poll() is None
+
+
 def test_a_thousand_events_survive_a_consumer_killed_mid_stream(
     runtime, kafka, topic_prefix, start_consumer
 ):
