@@ -1,7 +1,7 @@
 """Intake: what becomes of one Kafka message. Pure logic, no I/O, unit-tested.
 
-A message is first decoded: its value must be at most `max_bytes` long, UTF-8 JSON, and a
-JSON object. Then every loaded workflow with a trigger on the message's topic gets one
+A message is first decoded: its value, key and headers together must be at most `max_bytes`
+long (see `check_size`), and its value UTF-8 JSON and a JSON object. Then every loaded workflow with a trigger on the message's topic gets one
 `Decision` (one per (event, workflow) pair, so a workflow with two triggers on a topic still
 starts at most one run; its first trigger that matches decides the input and dedupe key):
 
@@ -323,9 +323,31 @@ def assess_payload(message: Message, payload: dict[str, Any], index: TriggerInde
     return Assessment(message, IGNORED, None, payload, decisions)
 
 
+def check_size(message: Message, max_bytes: int) -> None:
+    """Refuse a message whose value, key and headers (names and values) exceed `max_bytes`.
+
+    Everything the message makes the orchestrator store and copy counts: the value's bytes,
+    the key's bytes, and each header's name (UTF-8) and value bytes.
+    """
+    value = len(message.value or b"")
+    key = len(message.key or b"")
+    headers = sum(
+        len(k.encode("utf-8", "surrogateescape") if isinstance(k, str) else k or b"") + len(v or b"")
+        for k, v in message.headers
+    )
+    total = value + key + headers
+    if total > max_bytes:
+        raise Rejected(
+            f"event is {total} bytes, over the limit of {max_bytes} bytes "
+            f"(ORCHESTRATOR_MAX_EVENT_BYTES), counting the value ({value}), the key ({key}) "
+            f"and the headers' names and values ({headers})"
+        )
+
+
 def assess(message: Message, index: TriggerIndex, max_bytes: int) -> Assessment:
     """Decode a message and evaluate the triggers on its topic; never raises for bad input."""
     try:
+        check_size(message, max_bytes)
         payload = decode(message.value, max_bytes)
     except Rejected as exc:
         return Assessment(message, REJECTED, str(exc))

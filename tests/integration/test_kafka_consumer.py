@@ -183,6 +183,37 @@ def test_each_kind_of_bad_event_lands_in_the_dead_letter_topic_while_good_ones_s
     assert consumer.process.poll() is None, "a bad event stopped the consumer"
 
 
+def test_an_oversized_key_or_headers_reject_the_event_like_an_oversized_value(
+    runtime, kafka, topic_prefix, start_consumer
+):
+    bad = topic(topic_prefix, "bad")
+    kafka.create_topic(bad, partitions=1)
+    consumer = start_consumer()
+    big_key = "k" * TEST_MAX_EVENT_BYTES
+    big_headers = [("trace", b"t" * (TEST_MAX_EVENT_BYTES // 2)), ("span", b"s" * (TEST_MAX_EVENT_BYTES // 2))]
+    kafka.publish(bad, {"n": 1}, key="small")
+    kafka.publish(bad, {"n": 2}, key=big_key)
+    kafka.publish(bad, {"n": 3}, key="small", headers=big_headers)
+    kafka.publish(bad, {"n": 4}, key="small")
+    kafka.flush()
+    events_recorded(runtime, 4)
+
+    from sqlalchemy import text
+
+    with runtime.db.connect() as conn:
+        events = conn.execute(text('SELECT "offset", outcome, reason FROM events ORDER BY "offset"')).all()
+    assert [e.outcome for e in events] == ["matched", "rejected", "rejected", "matched"]
+    limit = f"over the limit of {TEST_MAX_EVENT_BYTES} bytes (ORCHESTRATOR_MAX_EVENT_BYTES)"
+    assert limit in events[1].reason and f"the key ({TEST_MAX_EVENT_BYTES})" in events[1].reason
+    assert limit in events[2].reason
+    assert f"the headers' names and values ({TEST_MAX_EVENT_BYTES + 9})" in events[2].reason
+    letters = wait_for(lambda: len(kafka.read_all(bad + ".dlq")) == 2 and kafka.read_all(bad + ".dlq"),
+                       30, 0.5, "both oversized events in the dead-letter topic")
+    assert sorted(letter.key == big_key.encode() for letter in letters) == [False, True]
+    assert wait_for(lambda: count(runtime, "SELECT count(*) FROM runs") == 2 or None, 30, 0.2, "two runs")
+    assert consumer.process.poll() is None
+
+
 def test_a_workflow_whose_planning_fails_does_not_stop_the_others_the_event_matched(
     runtime, kafka, topic_prefix, start_consumer
 ):
