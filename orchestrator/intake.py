@@ -22,6 +22,7 @@ import copy
 import hashlib
 import json
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,10 @@ class Assessment:
     reason: str | None = None
     payload: dict[str, Any] | None = None
     decisions: list[Decision] = field(default_factory=list)
+    #: Set when the message is already recorded as this event (a redelivery): its triggers
+    #: were not evaluated again, `outcome` and `reason` are the recorded ones, and nothing
+    #: more is written for it.
+    event_id: int | None = None
 
     @property
     def to_start(self) -> list[Decision]:
@@ -311,9 +316,21 @@ def decide(workflow: Workflow, triggers: list[KafkaTrigger], payload: dict[str, 
     return Decision(workflow.name, IGNORED)
 
 
-def assess_payload(message: Message, payload: dict[str, Any], index: TriggerIndex) -> Assessment:
+#: Per workflow, seconds spent deciding and events decided (see `assess`).
+Timings = dict[str, tuple[float, int]]
+
+
+def assess_payload(
+    message: Message, payload: dict[str, Any], index: TriggerIndex, timings: Timings | None = None
+) -> Assessment:
     """Evaluate every workflow with a trigger on the message's topic."""
-    decisions = [decide(w, triggers, payload) for w, triggers in index.for_topic(message.topic)]
+    decisions = []
+    for workflow, triggers in index.for_topic(message.topic):
+        started = time.perf_counter()
+        decisions.append(decide(workflow, triggers, payload))
+        if timings is not None:
+            seconds, events = timings.get(workflow.name, (0.0, 0))
+            timings[workflow.name] = (seconds + time.perf_counter() - started, events + 1)
     rejected = [d for d in decisions if d.outcome == REJECTED]
     if rejected:
         reason = "; ".join(f"workflow {d.workflow!r}: {d.reason}" for d in rejected)
@@ -344,14 +361,20 @@ def check_size(message: Message, max_bytes: int) -> None:
         )
 
 
-def assess(message: Message, index: TriggerIndex, max_bytes: int) -> Assessment:
-    """Decode a message and evaluate the triggers on its topic; never raises for bad input."""
+def assess(
+    message: Message, index: TriggerIndex, max_bytes: int, timings: Timings | None = None
+) -> Assessment:
+    """Decode a message and evaluate the triggers on its topic; never raises for bad input.
+
+    `timings`, when given, accumulates the time each workflow's triggers took (user code
+    runs on the consumer's loop, so the consumer watches it).
+    """
     try:
         check_size(message, max_bytes)
         payload = decode(message.value, max_bytes)
     except Rejected as exc:
         return Assessment(message, REJECTED, str(exc))
-    return assess_payload(message, payload, index)
+    return assess_payload(message, payload, index, timings)
 
 
 # -- text for storage -----------------------------------------------------------------

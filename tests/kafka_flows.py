@@ -8,6 +8,7 @@ Steps count their executions in Redis (see `tests.flows.record`).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from orchestrator import Concurrency, StepContext, Workflow, kafka_trigger
@@ -126,3 +127,25 @@ split_bug = _UnroutableWorkflow("split-bug", triggers=[kafka_trigger(topic("spli
 @split_bug.step
 def never_routed(ctx: StepContext) -> None:
     record(ctx)
+
+
+# -- slow: a match function that takes a second per event ----------------------------------
+#: Seconds the slow trigger's match function takes per event.
+SLOW_MATCH_SECONDS = 1.0
+
+
+def _slow_match(event: dict) -> bool:
+    """Counts its calls per event in Redis (`match:<i>`), then takes its time."""
+    from tests.flows import side_channel
+
+    side_channel().incr(f"match:{event.get('i')}")
+    time.sleep(SLOW_MATCH_SECONDS)
+    return True
+
+
+slow = Workflow("slow-match", triggers=[kafka_trigger(topic("slow"), match=_slow_match)])
+
+
+@slow.step
+def after_slow_match(ctx: StepContext) -> int:
+    return ctx.input.get("i", 0)

@@ -246,6 +246,46 @@ def test_a_workflow_whose_planning_fails_does_not_stop_the_others_the_event_matc
     assert consumer.process.poll() is None
 
 
+def test_a_slow_match_function_slows_the_consumer_down_but_never_stalls_it(
+    runtime, settings, kafka, topic_prefix, start_consumer, side_channel
+):
+    # Each event takes SLOW_MATCH_SECONDS to assess and a batch holds all of them: assessed
+    # in one go it would outlast the poll interval, lose the partitions, and start over.
+    from tests.faults.harness import committed_offsets
+    from tests.kafka_flows import SLOW_MATCH_SECONDS
+
+    slow = topic(topic_prefix, "slow")
+    kafka.create_topic(slow, partitions=2)
+    total, poll_interval = 20, 12
+    assert total * SLOW_MATCH_SECONDS > poll_interval
+    consumer = start_consumer(ORCHESTRATOR_KAFKA_MAX_POLL_INTERVAL=str(poll_interval))
+    started = time.monotonic()
+    for i in range(total):
+        kafka.publish(slow, {"i": i}, partition=i % 2)
+    kafka.flush()
+
+    def committed() -> int:
+        return sum(o for (t, _), o in committed_offsets(settings.kafka_bootstrap, settings.kafka_group).items()
+                   if t == slow)
+
+    wait_for(lambda: committed() == total or None, 30 + 2 * total * SLOW_MATCH_SECONDS, 0.5,
+             f"the group to commit all {total} offsets of {slow}")
+    elapsed = time.monotonic() - started
+    time.sleep(1.0)  # anything still in flight would show up as an extra row or call now
+    assert count(runtime, "SELECT count(*) FROM events") == total
+    assert count(runtime, 'SELECT count(DISTINCT ("partition", "offset")) FROM events') == total
+    assert count(runtime, "SELECT count(*) FROM runs") == total
+    assert count(runtime, "SELECT count(DISTINCT event_id) FROM runs") == total
+    calls = {i: int(side_channel.get(f"match:{i}") or 0) for i in range(total)}
+    assert calls == dict.fromkeys(range(total), 1), "a trigger was evaluated again for a recorded event"
+    assert consumer.process.poll() is None
+    output = consumer.output()
+    slow_lines = [line for line in output.splitlines() if "assessing events is slow" in line]
+    assert len(slow_lines) == 1, output[-3000:]
+    assert "workflow 'slow-match'" in slow_lines[0] and "s per event" in slow_lines[0]
+    print(f"{total} slow events committed in {elapsed:.1f}s")
+
+
 def test_a_thousand_events_survive_a_consumer_killed_mid_stream(
     runtime, kafka, topic_prefix, start_consumer
 ):
