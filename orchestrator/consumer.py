@@ -2,7 +2,10 @@
 
 The loop, for each poll batch of at most `ORCHESTRATOR_KAFKA_BATCH_SIZE` messages:
 
-1. assess every message (pure: decode, match, map, validate; see `intake`);
+1. recognise the messages already recorded (one query), then assess the others (pure:
+   decode, match, map, validate; see `intake`) until half the poll interval is spent; the
+   rest is fetched again by the next poll, so slow trigger functions slow the consumer down
+   but never make it outlast `ORCHESTRATOR_KAFKA_MAX_POLL_INTERVAL`;
 2. record the batch and start its runs in one database transaction (see `events`);
    first-step messages go to Celery after the commit;
 3. copy the batch's rejected events to their dead-letter topics and wait for the acks;
@@ -31,6 +34,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from itertools import zip_longest
 from typing import Any
 
 from kafka import ConsumerRebalanceListener
@@ -41,9 +45,9 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from .dead_letters import ensure_dead_letter_topics, send_dead_letters
 from .engine import WorkflowEngine
 from .errors import ConfigurationError
-from .events import BatchResult, record_batch
+from .events import BatchResult, record_batch, recorded_events
 from .events import replay_event as replay_event  # the dashboard's replay calls it here
-from .intake import MATCHED, REJECTED, Assessment, Message, TriggerIndex, assess
+from .intake import MATCHED, REJECTED, Assessment, Message, Timings, TriggerIndex, assess
 from .kafka import (
     bootstrap_servers,
     create_consumer,
@@ -68,6 +72,9 @@ KAFKA_CALL_TIMEOUT_MS = 5000
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 #: Seconds between two progress lines in the log.
 REPORT_INTERVAL = 30.0
+#: Fraction of `ORCHESTRATOR_KAFKA_MAX_POLL_INTERVAL` one batch may spend evaluating
+#: triggers; the rest is left for recording it, its dead letters and its offset commit.
+ASSESS_BUDGET = 0.5
 
 
 class Outage:
@@ -121,6 +128,8 @@ class EventConsumer:
         self._uncommitted: dict[TopicPartition, int] = {}
         self._last_message = time.monotonic()
         self._last_report = time.monotonic()
+        #: Workflows whose slow triggers were already reported (see `_too_slow`).
+        self._slow_warned: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -232,9 +241,64 @@ class EventConsumer:
             self.stopping.wait(self.kafka.pause())  # the client returned at once: do not spin
 
     def handle(self, messages: list[Message]) -> BatchResult | None:
-        """Assess, record, dead-letter and commit one batch; rewinds it if a step fails."""
-        return self.handle_assessed(
-            [assess(m, self.index, self.settings.max_event_bytes) for m in messages]
+        """Assess, record, dead-letter and commit one batch; rewinds it if a step fails.
+
+        Messages already recorded (a redelivery) are recognised first, in one query, and
+        their triggers are not evaluated again. Assessing stops once `ASSESS_BUDGET` of the
+        poll interval is spent; what is assessed is recorded and committed, and the rest is
+        fetched again by the next poll, so no batch outlasts the interval however slow the
+        trigger functions are.
+        """
+        try:
+            recorded = recorded_events(self.engine, messages)
+        except (OperationalError, InterfaceError, DisconnectionError) as exc:
+            self.database.down(_first_line(exc))
+            self._rewind(messages)
+            self.stopping.wait(self.database.pause())
+            return None
+        assessments, deferred = self._assess(messages, recorded)
+        self._rewind(deferred)  # first: a failed batch below rewinds further back
+        return self.handle_assessed(assessments)
+
+    def _assess(
+        self, messages: list[Message], recorded: dict[tuple[str, int, int], Assessment]
+    ) -> tuple[list[Assessment], list[Message]]:
+        """Assess messages, partitions taken in turn, until the time budget is spent.
+
+        Returns the assessments and the messages left for the next poll (in each partition,
+        those after the last one assessed). At least one message is always assessed.
+        """
+        budget = self.settings.kafka_max_poll_interval * ASSESS_BUDGET
+        started = time.monotonic()
+        timings: Timings = {}
+        ordered = _interleaved(messages)
+        assessments: list[Assessment] = []
+        for n, message in enumerate(ordered):
+            known = recorded.get((message.topic, message.partition, message.offset))
+            if known is not None:
+                assessments.append(known)
+                continue
+            if n and time.monotonic() - started > budget:
+                self._too_slow(timings, len(assessments), len(ordered), budget)
+                return assessments, ordered[n:]
+            assessments.append(assess(message, self.index, self.settings.max_event_bytes, timings))
+        return assessments, []
+
+    def _too_slow(self, timings: Timings, done: int, total: int, budget: float) -> None:
+        """Say once per workflow that its triggers are too slow for the poll interval."""
+        slowest = max(timings.items(), key=lambda item: item[1][0] / max(1, item[1][1]), default=None)
+        if slowest is None or slowest[0] in self._slow_warned:
+            return
+        name, (seconds, events) = slowest
+        self._slow_warned.add(name)
+        log.warning(
+            "assessing events is slow: workflow %r takes %.2fs per event in its trigger "
+            "(match/input functions run on the consumer's loop); to stay within "
+            "ORCHESTRATOR_KAFKA_MAX_POLL_INTERVAL (%gs) each poll assesses for at most %gs, "
+            "this one %d of %d messages, the rest follow; make trigger functions fast "
+            "(logged once per workflow)",
+            name, seconds / max(1, events), self.settings.kafka_max_poll_interval, budget,
+            done, total,
         )
 
     def handle_assessed(self, assessments: list[Assessment]) -> BatchResult | None:
@@ -413,6 +477,16 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_lost(self, lost: Any) -> None:
         self.service.partitions_lost(lost)
+
+
+def _interleaved(messages: list[Message]) -> list[Message]:
+    """The messages with their partitions taken in turn, each partition's kept in order, so
+    a batch cut short by the time budget still moves every partition forward."""
+    by_partition: dict[tuple[str, int], list[Message]] = {}
+    for m in messages:
+        by_partition.setdefault((m.topic, m.partition), []).append(m)
+    rows = zip_longest(*by_partition.values())
+    return [m for row in rows for m in row if m is not None]
 
 
 def _next_offsets(messages: Iterable[Message]) -> dict[TopicPartition, int]:

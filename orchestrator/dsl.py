@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,15 @@ DEFAULT_BACKOFF = 1.0
 DEFAULT_MAX_BACKOFF = 300.0
 #: Celery queue of steps that do not name one.
 DEFAULT_QUEUE = "orchestrator"
+
+#: Most retries a step may ask for. Attempt counts are stored as 32-bit integers, and the
+#: backoff arithmetic (`backoff * 2**(n-1)`) must stay a float; 1000 is far beyond any use.
+MAX_RETRIES = 1000
+#: Longest `timeout`, `backoff` or `max_backoff`, in seconds (30 days): what SIGALRM, Celery's
+#: countdowns and time limits, and lease arithmetic on datetimes all hold with room to spare.
+MAX_SECONDS = 30 * 24 * 3600
+#: Highest concurrency limit (of a workflow or a step); it is used in SQL `LIMIT` clauses.
+MAX_CONCURRENCY_LIMIT = 1_000_000
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
@@ -87,8 +97,14 @@ class Concurrency:
     strategy: str = "queue"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.limit, int) or isinstance(self.limit, bool) or self.limit < 1:
-            raise WorkflowDefinitionError(f"Concurrency limit={self.limit!r}: use an integer >= 1")
+        if (
+            not isinstance(self.limit, int)
+            or isinstance(self.limit, bool)
+            or not 1 <= self.limit <= MAX_CONCURRENCY_LIMIT
+        ):
+            raise WorkflowDefinitionError(
+                f"Concurrency limit={self.limit!r}: use an integer from 1 to {MAX_CONCURRENCY_LIMIT}"
+            )
         if self.strategy not in STRATEGIES:
             raise WorkflowDefinitionError(
                 f"Concurrency strategy={self.strategy!r}: use one of {', '.join(STRATEGIES)}"
@@ -237,7 +253,7 @@ class Workflow:
                 name=step_name,
                 fn=func,
                 after=self._resolve_after(step_name, after),
-                retries=_non_negative_int(self.name, step_name, "retries", retries),
+                retries=_retry_count(self.name, step_name, "retries", retries),
                 backoff=_non_negative(self.name, step_name, "backoff", backoff),
                 max_backoff=_non_negative(self.name, step_name, "max_backoff", max_backoff),
                 timeout=None if timeout is None else _positive(self.name, step_name, "timeout", timeout),
@@ -380,25 +396,42 @@ def _check_when(workflow: str, step: str, when: Any) -> Condition | None:
     return when
 
 
-def _non_negative_int(workflow: str, step: str, option: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+def _retry_count(workflow: str, step: str, option: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_RETRIES:
         raise WorkflowDefinitionError(
-            f"workflow {workflow!r}: step {step!r} has {option}={value!r}; use an integer >= 0"
+            f"workflow {workflow!r}: step {step!r} has {option}={value!r}; "
+            f"use an integer from 0 to {MAX_RETRIES}"
         )
     return value
 
 
+def _seconds(value: Any, minimum: float, inclusive: bool) -> float | None:
+    """`value` as seconds if it is a real, finite number within [minimum, MAX_SECONDS]."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    seconds = float(value) if not isinstance(value, int) or abs(value) <= MAX_SECONDS else math.inf
+    if not math.isfinite(seconds) or seconds > MAX_SECONDS:
+        return None
+    if seconds < minimum or (not inclusive and seconds == minimum):
+        return None
+    return seconds
+
+
 def _non_negative(workflow: str, step: str, option: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+    seconds = _seconds(value, 0.0, inclusive=True)
+    if seconds is None:
         raise WorkflowDefinitionError(
-            f"workflow {workflow!r}: step {step!r} has {option}={value!r}; use a number >= 0"
+            f"workflow {workflow!r}: step {step!r} has {option}={value!r}; "
+            f"use a finite number of seconds >= 0 and <= {MAX_SECONDS} (30 days)"
         )
-    return float(value)
+    return seconds
 
 
 def _positive(workflow: str, step: str, option: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+    seconds = _seconds(value, 0.0, inclusive=False)
+    if seconds is None:
         raise WorkflowDefinitionError(
-            f"workflow {workflow!r}: step {step!r} has {option}={value!r}; use a number of seconds > 0"
+            f"workflow {workflow!r}: step {step!r} has {option}={value!r}; "
+            f"use a finite number of seconds > 0 and <= {MAX_SECONDS} (30 days)"
         )
-    return float(value)
+    return seconds

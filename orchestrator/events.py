@@ -17,13 +17,14 @@ in bulk.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from .db.inserts import insert_all, insert_ignoring_conflicts
@@ -40,9 +41,12 @@ from .intake import (
     TriggerIndex,
     assess,
     assess_payload,
+    describe_error,
     headers_json,
     text_of,
 )
+
+log = logging.getLogger("orchestrator.events")
 
 
 class EventNotReplayable(OrchestratorError):
@@ -112,6 +116,8 @@ def plan_runs(engine: WorkflowEngine, assessment: Assessment) -> tuple[Assessmen
 
     A run the engine refuses to plan (say, its concurrency key cannot be computed from the
     input) turns that workflow's decision into a rejection, and so the event's outcome.
+    Each workflow is its own failure domain: whatever planning one of them raises (a bug
+    included) is recorded as its reason, and the other workflows the event matched start.
     """
     planned: list[PlannedRun] = []
     refused: dict[str, str] = {}
@@ -126,6 +132,13 @@ def plan_runs(engine: WorkflowEngine, assessment: Assessment) -> tuple[Assessmen
             )
         except OrchestratorError as exc:
             refused[decision.workflow] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one workflow's failure must not stop the others
+            message = assessment.message
+            log.exception("event %s/%s/%s: could not plan a run of workflow %r",
+                          message.topic, message.partition, message.offset, decision.workflow)
+            refused[decision.workflow] = describe_error(
+                exc, f"workflow {decision.workflow!r}: could not plan a run: "
+            )
     if not refused:
         return assessment, planned
     decisions = [
@@ -172,6 +185,35 @@ def insert_runs(
     return [str(p.run["id"]) for p in kept]
 
 
+def recorded_events(engine: WorkflowEngine, messages: Iterable[Message]) -> dict[tuple[str, int, int], Assessment]:
+    """The messages already recorded as events, as their recorded assessments, in one query.
+
+    The consumer asks before evaluating any trigger, so a redelivered batch (after a failed
+    commit or a rebalance) costs one query, not a second run of every trigger function.
+    """
+    wanted = {_key(m): m for m in messages}
+    if not wanted:
+        return {}
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for topic, partition, offset in wanted:
+        low, high = spans.get((topic, partition), (offset, offset))
+        spans[(topic, partition)] = (min(low, offset), max(high, offset))
+    table = Event.__table__
+    query = select(table.c.topic, table.c.partition, table.c.offset, table.c.id,
+                   table.c.outcome, table.c.reason).where(or_(*(
+                       and_(table.c.topic == topic, table.c.partition == partition,
+                            table.c.offset.between(low, high))
+                       for (topic, partition), (low, high) in spans.items()
+                   )))
+    with engine.sessions() as session:
+        found = session.execute(query).all()
+    return {
+        (t, p, o): Assessment(wanted[(t, p, o)], outcome, reason, event_id=event_id)
+        for t, p, o, event_id, outcome, reason in found
+        if (t, p, o) in wanted
+    }
+
+
 # -- services ---------------------------------------------------------------------------
 
 
@@ -184,16 +226,27 @@ def record_batch(
 
     Rejected events come back as dead letters, including rejected events recorded by an
     earlier delivery (that delivery may have died before copying them), so the dead-letter
-    topic gets every rejected event at least once.
+    topic gets every rejected event at least once. An assessment with an `event_id` (see
+    `recorded_events`) is such an earlier one: nothing is planned or written for it.
     """
     received_at = received_at or datetime.now(UTC)
     unique: dict[tuple[str, int, int], Assessment] = {}
     plans: dict[tuple[str, int, int], list[PlannedRun]] = {}
+    known: dict[tuple[str, int, int], Assessment] = {}
     for assessment in assessments:
         key = _key(assessment.message)
-        if key not in unique:
+        if key in unique or key in known:
+            continue
+        if assessment.event_id is not None:
+            known[key] = assessment
+        else:
             unique[key], plans[key] = plan_runs(engine, assessment)
-    result = BatchResult()
+    result = BatchResult(duplicates=len(known))
+    for assessment in known.values():
+        if assessment.outcome == REJECTED and assessment.event_id is not None:
+            result.dead_letters.append(
+                DeadLetter(assessment.message, assessment.reason or "rejected", assessment.event_id)
+            )
     if not unique:
         return result
     with engine.transaction() as (session, outbox):
@@ -227,7 +280,7 @@ def record_batch(
                         DeadLetter(assessment.message, reason or "rejected", event_id)
                     )
         result.recorded = len(new_ids)
-        result.duplicates = len(unique) - len(new_ids)
+        result.duplicates += len(unique) - len(new_ids)
         result.run_ids = insert_runs(engine, session, outbox, to_insert)
     return result
 

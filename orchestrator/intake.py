@@ -1,7 +1,7 @@
 """Intake: what becomes of one Kafka message. Pure logic, no I/O, unit-tested.
 
-A message is first decoded: its value must be at most `max_bytes` long, UTF-8 JSON, and a
-JSON object. Then every loaded workflow with a trigger on the message's topic gets one
+A message is first decoded: its value, key and headers together must be at most `max_bytes`
+long (see `check_size`), and its value UTF-8 JSON and a JSON object. Then every loaded workflow with a trigger on the message's topic gets one
 `Decision` (one per (event, workflow) pair, so a workflow with two triggers on a topic still
 starts at most one run; its first trigger that matches decides the input and dedupe key):
 
@@ -22,6 +22,7 @@ import copy
 import hashlib
 import json
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,10 @@ class Assessment:
     reason: str | None = None
     payload: dict[str, Any] | None = None
     decisions: list[Decision] = field(default_factory=list)
+    #: Set when the message is already recorded as this event (a redelivery): its triggers
+    #: were not evaluated again, `outcome` and `reason` are the recorded ones, and nothing
+    #: more is written for it.
+    event_id: int | None = None
 
     @property
     def to_start(self) -> list[Decision]:
@@ -266,13 +271,18 @@ def dedupe_key(value: str | None) -> str | None:
     return value
 
 
-def _user_error(what: str, exc: BaseException) -> str:
+def describe_error(exc: BaseException, what: str = "") -> str:
+    """`what` and "TypeName: detail" of an exception raised by user code, as a bounded reason."""
     try:
         detail = str(exc)
     except Exception:  # noqa: BLE001 - an exception that cannot even say what it is
         detail = "(unprintable)"
-    text = f"{what} raised {type(exc).__name__}: {detail}"
+    text = f"{what}{type(exc).__name__}: {detail}"
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
+def _user_error(what: str, exc: BaseException) -> str:
+    return describe_error(exc, f"{what} raised ")
 
 
 def decide(workflow: Workflow, triggers: list[KafkaTrigger], payload: dict[str, Any]) -> Decision:
@@ -306,9 +316,21 @@ def decide(workflow: Workflow, triggers: list[KafkaTrigger], payload: dict[str, 
     return Decision(workflow.name, IGNORED)
 
 
-def assess_payload(message: Message, payload: dict[str, Any], index: TriggerIndex) -> Assessment:
+#: Per workflow, seconds spent deciding and events decided (see `assess`).
+Timings = dict[str, tuple[float, int]]
+
+
+def assess_payload(
+    message: Message, payload: dict[str, Any], index: TriggerIndex, timings: Timings | None = None
+) -> Assessment:
     """Evaluate every workflow with a trigger on the message's topic."""
-    decisions = [decide(w, triggers, payload) for w, triggers in index.for_topic(message.topic)]
+    decisions = []
+    for workflow, triggers in index.for_topic(message.topic):
+        started = time.perf_counter()
+        decisions.append(decide(workflow, triggers, payload))
+        if timings is not None:
+            seconds, events = timings.get(workflow.name, (0.0, 0))
+            timings[workflow.name] = (seconds + time.perf_counter() - started, events + 1)
     rejected = [d for d in decisions if d.outcome == REJECTED]
     if rejected:
         reason = "; ".join(f"workflow {d.workflow!r}: {d.reason}" for d in rejected)
@@ -318,13 +340,41 @@ def assess_payload(message: Message, payload: dict[str, Any], index: TriggerInde
     return Assessment(message, IGNORED, None, payload, decisions)
 
 
-def assess(message: Message, index: TriggerIndex, max_bytes: int) -> Assessment:
-    """Decode a message and evaluate the triggers on its topic; never raises for bad input."""
+def check_size(message: Message, max_bytes: int) -> None:
+    """Refuse a message whose value, key and headers (names and values) exceed `max_bytes`.
+
+    Everything the message makes the orchestrator store and copy counts: the value's bytes,
+    the key's bytes, and each header's name (UTF-8) and value bytes.
+    """
+    value = len(message.value or b"")
+    key = len(message.key or b"")
+    headers = sum(
+        len(k.encode("utf-8", "surrogateescape") if isinstance(k, str) else k or b"") + len(v or b"")
+        for k, v in message.headers
+    )
+    total = value + key + headers
+    if total > max_bytes:
+        raise Rejected(
+            f"event is {total} bytes, over the limit of {max_bytes} bytes "
+            f"(ORCHESTRATOR_MAX_EVENT_BYTES), counting the value ({value}), the key ({key}) "
+            f"and the headers' names and values ({headers})"
+        )
+
+
+def assess(
+    message: Message, index: TriggerIndex, max_bytes: int, timings: Timings | None = None
+) -> Assessment:
+    """Decode a message and evaluate the triggers on its topic; never raises for bad input.
+
+    `timings`, when given, accumulates the time each workflow's triggers took (user code
+    runs on the consumer's loop, so the consumer watches it).
+    """
     try:
+        check_size(message, max_bytes)
         payload = decode(message.value, max_bytes)
     except Rejected as exc:
         return Assessment(message, REJECTED, str(exc))
-    return assess_payload(message, payload, index)
+    return assess_payload(message, payload, index, timings)
 
 
 # -- text for storage -----------------------------------------------------------------

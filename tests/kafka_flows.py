@@ -8,8 +8,10 @@ Steps count their executions in Redis (see `tests.flows.record`).
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
-from orchestrator import StepContext, Workflow, kafka_trigger
+from orchestrator import Concurrency, StepContext, Workflow, kafka_trigger
 from tests.flows import record
 
 PREFIX = os.environ.get("ORCHESTRATOR_TEST_TOPIC_PREFIX", "test.")
@@ -87,4 +89,63 @@ load = Workflow("load", triggers=[kafka_trigger(topic("load"), match={"type": "l
 
 @load.step
 def touch(ctx: StepContext) -> int:
+    return ctx.input.get("i", 0)
+
+
+# -- split: one event matches three workflows; planning two of them fails ------------------
+split_ok = Workflow("split-ok", triggers=[kafka_trigger(topic("split"), match={"type": "split"})])
+
+
+@split_ok.step
+def proceed(ctx: StepContext) -> int:
+    record(ctx)
+    return ctx.input["n"]
+
+
+split_key = Workflow(
+    "split-key",
+    triggers=[kafka_trigger(topic("split"), match={"type": "split"})],
+    concurrency=Concurrency(key=lambda data: data["customer"]["id"]),  # KeyError: no customer
+)
+
+
+@split_key.step
+def never_keyed(ctx: StepContext) -> None:
+    record(ctx)
+
+
+class _UnroutableWorkflow(Workflow):
+    """Planning its runs raises something unexpected (as a bug in routing would)."""
+
+    def queue_of(self, step: Any, partition_key: str | None) -> str:
+        raise RuntimeError("routing table unavailable")
+
+
+split_bug = _UnroutableWorkflow("split-bug", triggers=[kafka_trigger(topic("split"), match={"type": "split"})])
+
+
+@split_bug.step
+def never_routed(ctx: StepContext) -> None:
+    record(ctx)
+
+
+# -- slow: a match function that takes a second per event ----------------------------------
+#: Seconds the slow trigger's match function takes per event.
+SLOW_MATCH_SECONDS = 1.0
+
+
+def _slow_match(event: dict) -> bool:
+    """Counts its calls per event in Redis (`match:<i>`), then takes its time."""
+    from tests.flows import side_channel
+
+    side_channel().incr(f"match:{event.get('i')}")
+    time.sleep(SLOW_MATCH_SECONDS)
+    return True
+
+
+slow = Workflow("slow-match", triggers=[kafka_trigger(topic("slow"), match=_slow_match)])
+
+
+@slow.step
+def after_slow_match(ctx: StepContext) -> int:
     return ctx.input.get("i", 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, render_template, request
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from werkzeug.exceptions import HTTPException
 
@@ -47,6 +47,14 @@ def respond(status: int, message: str) -> Any:
     return response, status, headers
 
 
+def too_large(limit: int | None) -> str:
+    """The 413 message, naming the limit (`MAX_BODY_BYTES`) a request body went over."""
+    if not limit:
+        return "request body is too large"
+    size = f"{limit // 1024**2} MiB" if limit % 1024**2 == 0 else f"{limit / 1024:g} KiB"
+    return f"request body is over the limit of {limit} bytes ({size}); a run's input must fit in it"
+
+
 def status_of(exc: OrchestratorError) -> int:
     from orchestrator.events import EventNotReplayable
 
@@ -62,6 +70,8 @@ def status_of(exc: OrchestratorError) -> int:
 def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
+        if exc.code == 413:
+            return respond(413, too_large(current_app.config.get("MAX_CONTENT_LENGTH")))
         return respond(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(OrchestratorError)

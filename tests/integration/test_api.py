@@ -141,7 +141,9 @@ def test_a_body_over_the_size_limit_is_413_json(client):
         "/api/workflows/diamond/runs", data=big, headers={**AUTH, "Content-Type": "application/json"}
     )
     assert response.status_code == 413
-    assert "error" in response.get_json()
+    assert response.get_json()["error"] == (
+        "request body is over the limit of 1048576 bytes (1 MiB); a run's input must fit in it"
+    )
 
 
 # -- authentication ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from orchestrator.db.migrate import upgrade
 from orchestrator.dispatch import RecordingDispatcher
 from orchestrator.engine import WorkflowEngine
 from orchestrator.errors import EventNotFound
-from orchestrator.events import EventNotReplayable, record_batch, replay_event
+from orchestrator.events import EventNotReplayable, record_batch, recorded_events, replay_event
 from orchestrator.intake import Message, TriggerIndex, assess
 from orchestrator.registry import Registry
 from orchestrator.runtime import Runtime
@@ -131,6 +131,24 @@ def test_a_redelivered_batch_records_nothing_and_starts_nothing(recording):
     assert rows(runtime, "SELECT count(*), count(DISTINCT event_id) FROM runs") == [(3, 2)]
     raw = rows(runtime, "SELECT raw, payload FROM events WHERE outcome = 'rejected'")
     assert bytes(raw[0][0]) == b"oops" and raw[0][1] is None
+
+
+def test_recorded_messages_are_recognised_in_one_query_and_not_evaluated_again(recording):
+    engine, runtime, dispatcher = recording
+    events = batch(engine, ("orders", 0, {"type": "order", "id": 1}), ("orders", 2, b"oops"))
+    first = record_batch(engine, events)
+    messages = [e.message for e in events] + [Message("orders", 0, 1, b"{}"), Message("orders", 0, 3, b"{}")]
+    recorded = recorded_events(engine, messages)
+    assert sorted((k, a.outcome, a.event_id is not None) for k, a in recorded.items()) == [
+        (("orders", 0, 0), "matched", True), (("orders", 0, 2), "rejected", True)
+    ]
+    again = record_batch(engine, list(recorded.values()))
+    assert (again.recorded, again.duplicates, again.run_ids) == (0, 2, [])
+    assert [(d.event_id, d.reason) for d in again.dead_letters] == [
+        (first.dead_letters[0].event_id, "not JSON: Expecting value at line 1 column 1")
+    ]
+    assert rows(runtime, "SELECT count(*) FROM events") == [(2,)]
+    assert rows(runtime, "SELECT count(*) FROM runs") == [(2,)]
 
 
 def test_a_dedupe_value_starts_one_run_across_events_and_batches(recording):

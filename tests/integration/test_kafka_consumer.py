@@ -183,6 +183,109 @@ def test_each_kind_of_bad_event_lands_in_the_dead_letter_topic_while_good_ones_s
     assert consumer.process.poll() is None, "a bad event stopped the consumer"
 
 
+def test_an_oversized_key_or_headers_reject_the_event_like_an_oversized_value(
+    runtime, kafka, topic_prefix, start_consumer
+):
+    bad = topic(topic_prefix, "bad")
+    kafka.create_topic(bad, partitions=1)
+    consumer = start_consumer()
+    big_key = "k" * TEST_MAX_EVENT_BYTES
+    big_headers = [("trace", b"t" * (TEST_MAX_EVENT_BYTES // 2)), ("span", b"s" * (TEST_MAX_EVENT_BYTES // 2))]
+    kafka.publish(bad, {"n": 1}, key="small")
+    kafka.publish(bad, {"n": 2}, key=big_key)
+    kafka.publish(bad, {"n": 3}, key="small", headers=big_headers)
+    kafka.publish(bad, {"n": 4}, key="small")
+    kafka.flush()
+    events_recorded(runtime, 4)
+
+    from sqlalchemy import text
+
+    with runtime.db.connect() as conn:
+        events = conn.execute(text('SELECT "offset", outcome, reason FROM events ORDER BY "offset"')).all()
+    assert [e.outcome for e in events] == ["matched", "rejected", "rejected", "matched"]
+    limit = f"over the limit of {TEST_MAX_EVENT_BYTES} bytes (ORCHESTRATOR_MAX_EVENT_BYTES)"
+    assert limit in events[1].reason and f"the key ({TEST_MAX_EVENT_BYTES})" in events[1].reason
+    assert limit in events[2].reason
+    assert f"the headers' names and values ({TEST_MAX_EVENT_BYTES + 9})" in events[2].reason
+    letters = wait_for(lambda: len(kafka.read_all(bad + ".dlq")) == 2 and kafka.read_all(bad + ".dlq"),
+                       30, 0.5, "both oversized events in the dead-letter topic")
+    assert sorted(letter.key == big_key.encode() for letter in letters) == [False, True]
+    assert wait_for(lambda: count(runtime, "SELECT count(*) FROM runs") == 2 or None, 30, 0.2, "two runs")
+    assert consumer.process.poll() is None
+
+
+def test_a_workflow_whose_planning_fails_does_not_stop_the_others_the_event_matched(
+    runtime, kafka, topic_prefix, start_consumer
+):
+    split = topic(topic_prefix, "split")
+    kafka.create_topic(split, partitions=1)
+    consumer = start_consumer()
+    kafka.publish(split, {"type": "split", "n": 1})  # split-key cannot compute its key
+    kafka.publish(split, {"type": "split", "n": 2, "customer": {"id": "c2"}})
+    kafka.flush()
+    events_recorded(runtime, 2)
+
+    from sqlalchemy import text
+
+    with runtime.db.connect() as conn:
+        events = conn.execute(text('SELECT "offset", outcome, reason FROM events ORDER BY "offset"')).all()
+        runs = conn.execute(text(
+            'SELECT e."offset", r.workflow, r.status FROM runs r JOIN events e ON e.id = r.event_id '
+            'ORDER BY e."offset", r.workflow'
+        )).all()
+    assert [(o, w) for o, w, _ in runs] == [(0, "split-ok"), (1, "split-key"), (1, "split-ok")]
+    assert all(status in ("running", "pending") for *_, status in runs), runs
+    assert [outcome for _, outcome, _ in events] == ["rejected", "rejected"]
+    unexpected = "workflow 'split-bug': could not plan a run: RuntimeError: routing table unavailable"
+    assert unexpected in events[0].reason and unexpected in events[1].reason
+    assert "workflow 'split-key': cannot compute the concurrency key: KeyError: 'customer'" in events[0].reason
+    assert "split-key" not in events[1].reason
+    letters = wait_for(lambda: len(kafka.read_all(split + ".dlq")) == 2 or None, 30, 0.5,
+                       "both events in the dead-letter topic")
+    assert letters
+    assert consumer.process.poll() is None
+
+
+def test_a_slow_match_function_slows_the_consumer_down_but_never_stalls_it(
+    runtime, settings, kafka, topic_prefix, start_consumer, side_channel
+):
+    # Each event takes SLOW_MATCH_SECONDS to assess and a batch holds all of them: assessed
+    # in one go it would outlast the poll interval, lose the partitions, and start over.
+    from tests.faults.harness import committed_offsets
+    from tests.kafka_flows import SLOW_MATCH_SECONDS
+
+    slow = topic(topic_prefix, "slow")
+    kafka.create_topic(slow, partitions=2)
+    total, poll_interval = 20, 12
+    assert total * SLOW_MATCH_SECONDS > poll_interval
+    consumer = start_consumer(ORCHESTRATOR_KAFKA_MAX_POLL_INTERVAL=str(poll_interval))
+    started = time.monotonic()
+    for i in range(total):
+        kafka.publish(slow, {"i": i}, partition=i % 2)
+    kafka.flush()
+
+    def committed() -> int:
+        return sum(o for (t, _), o in committed_offsets(settings.kafka_bootstrap, settings.kafka_group).items()
+                   if t == slow)
+
+    wait_for(lambda: committed() == total or None, 30 + 2 * total * SLOW_MATCH_SECONDS, 0.5,
+             f"the group to commit all {total} offsets of {slow}")
+    elapsed = time.monotonic() - started
+    time.sleep(1.0)  # anything still in flight would show up as an extra row or call now
+    assert count(runtime, "SELECT count(*) FROM events") == total
+    assert count(runtime, 'SELECT count(DISTINCT ("partition", "offset")) FROM events') == total
+    assert count(runtime, "SELECT count(*) FROM runs") == total
+    assert count(runtime, "SELECT count(DISTINCT event_id) FROM runs") == total
+    calls = {i: int(side_channel.get(f"match:{i}") or 0) for i in range(total)}
+    assert calls == dict.fromkeys(range(total), 1), "a trigger was evaluated again for a recorded event"
+    assert consumer.process.poll() is None
+    output = consumer.output()
+    slow_lines = [line for line in output.splitlines() if "assessing events is slow" in line]
+    assert len(slow_lines) == 1, output[-3000:]
+    assert "workflow 'slow-match'" in slow_lines[0] and "s per event" in slow_lines[0]
+    print(f"{total} slow events committed in {elapsed:.1f}s")
+
+
 def test_a_thousand_events_survive_a_consumer_killed_mid_stream(
     runtime, kafka, topic_prefix, start_consumer
 ):

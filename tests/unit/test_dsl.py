@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import StepContext, Workflow, WorkflowDefinitionError, kafka_trigger
+from orchestrator import Concurrency, StepContext, Workflow, WorkflowDefinitionError, kafka_trigger
 from orchestrator.registry import Registry
 
 
@@ -66,6 +66,61 @@ def test_bad_step_options_fail_when_decorated(option, value, message):
     flow = Workflow("opts")
     with pytest.raises(WorkflowDefinitionError, match=message.replace("(", r"\(").replace(")", r"\)")):
         flow.step(noop, name="s", **{option: value})
+
+
+#: Out-of-range step options: each is refused when decorated, with the bound in the message.
+OUT_OF_RANGE = [
+    ("retries", 2**31, "retries=2147483648; use an integer from 0 to 1000"),
+    ("retries", 1001, "retries=1001; use an integer from 0 to 1000"),
+    ("retries", True, "retries=True; use an integer from 0 to 1000"),
+    ("retries", "3", "retries='3'; use an integer from 0 to 1000"),
+    ("timeout", float("nan"), "timeout=nan; use a finite number of seconds > 0 and <= 2592000"),
+    ("timeout", float("inf"), "timeout=inf; use a finite number of seconds > 0 and <= 2592000"),
+    ("timeout", 1e30, "timeout=1e+30; use a finite number of seconds > 0 and <= 2592000"),
+    ("timeout", 2592001, "timeout=2592001; use a finite number of seconds > 0 and <= 2592000"),
+    ("timeout", -1, "timeout=-1; use a finite number of seconds > 0"),
+    ("timeout", True, "timeout=True; use a finite number of seconds > 0"),
+    ("backoff", float("inf"), "backoff=inf; use a finite number of seconds >= 0 and <= 2592000"),
+    ("backoff", float("nan"), "backoff=nan; use a finite number of seconds >= 0 and <= 2592000"),
+    ("backoff", 1e30, "backoff=1e+30; use a finite number of seconds >= 0 and <= 2592000"),
+    ("backoff", True, "backoff=True; use a finite number of seconds >= 0"),
+    ("max_backoff", float("nan"), "max_backoff=nan; use a finite number of seconds >= 0 and <= 2592000"),
+    ("max_backoff", float("inf"), "max_backoff=inf; use a finite number of seconds >= 0 and <= 2592000"),
+    ("max_backoff", -1.0, "max_backoff=-1.0; use a finite number of seconds >= 0"),
+    ("concurrency", 2**31, "Concurrency limit=2147483648: use an integer from 1 to 1000000"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), OUT_OF_RANGE)
+def test_step_options_the_engine_cannot_use_fail_when_decorated(option, value, message):
+    flow = Workflow("opts")
+    with pytest.raises(WorkflowDefinitionError) as raised:
+        flow.step(noop, name="s", **{option: value})
+    assert message in str(raised.value)
+    assert "opts" in str(raised.value) or option == "concurrency"
+
+
+def test_step_options_at_their_bounds_are_accepted():
+    flow = Workflow("edges", concurrency=1_000_000)
+    step = flow.step(noop, name="s", retries=1000, timeout=2592000, backoff=0, max_backoff=2592000,
+                     concurrency=1_000_000)
+    assert (step.max_attempts, step.timeout, step.backoff, step.max_backoff) == (1001, 2592000.0, 0.0, 2592000.0)
+    assert flow.step(noop, name="t", timeout=0.001, backoff=2592000).timeout == 0.001
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"concurrency": 2**31}, "Concurrency limit=2147483648: use an integer from 1 to 1000000"),
+        ({"concurrency": Concurrency(limit=2)} | {"partition_by": "k"}, "partition_by already limits"),
+        ({"partition_by": "k", "shards": 2**31}, "shards=2147483648; use an integer from 1 to 1024"),
+        ({"partition_by": "k", "shards": True}, "shards=True; use an integer from 1 to 1024"),
+    ],
+)
+def test_workflow_options_the_engine_cannot_use_fail_when_defined(options, message):
+    with pytest.raises(WorkflowDefinitionError) as raised:
+        Workflow("wide", **options)
+    assert message in str(raised.value)
 
 
 def test_dependency_on_a_step_of_another_workflow_is_rejected():

@@ -77,6 +77,25 @@ def test_a_message_exactly_at_the_size_limit_is_accepted():
     assert decode(body, LIMIT)["pad"].startswith("xxx")
 
 
+def test_the_size_limit_counts_the_key_and_the_headers_too():
+    index = TriggerIndex([workflow("w", kafka_trigger("orders"))])
+    value = json.dumps({"a": 1}).encode()  # 8 bytes
+    big_key = Message("orders", 0, 0, value, key=b"k" * LIMIT)
+    result = assess(big_key, index, LIMIT)
+    assert result.outcome == REJECTED
+    assert result.reason == (
+        f"event is {LIMIT + 8} bytes, over the limit of {LIMIT} bytes (ORCHESTRATOR_MAX_EVENT_BYTES), "
+        f"counting the value (8), the key ({LIMIT}) and the headers' names and values (0)"
+    )
+    big_headers = Message("orders", 0, 1, value, headers=(("trace", b"t" * 510), ("span", b"s" * 510)))
+    result = assess(big_headers, index, LIMIT)
+    assert result.outcome == REJECTED
+    assert f"event is {8 + 1029} bytes, over the limit of {LIMIT} bytes" in result.reason
+    assert "the headers' names and values (1029)" in result.reason
+    at_limit = Message("orders", 0, 2, value, key=b"k" * (LIMIT - 8 - 3), headers=(("h", b"vv"),))
+    assert assess(at_limit, index, LIMIT).outcome == MATCHED
+
+
 def test_deep_nesting_is_rejected_without_exhausting_the_stack():
     shallow = b'{"a": ' * (MAX_NESTING - 1) + b"1" + b"}" * (MAX_NESTING - 1)
     assert decode(shallow, 10**6)
