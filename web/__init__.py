@@ -54,7 +54,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_NAME="orchestrator_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.extra.get("ORCHESTRATOR_WEB_SECURE_COOKIE", "") == "1",
+        SESSION_COOKIE_SECURE=settings.web_secure_cookie,  # and on every HTTPS request
         KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         KAFKA_GROUP=settings.kafka_group,
         POLL_MS=2000,
@@ -71,6 +71,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    auth.init_app(app)
     metrics.init_app(app)
     pages.init_app(app)
 

@@ -3,8 +3,10 @@
 * A mutating API call carries `Authorization: Bearer <ORCHESTRATOR_API_TOKEN>`, compared
   in constant time; anything else is `401`. With no token configured every mutating call
   is refused, so a server never runs open by accident.
-* The dashboard's login form takes the same token and stores only a keyed fingerprint of
-  it in the signed session cookie; changing the token logs every browser out.
+* The dashboard's login form takes the same token. The signed session cookie holds a keyed
+  fingerprint of it (changing the token logs every browser out) and the id of a login
+  recorded in the database (logout ends it everywhere; see `sessions`, which also limits
+  failed logins per client address).
 * Every form that changes something carries a per-session CSRF token (checked in
   constant time); the cookie is `HttpOnly` and `SameSite=Lax`.
 """
@@ -21,8 +23,10 @@ from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
+    Flask,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -30,6 +34,8 @@ from flask import (
     url_for,
 )
 from werkzeug.exceptions import BadRequest, Unauthorized
+
+from . import sessions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,10 +65,23 @@ def _fingerprint() -> str:
 
 
 def logged_in() -> bool:
-    mark = session.get("auth")
-    if not current_app.config.get("API_TOKEN") or not isinstance(mark, str):
-        return False
-    return hmac.compare_digest(mark.encode(), _fingerprint().encode())
+    """A session of the current token whose login is still open on the server (once per request)."""
+    if "logged_in" not in g:
+        mark, login = session.get("auth"), session.get("login")
+        g.logged_in = (
+            bool(current_app.config.get("API_TOKEN"))
+            and isinstance(mark, str)
+            and isinstance(login, str)
+            and hmac.compare_digest(mark.encode(), _fingerprint().encode())
+            and sessions.session_alive(login)
+        )
+    return bool(g.logged_in)
+
+
+def _bearer() -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (scheme case-blind), if any."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
 def require_token(view: F) -> F:
@@ -75,10 +94,10 @@ def require_token(view: F) -> F:
                 "this server has no ORCHESTRATOR_API_TOKEN set, so every mutating call is "
                 "refused; set it and restart"
             )
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
+        presented = _bearer()
+        if presented is None:
             raise Unauthorized("send the API token as 'Authorization: Bearer <token>'")
-        if not token_ok(value.strip()):
+        if not token_ok(presented):
             raise Unauthorized("the API token is not valid")
         return view(*args, **kwargs)
 
@@ -131,13 +150,21 @@ def require_login(view: F) -> F:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    """The login form; a right token sets the session cookie and returns to `next`."""
+    """The login form; a right token opens a login and returns to `next`."""
     target = _local(request.values.get("next")) or url_for("pages.overview")
     configured = bool(current_app.config.get("API_TOKEN"))
     if request.method == "POST":
         check_csrf()
+        address = sessions.client_address()
+        wait = sessions.count_attempt(address)
+        if wait is not None:
+            flash(f"Too many failed logins from your address; try again in {wait} s.", "error")
+            page = render_template("login.html", next=target, configured=configured)
+            return page, 429, {"Retry-After": str(wait)}
         if token_ok(request.form.get("token", "").strip()):
+            sessions.forgive_attempt(address)
             session.clear()
+            session["login"] = sessions.open_session()
             session["auth"] = _fingerprint()
             csrf_token()
             flash("Logged in.", "info")
@@ -149,8 +176,16 @@ def login() -> Any:
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
-    """Forget this browser's login."""
+    """End this login on the server (every copy of the cookie) and forget it here."""
     check_csrf()
+    login = session.get("login")
+    if isinstance(login, str):
+        sessions.close_session(login)
     session.clear()
+    g.pop("logged_in", None)
     flash("Logged out.", "info")
     return redirect(url_for("pages.overview"))
+
+
+def init_app(app: Flask) -> None:
+    sessions.init_app(app)
