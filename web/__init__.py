@@ -2,7 +2,8 @@
 
     api      /api/...           JSON API (bearer token on every mutating call)
     pages    /, /runs, ...      server-rendered dashboard
-    auth     /login, /logout    the dashboard's session login
+    auth     /login, /logout    the dashboard's session login; closed reads
+                                (ORCHESTRATOR_WEB_READ_AUTH=1)
     health   /healthz           database, broker and Kafka reachability
     metrics  /metrics           Prometheus text format
 """
@@ -55,6 +56,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.web_secure_cookie,  # and on every HTTPS request
+        READ_AUTH=settings.web_read_auth,
+        METRICS_PUBLIC=settings.metrics_public,
         KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         KAFKA_GROUP=settings.kafka_group,
         POLL_MS=2000,

@@ -9,6 +9,10 @@
   failed logins per client address).
 * Every form that changes something carries a per-session CSRF token (checked in
   constant time); the cookie is `HttpOnly` and `SameSite=Lax`.
+* Reads are open unless ORCHESTRATOR_WEB_READ_AUTH=1: then every GET except `/healthz`,
+  the login form and the static assets (and `/metrics` with ORCHESTRATOR_METRICS_PUBLIC=1)
+  needs the bearer token or a login; a page sends the reader to the login form, the API
+  answers `401`.
 """
 
 from __future__ import annotations
@@ -36,10 +40,17 @@ from flask import (
 from werkzeug.exceptions import BadRequest, Unauthorized
 
 from . import sessions
+from .errors import wants_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 bp = Blueprint("auth", __name__)
+
+#: Endpoints anyone may read even with ORCHESTRATOR_WEB_READ_AUTH=1: the probe, the login
+#: form, and the stylesheet and scripts it needs (code, no data).
+OPEN_ENDPOINTS = frozenset({"health.healthz", "auth.login", "static"})
+#: Methods that only read; the others have their own guards (token, login and CSRF).
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 def session_secret(api_token: str | None, secret_key: str | None) -> str:
@@ -148,6 +159,28 @@ def require_login(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _gate_reads() -> Any:
+    """With ORCHESTRATOR_WEB_READ_AUTH=1: a read needs the token or a login (module docstring)."""
+    config = current_app.config
+    if not config.get("READ_AUTH") or request.method not in READ_METHODS:
+        return None
+    if request.endpoint in OPEN_ENDPOINTS or (
+        request.blueprint == "metrics" and config.get("METRICS_PUBLIC")
+    ):
+        return None
+    presented = _bearer()
+    if (presented is not None and token_ok(presented)) or logged_in():
+        return None
+    if wants_json():
+        raise Unauthorized(
+            "this server requires the API token to read (ORCHESTRATOR_WEB_READ_AUTH=1); send "
+            "it as 'Authorization: Bearer <token>'"
+            + ("" if config.get("API_TOKEN") else ", once ORCHESTRATOR_API_TOKEN is set")
+        )
+    query = request.query_string.decode("utf-8", "replace")
+    return redirect(url_for("auth.login", next=request.path + ("?" + query if query else "")))
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     """The login form; a right token opens a login and returns to `next`."""
@@ -189,3 +222,4 @@ def logout() -> Any:
 
 def init_app(app: Flask) -> None:
     sessions.init_app(app)
+    app.before_request(_gate_reads)

@@ -1,7 +1,8 @@
 """The dashboard: server-rendered pages, with small static scripts for live updates.
 
-Reading is open, like the API's GETs. Every action (start, retry, cancel, bulk, replay)
-is a form POST that needs a logged-in session and the form's CSRF token (see `auth`).
+Reading is open, like the API's GETs, unless ORCHESTRATOR_WEB_READ_AUTH=1. Every action
+(start, retry, cancel, bulk, replay) is a form POST that needs a logged-in session and the
+form's CSRF token (see `auth`).
 """
 
 from __future__ import annotations
