@@ -37,6 +37,7 @@ from flask import (
     session,
     url_for,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest, Unauthorized
 
 from . import sessions
@@ -87,6 +88,14 @@ def logged_in() -> bool:
             and sessions.session_alive(login)
         )
     return bool(g.logged_in)
+
+
+def shown_logged_in() -> bool:
+    """`logged_in` for templates: an error page still renders while the database is down."""
+    try:
+        return logged_in()
+    except SQLAlchemyError:
+        return False
 
 
 def _bearer() -> str | None:

@@ -19,7 +19,7 @@ from orchestrator import planner as P
 from orchestrator.errors import InvalidInput
 
 from . import context, params, services
-from .auth import csrf_token, logged_in, require_login
+from .auth import csrf_token, require_login, shown_logged_in
 
 bp = Blueprint("pages", __name__)
 
@@ -201,4 +201,4 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals["final_statuses"] = sorted(P.RUN_FINAL)
     # Globals (not a context processor) so that imported macros see them too.
     app.jinja_env.globals["csrf_token"] = csrf_token
-    app.jinja_env.globals["logged_in"] = logged_in
+    app.jinja_env.globals["logged_in"] = shown_logged_in

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 import web.sessions
 from tests.webtools import AUTH, TOKEN, make_app
@@ -161,3 +162,22 @@ def test_failed_logins_are_counted_across_threads_and_web_processes(app, runtime
     for thread in threads:
         thread.join(30)
     assert sorted(statuses) == [401] * 10 + [429] * 6
+
+
+def test_a_login_that_cannot_be_checked_never_breaks_the_page(runtime, monkeypatch):
+    """The sessions table unreachable: closed reads answer the outage page, open ones render."""
+    closed = make_app(runtime, PROPAGATE_EXCEPTIONS=False,
+                      SETTINGS=runtime.settings.with_(web_read_auth=True)).test_client()
+    opened = make_app(runtime, PROPAGATE_EXCEPTIONS=False).test_client()
+    log_in(closed)
+    log_in(opened)
+
+    def down(_login: str) -> bool:
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(web.sessions, "session_alive", down)
+    response = closed.get("/runs")
+    assert response.status_code == 503
+    assert "cannot reach the database" in response.get_data(as_text=True)
+    response = opened.get("/runs")
+    assert response.status_code == 200 and "Log out" not in response.get_data(as_text=True)
