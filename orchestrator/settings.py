@@ -84,6 +84,21 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return _number(env, name, default, int, "a whole number", lambda v: v > 0, "greater than 0")
 
 
+#: Words ORCHESTRATOR_* on/off switches accept (case-insensitive); unset or empty is off.
+FLAG_ON = ("1", "true", "yes", "on")
+FLAG_OFF = ("0", "false", "no", "off")
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return False
+    word = raw.strip().lower()
+    if word not in FLAG_ON + FLAG_OFF:
+        raise ConfigurationError(f"{name}={raw!r} must be 1 or 0 (or true/false, yes/no, on/off)")
+    return word in FLAG_ON
+
+
 def normalise_database_url(url: str) -> str:
     """Use the psycopg 3 driver for plain `postgresql://` URLs."""
     for prefix in ("postgresql://", "postgres://"):
@@ -112,6 +127,13 @@ class Settings:
     web_port: int = DEFAULT_WEB_PORT
     #: Signs the dashboard's session cookie; derived from `api_token` when unset.
     secret_key: str | None = field(default=None, repr=False)
+    #: Every page and GET needs the token or a login (not /healthz, nor /metrics when
+    #: `metrics_public`); off, reads are open to anyone who reaches the port.
+    web_read_auth: bool = False
+    #: /metrics stays open when `web_read_auth` closes the rest.
+    metrics_public: bool = False
+    #: The session cookie is `Secure` even on a plain-HTTP request (TLS ends at a proxy).
+    web_secure_cookie: bool = False
     #: Kafka bootstrap servers ("host:port[,host:port]"); None: no Kafka configured
     #: (`orchestrator dev` then starts the embedded broker).
     kafka_bootstrap: str | None = None
@@ -145,6 +167,9 @@ class Settings:
             web_host=env.get("ORCHESTRATOR_WEB_HOST") or DEFAULT_WEB_HOST,
             web_port=_port(env, "ORCHESTRATOR_WEB_PORT", DEFAULT_WEB_PORT),
             secret_key=env.get("ORCHESTRATOR_SECRET_KEY") or None,
+            web_read_auth=_flag(env, "ORCHESTRATOR_WEB_READ_AUTH"),
+            metrics_public=_flag(env, "ORCHESTRATOR_METRICS_PUBLIC"),
+            web_secure_cookie=_flag(env, "ORCHESTRATOR_WEB_SECURE_COOKIE"),
             kafka_bootstrap=env.get("ORCHESTRATOR_KAFKA_BOOTSTRAP") or None,
             kafka_group=env.get("ORCHESTRATOR_KAFKA_GROUP") or DEFAULT_KAFKA_GROUP,
             max_event_bytes=_positive_int(env, "ORCHESTRATOR_MAX_EVENT_BYTES", DEFAULT_MAX_EVENT_BYTES),

@@ -2,7 +2,8 @@
 
     api      /api/...           JSON API (bearer token on every mutating call)
     pages    /, /runs, ...      server-rendered dashboard
-    auth     /login, /logout    the dashboard's session login
+    auth     /login, /logout    the dashboard's session login; closed reads
+                                (ORCHESTRATOR_WEB_READ_AUTH=1)
     health   /healthz           database, broker and Kafka reachability
     metrics  /metrics           Prometheus text format
 """
@@ -54,7 +55,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_NAME="orchestrator_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.extra.get("ORCHESTRATOR_WEB_SECURE_COOKIE", "") == "1",
+        SESSION_COOKIE_SECURE=settings.web_secure_cookie,  # and on every HTTPS request
+        READ_AUTH=settings.web_read_auth,
+        METRICS_PUBLIC=settings.metrics_public,
         KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         KAFKA_GROUP=settings.kafka_group,
         POLL_MS=2000,
@@ -71,6 +74,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    auth.init_app(app)
     metrics.init_app(app)
     pages.init_app(app)
 

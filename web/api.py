@@ -1,6 +1,7 @@
 """The JSON API under /api; documented by the OpenAPI document at /api/openapi.json.
 
-Reads are open; every call that changes state needs the bearer token (see `auth`).
+Reads are open unless ORCHESTRATOR_WEB_READ_AUTH=1; every call that changes state needs the
+bearer token (see `auth`).
 Lists are newest first and paged by an opaque keyset cursor (`next_cursor`).
 """
 

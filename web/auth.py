@@ -3,10 +3,16 @@
 * A mutating API call carries `Authorization: Bearer <ORCHESTRATOR_API_TOKEN>`, compared
   in constant time; anything else is `401`. With no token configured every mutating call
   is refused, so a server never runs open by accident.
-* The dashboard's login form takes the same token and stores only a keyed fingerprint of
-  it in the signed session cookie; changing the token logs every browser out.
+* The dashboard's login form takes the same token. The signed session cookie holds a keyed
+  fingerprint of it (changing the token logs every browser out) and the id of a login
+  recorded in the database (logout ends it everywhere; see `sessions`, which also limits
+  failed logins per client address).
 * Every form that changes something carries a per-session CSRF token (checked in
   constant time); the cookie is `HttpOnly` and `SameSite=Lax`.
+* Reads are open unless ORCHESTRATOR_WEB_READ_AUTH=1: then every GET except `/healthz`,
+  the login form and the static assets (and `/metrics` with ORCHESTRATOR_METRICS_PUBLIC=1)
+  needs the bearer token or a login; a page sends the reader to the login form, the API
+  answers `401`.
 """
 
 from __future__ import annotations
@@ -21,19 +27,31 @@ from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
+    Flask,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
     session,
     url_for,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest, Unauthorized
+
+from . import sessions
+from .errors import wants_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 bp = Blueprint("auth", __name__)
+
+#: Endpoints anyone may read even with ORCHESTRATOR_WEB_READ_AUTH=1: the probe, the login
+#: form, and the stylesheet and scripts it needs (code, no data).
+OPEN_ENDPOINTS = frozenset({"health.healthz", "auth.login", "static"})
+#: Methods that only read; the others have their own guards (token, login and CSRF).
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 def session_secret(api_token: str | None, secret_key: str | None) -> str:
@@ -59,10 +77,31 @@ def _fingerprint() -> str:
 
 
 def logged_in() -> bool:
-    mark = session.get("auth")
-    if not current_app.config.get("API_TOKEN") or not isinstance(mark, str):
+    """A session of the current token whose login is still open on the server (once per request)."""
+    if "logged_in" not in g:
+        mark, login = session.get("auth"), session.get("login")
+        g.logged_in = (
+            bool(current_app.config.get("API_TOKEN"))
+            and isinstance(mark, str)
+            and isinstance(login, str)
+            and hmac.compare_digest(mark.encode(), _fingerprint().encode())
+            and sessions.session_alive(login)
+        )
+    return bool(g.logged_in)
+
+
+def shown_logged_in() -> bool:
+    """`logged_in` for templates: an error page still renders while the database is down."""
+    try:
+        return logged_in()
+    except SQLAlchemyError:
         return False
-    return hmac.compare_digest(mark.encode(), _fingerprint().encode())
+
+
+def _bearer() -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (scheme case-blind), if any."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
 def require_token(view: F) -> F:
@@ -75,10 +114,10 @@ def require_token(view: F) -> F:
                 "this server has no ORCHESTRATOR_API_TOKEN set, so every mutating call is "
                 "refused; set it and restart"
             )
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
+        presented = _bearer()
+        if presented is None:
             raise Unauthorized("send the API token as 'Authorization: Bearer <token>'")
-        if not token_ok(value.strip()):
+        if not token_ok(presented):
             raise Unauthorized("the API token is not valid")
         return view(*args, **kwargs)
 
@@ -129,15 +168,45 @@ def require_login(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _gate_reads() -> Any:
+    """With ORCHESTRATOR_WEB_READ_AUTH=1: a read needs the token or a login (module docstring)."""
+    config = current_app.config
+    if not config.get("READ_AUTH") or request.method not in READ_METHODS:
+        return None
+    if request.endpoint in OPEN_ENDPOINTS or (
+        request.blueprint == "metrics" and config.get("METRICS_PUBLIC")
+    ):
+        return None
+    presented = _bearer()
+    if (presented is not None and token_ok(presented)) or logged_in():
+        return None
+    if wants_json():
+        raise Unauthorized(
+            "this server requires the API token to read (ORCHESTRATOR_WEB_READ_AUTH=1); send "
+            "it as 'Authorization: Bearer <token>'"
+            + ("" if config.get("API_TOKEN") else ", once ORCHESTRATOR_API_TOKEN is set")
+        )
+    query = request.query_string.decode("utf-8", "replace")
+    return redirect(url_for("auth.login", next=request.path + ("?" + query if query else "")))
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    """The login form; a right token sets the session cookie and returns to `next`."""
+    """The login form; a right token opens a login and returns to `next`."""
     target = _local(request.values.get("next")) or url_for("pages.overview")
     configured = bool(current_app.config.get("API_TOKEN"))
     if request.method == "POST":
         check_csrf()
+        address = sessions.client_address()
+        wait = sessions.count_attempt(address)
+        if wait is not None:
+            flash(f"Too many failed logins from your address; try again in {wait} s.", "error")
+            page = render_template("login.html", next=target, configured=configured)
+            return page, 429, {"Retry-After": str(wait)}
         if token_ok(request.form.get("token", "").strip()):
+            sessions.forgive_attempt(address)
             session.clear()
+            session["login"] = sessions.open_session()
             session["auth"] = _fingerprint()
             csrf_token()
             flash("Logged in.", "info")
@@ -149,8 +218,17 @@ def login() -> Any:
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
-    """Forget this browser's login."""
+    """End this login on the server (every copy of the cookie) and forget it here."""
     check_csrf()
+    login = session.get("login")
+    if isinstance(login, str):
+        sessions.close_session(login)
     session.clear()
+    g.pop("logged_in", None)
     flash("Logged out.", "info")
     return redirect(url_for("pages.overview"))
+
+
+def init_app(app: Flask) -> None:
+    sessions.init_app(app)
+    app.before_request(_gate_reads)

@@ -48,6 +48,10 @@ SINCE = _query(
 )
 SECURED = [{"bearer": []}]
 UNAUTHORIZED = _error("Missing or wrong bearer token")
+#: Every read but /healthz can answer this when the server closes reads.
+READ_UNAUTHORIZED = _error(
+    "Missing or wrong bearer token, on a server that closes reads (ORCHESTRATOR_WEB_READ_AUTH=1)"
+)
 
 _BULK_BODY = {"required": True, "content": {"application/json": {"schema": ref("BulkRequest")}}}
 
@@ -220,6 +224,10 @@ PATHS: dict[str, Any] = {
     },
 }
 
+for _path, _ops in PATHS.items():
+    if "get" in _ops and _path != "/healthz":
+        _ops["get"]["responses"].setdefault("401", READ_UNAUTHORIZED)
+
 
 def document() -> dict[str, Any]:
     return {
@@ -229,7 +237,8 @@ def document() -> dict[str, Any]:
             "version": "1",
             "description": "Runs, steps and events of the orchestrator. Errors are "
             '`{"error": "..."}`. Every mutating call needs `Authorization: Bearer '
-            "<ORCHESTRATOR_API_TOKEN>`. Lists are newest first; pass `next_cursor` back "
+            "<ORCHESTRATOR_API_TOKEN>`; every read but `/healthz` needs it too when the server "
+            "sets ORCHESTRATOR_WEB_READ_AUTH=1. Lists are newest first; pass `next_cursor` back "
             "as `cursor` for the next page.",
         },
         "paths": PATHS,

@@ -1,7 +1,8 @@
 """The dashboard: server-rendered pages, with small static scripts for live updates.
 
-Reading is open, like the API's GETs. Every action (start, retry, cancel, bulk, replay)
-is a form POST that needs a logged-in session and the form's CSRF token (see `auth`).
+Reading is open, like the API's GETs, unless ORCHESTRATOR_WEB_READ_AUTH=1. Every action
+(start, retry, cancel, bulk, replay) is a form POST that needs a logged-in session and the
+form's CSRF token (see `auth`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from orchestrator import planner as P
 from orchestrator.errors import InvalidInput
 
 from . import context, params, services
-from .auth import csrf_token, logged_in, require_login
+from .auth import csrf_token, require_login, shown_logged_in
 
 bp = Blueprint("pages", __name__)
 
@@ -200,4 +201,4 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals["final_statuses"] = sorted(P.RUN_FINAL)
     # Globals (not a context processor) so that imported macros see them too.
     app.jinja_env.globals["csrf_token"] = csrf_token
-    app.jinja_env.globals["logged_in"] = logged_in
+    app.jinja_env.globals["logged_in"] = shown_logged_in

@@ -206,3 +206,27 @@ class Attempt(Base):
     logs: Mapped[Any] = mapped_column(Json, default=list)
 
     step: Mapped[StepRun] = relationship(back_populates="attempt_rows")
+
+
+class WebSession(Base):
+    """A dashboard login. The cookie carries a random id and this table only its SHA-256,
+    so logging out (deleting the row) ends that login for every copy of the cookie, on
+    every web process."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_expires", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class LoginFailures(Base):
+    """Login attempts of one client address in its current window (the failed-login limit)."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_window_start", "window_start"),)
+
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(Timestamp)
+    failures: Mapped[int] = mapped_column(Integer)

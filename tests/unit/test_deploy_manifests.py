@@ -348,6 +348,17 @@ def test_pods_get_all_settings_from_the_configmap_and_secret() -> None:
             assert len(refs) == 2, f"{name}/{container['name']} misses settings"
 
 
+def test_the_web_pods_refuse_anonymous_reads() -> None:
+    env: dict[str, str] = {}
+    for cm in named("ConfigMap").values():
+        env.update(cm["data"])
+    for secret in named("Secret").values():
+        env.update(secret["stringData"])
+    settings = Settings.from_env(env)
+    assert settings.web_read_auth, "deploy/kubernetes/ must set ORCHESTRATOR_WEB_READ_AUTH=1"
+    assert settings.api_token, "closed reads need a token to open them"
+
+
 def test_containers_run_real_commands_as_non_root() -> None:
     for name, spec in pod_specs():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
