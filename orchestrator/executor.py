@@ -130,6 +130,12 @@ def _describe(exc: BaseException) -> str:
     return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
+def interrupts_ignored() -> bool:
+    """True in a process that ignores SIGINT, as Celery's pool children do: a KeyboardInterrupt
+    there was raised by the step itself, and is that attempt's failure like any exception."""
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
 def record_outcome(engine: WorkflowEngine, claim: Claim, outcome: Outcome) -> None:
     """`engine.finish`, tried again while the database is unreachable (a restart, a failover).
 
@@ -188,9 +194,9 @@ def execute(
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
         except StepTimeout as exc:
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
-        except KeyboardInterrupt:
-            raise  # the worker is being stopped: the step's lease settles it
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            if isinstance(exc, KeyboardInterrupt) and not interrupts_ignored():
+                raise  # Ctrl-C where steps run in-process: stop, it is not the step's failure
             try:
                 tb = printable(traceback.format_exc())
             except Exception:  # noqa: BLE001
