@@ -43,6 +43,8 @@ log = logging.getLogger("orchestrator.leases")
 #: Environment variable through which `orchestrator worker` tells its pool children where its
 #: lease board is (set by the worker for its own processes; not a setting).
 BOARD_ENV = "ORCHESTRATOR_WORKER_LEASE_BOARD"
+#: Start of the name of a board's directory (in the system's temporary directory).
+PREFIX = "orchestrator-leases-"
 #: Suffix of a registered attempt's file on the board.
 SUFFIX = ".lease"
 
@@ -96,9 +98,20 @@ class LeaseBoard:
 
     @classmethod
     def create(cls) -> LeaseBoard:
+        """A new board for this process's worker; removes those left by workers killed outright
+        (named after the worker's pid and start time, so a reused pid is not taken for its own)."""
         import tempfile
 
-        return cls(Path(tempfile.mkdtemp(prefix="orchestrator-leases-")))
+        root = Path(tempfile.gettempdir())
+        for old in root.glob(f"{PREFIX}*-*-*"):
+            try:
+                _, pid, started, _ = old.name.rsplit("-", 3)
+                if process_start(int(pid)) != int(started):
+                    shutil.rmtree(old, ignore_errors=True)
+            except ValueError:
+                continue
+        me = os.getpid()
+        return cls(Path(tempfile.mkdtemp(prefix=f"{PREFIX}{me}-{process_start(me)}-", dir=root)))
 
     @classmethod
     def from_env(cls) -> LeaseBoard | None:

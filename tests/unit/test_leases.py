@@ -49,3 +49,14 @@ def test_the_board_lists_attempts_of_live_processes_and_forgets_the_others(tmp_p
     board.unregister(claim(1))
     assert board.alive() == []
     board.unregister(claim(1))  # twice: nothing to do
+
+
+def test_a_new_board_removes_those_of_workers_killed_outright(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f"orchestrator-leases-{dead.pid}-123-abc"
+    left.mkdir()
+    live = LeaseBoard.create()
+    assert not left.exists()
+    assert LeaseBoard.create().directory.exists() and live.directory.exists()
