@@ -558,19 +558,19 @@ class WorkflowEngine:
             )
             outbox.append(message)
 
-    def heartbeat(self, claims: Iterable[Claim]) -> None:
-        """Extend the lease of steps this process is still running."""
-        claims = list(claims)
-        if not claims:
+    def heartbeat(self, leases: Iterable[tuple[int, int]]) -> None:
+        """Extend the leases of attempts still running, given as (step id, attempt number)."""
+        leases = list(leases)
+        if not leases:
             return
         until = utcnow() + timedelta(seconds=self.settings.step_lease)
         with self.sessions() as session, session.begin():
-            for claim in claims:
+            for step_id, attempt in leases:
                 session.execute(
                     update(StepRun)
                     .where(
-                        StepRun.id == claim.step_id,
-                        StepRun.attempts == claim.attempt,
+                        StepRun.id == step_id,
+                        StepRun.attempts == attempt,
                         StepRun.status == P.RUNNING,
                     )
                     .values(lease_expires_at=until)

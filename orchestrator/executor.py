@@ -1,4 +1,4 @@
-"""Runs one claimed step attempt in the worker process: timeout, log capture, heartbeat."""
+"""Runs one claimed step attempt in the worker process: timeout, log capture, lease."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from .dsl import StepContext
 from .engine import Claim, Outcome, WorkflowEngine, check_json
 from .errors import InvalidInput
+from .leases import LeaseBoard, renewal_interval
 
 log = logging.getLogger("orchestrator.worker")
 
@@ -80,16 +81,26 @@ def time_limit(seconds: float | None) -> Iterator[None]:
 
 
 class Heartbeats:
-    """One thread per process that extends the leases of the steps it is running."""
+    """Keeps the leases of the attempts this process runs.
 
-    def __init__(self, engine: WorkflowEngine) -> None:
+    In a worker's pool child, attempts are registered on the worker's lease board and its
+    lease keeper, another process, renews them while this process lives (see `leases`): a
+    step that holds the GIL keeps its lease. Where no keeper exists (steps executed in the
+    caller's process, as some tests do) a thread of this process renews them instead.
+    """
+
+    def __init__(self, engine: WorkflowEngine, board: LeaseBoard | None = None) -> None:
         self.engine = engine
+        self.board = board
         self.active: dict[int, Claim] = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
-        self.interval = max(0.2, engine.settings.step_lease / 3)
+        self.interval = renewal_interval(engine.settings.step_lease)
 
     def add(self, claim: Claim) -> None:
+        if self.board is not None:
+            self.board.register(claim)
+            return
         with self.lock:
             self.active[claim.attempt_id] = claim
             if self.thread is None or not self.thread.is_alive():
@@ -97,6 +108,9 @@ class Heartbeats:
                 self.thread.start()
 
     def remove(self, claim: Claim) -> None:
+        if self.board is not None:
+            self.board.unregister(claim)
+            return
         with self.lock:
             self.active.pop(claim.attempt_id, None)
 
@@ -108,7 +122,7 @@ class Heartbeats:
             if not claims:
                 continue
             try:
-                self.engine.heartbeat(claims)
+                self.engine.heartbeat((c.step_id, c.attempt) for c in claims)
             except Exception:  # noqa: BLE001 - the next beat retries; the lease is the backstop
                 log.warning("heartbeat failed", exc_info=True)
 
@@ -128,6 +142,12 @@ def _describe(exc: BaseException) -> str:
     except Exception:  # noqa: BLE001 - an exception whose __str__ raises
         text = f"<unprintable {type(exc).__name__}>"
     return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def interrupts_ignored() -> bool:
+    """True in a process that ignores SIGINT, as Celery's pool children do: a KeyboardInterrupt
+    there was raised by the step itself, and is that attempt's failure like any exception."""
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def record_outcome(engine: WorkflowEngine, claim: Claim, outcome: Outcome) -> None:
@@ -188,9 +208,9 @@ def execute(
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
         except StepTimeout as exc:
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
-        except KeyboardInterrupt:
-            raise  # the worker is being stopped: the step's lease settles it
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            if isinstance(exc, KeyboardInterrupt) and not interrupts_ignored():
+                raise  # Ctrl-C where steps run in-process: stop, it is not the step's failure
             try:
                 tb = printable(traceback.format_exc())
             except Exception:  # noqa: BLE001

@@ -12,7 +12,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, Self
 
 from sqlalchemy import select, text
 
@@ -102,36 +104,33 @@ class OutageGrace:
         return time.monotonic() >= self.until
 
 
-class RecoveryProcess:
-    """The recovery loop in a process of its own, beside a Celery worker.
+class SpawnedProcess:
+    """A loop in a process of its own, beside a Celery worker (the recovery loop, the lease
+    keeper).
 
     A Celery worker forks its pool children from its main process at any time (at start,
     and whenever a child dies). A thread running in that process at the moment of a fork can
     leave a lock held forever in the child (seen: SQLAlchemy's mapper-configuration lock),
-    hanging the child mid-step. So the worker's main process runs no thread of ours: the loop
+    hanging the child mid-step. So the worker's main process runs no thread of ours: each loop
     runs in a *spawned* process (a fresh interpreter, nothing inherited). It is stopped with
-    SIGTERM (it finishes a sweep in progress first), and stops by itself when it finds the
-    worker that started it gone.
+    SIGTERM (it finishes the round in progress first).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, target: Callable[..., None], args: tuple[Any, ...], name: str) -> None:
         import multiprocessing
 
         self.process = multiprocessing.get_context("spawn").Process(
-            target=_recovery_main,
-            args=(settings, os.getpid()),
-            name="orchestrator-recovery",
-            daemon=True,
+            target=target, args=args, name=name, daemon=True
         )
         #: `stopped.set()` asks the loop to stop; safe to call from a signal handler.
         self.stopped = _Stop(self)
 
-    def start(self) -> RecoveryProcess:
+    def start(self) -> Self:
         self.process.start()
         return self
 
     def stop(self, wait: float | None = None) -> None:
-        """Ask the loop to stop; with `wait`, wait that long for a sweep in progress, then kill it."""
+        """Ask the loop to stop; with `wait`, wait that long for a round in progress, then kill it."""
         self.stopped.set()
         deadline = time.monotonic() + (wait or 0)
         while self.process.is_alive() and time.monotonic() < deadline:
@@ -141,8 +140,18 @@ class RecoveryProcess:
             self.process.join(5)
 
 
+class RecoveryProcess(SpawnedProcess):
+    """The recovery loop in a spawned process beside a Celery worker (see `SpawnedProcess`).
+
+    It stops by itself when it finds the worker that started it gone.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(_recovery_main, (settings, os.getpid()), "orchestrator-recovery")
+
+
 class _Stop:
-    def __init__(self, owner: RecoveryProcess) -> None:
+    def __init__(self, owner: SpawnedProcess) -> None:
         self.owner = owner
 
     def set(self) -> None:

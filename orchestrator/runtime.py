@@ -54,8 +54,9 @@ class Runtime:
     @cached_property
     def heartbeats(self):  # type: ignore[no-untyped-def]
         from .executor import Heartbeats
+        from .leases import LeaseBoard
 
-        return Heartbeats(self.engine)
+        return Heartbeats(self.engine, LeaseBoard.from_env())
 
     def close(self) -> None:
         if "engine" in self.__dict__:

@@ -1,11 +1,13 @@
-"""The worker process: a Celery worker, the recovery loop beside it, and a bounded shutdown.
+"""The worker process: a Celery worker, its lease keeper and recovery loop beside it, and a
+bounded shutdown.
 
 SIGTERM (what Kubernetes, Docker and systemd send) starts Celery's warm shutdown:
 
 1. the worker stops taking messages. Those it had reserved but not started were never
    acknowledged (`acks_late`), so they go back to the broker as it disconnects, for another
    worker;
-2. the recovery loop of this process starts no new sweep (and one in progress ends);
+2. the recovery loop of this process starts no new sweep (and one in progress ends); its
+   lease keeper goes on renewing the leases of the steps still running;
 3. the steps it is running finish and record their outcome; the messages of their
    successors go to the broker for other workers;
 4. steps still running `shutdown_timeout` seconds after SIGTERM are handed back
@@ -22,12 +24,14 @@ recovered by their lease, like after a crash).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from celery import signals
 
+from .leases import BOARD_ENV, LeaseBoard, LeaseKeeper
 from .recovery import RecoveryProcess
 from .runtime import Runtime
 
@@ -113,11 +117,21 @@ def run_worker(
     recovery: bool = True,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
 ) -> None:
-    """Run the Celery worker `argv` describes until it shuts down (module docstring)."""
+    """Run the Celery worker `argv` describes until it shuts down (module docstring).
+
+    Beside it run its lease keeper (always: it renews the leases of the steps this worker
+    runs, see `leases`) and, unless `recovery` is False, the recovery loop.
+    """
+    board = LeaseBoard.create()
+    os.environ[BOARD_ENV] = str(board.directory)  # inherited by the pool children
+    keeper = LeaseKeeper(rt.settings, board).start()
     loop = RecoveryProcess(rt.settings).start() if recovery else None
     shutdown = GracefulShutdown(rt, shutdown_timeout, loop).connect()
     try:
         rt.celery.worker_main(list(argv))
     finally:
         shutdown.close()
+        # Last: the pool's children have exited, none of their leases needs renewing.
+        keeper.stop(wait=RECOVERY_STOP_WAIT)
+        os.environ.pop(BOARD_ENV, None)
     log.info("worker stopped")
