@@ -21,6 +21,7 @@ from typing import Any
 
 import jsonschema
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import concurrency as C
@@ -364,8 +365,13 @@ class WorkflowEngine:
             with self.sessions() as session:
                 keys = C.workflow_keys_waiting(session, workflow)
             for key in keys:
-                with self.transaction() as (session, outbox):
-                    started += len(self.admit(session, outbox, workflow, key))
+                try:
+                    with self.transaction() as (session, outbox):
+                        started += len(self.admit(session, outbox, workflow, key))
+                except (OperationalError, InterfaceError, DisconnectionError):
+                    raise
+                except Exception:  # noqa: BLE001 - one bad key must not stop the others
+                    log.exception("could not admit waiting runs of workflow %r, key %r", workflow.name, key)
         return started
 
     def _after_run_change(
@@ -799,6 +805,36 @@ class WorkflowEngine:
             self._fail_attempt(run, workflow, row, error, outbox, now)
             self._settled(session, outbox, run, workflow, row, now)
             return True
+
+    def give_up(self, step_id: int, error: str) -> str | None:
+        """Recovery could not settle a step (`expire_lease` or `redeliver` raised): fail it,
+        and its run, with `error`, using no definition. Returns the run's id, or None if
+        the step was gone or had ended."""
+        now = utcnow()
+        with self.transaction() as (session, outbox):
+            row = session.get(StepRun, step_id)
+            if row is None:
+                return None
+            run = self._lock_run(session, row.run_id)
+            session.refresh(row)
+            if row.status not in (P.RUNNING, P.QUEUED, P.RETRYING):
+                return None
+            attempt = session.scalars(
+                select(Attempt).where(Attempt.step_id == row.id, Attempt.number == row.attempts)
+            ).one_or_none()
+            if row.status == P.RUNNING and attempt is not None and attempt.status == P.RUNNING:
+                attempt.status = P.FAILED
+                attempt.error = error
+                attempt.finished_at = now
+            row.status = P.FAILED
+            row.error = error
+            row.finished_at = now
+            row.lease_expires_at = None
+            if run.status not in P.RUN_FINAL:
+                steps = {s.name: s for s in run.steps}
+                self._apply(run, steps, _failed_now({n: r.status for n, r in steps.items()}, error, now),
+                            outbox, now)
+            return str(run.id)
 
     def hand_back(self, run_id: str, step_name: str, worker: str) -> bool:
         """A worker shutting down gives back a step that it (node `worker`) is still running.

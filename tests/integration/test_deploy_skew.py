@@ -8,20 +8,23 @@ worker never claims a step it has no code for, and a mismatch is a recorded run 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
+from orchestrator import recovery
 from orchestrator.celery_app import CeleryDispatcher
 from orchestrator.dispatch import RecordingDispatcher
 from orchestrator.engine import Outcome, WorkflowEngine
 from orchestrator.errors import DeploySkew, StepNotLoaded
 from orchestrator.registry import load_workflows
 from orchestrator.retention import prune
-from tests.conftest import ROOT, settings_env
+from tests.conftest import ROOT, settings_env, wait_for
 from tests.webtools import AUTH, make_app
 from web.errors import status_of
 
@@ -105,6 +108,85 @@ def test_run_of_an_unloaded_workflow_can_be_shown_cancelled_refused_a_retry_and_
     report = prune(runtime.db, datetime.now(UTC) + timedelta(hours=1))
     assert report.runs == 2
     assert sql(runtime, "SELECT count(*) FROM runs")[0][0] == 0
+
+
+# -- 2. recovery: one poisoned item never stops the sweep ----------------------------------------
+
+
+def poison(runtime, settings, workflow: str = "only-here", step: str = "begin") -> tuple[str, int]:
+    """A running step of `workflow` whose lease lapsed long ago; returns (run id, step id)."""
+    run_id = engine_of(runtime, settings, *WITH_EXTRA, send=False).start_run(workflow, {})
+    sql(runtime, "UPDATE runs SET status = 'running' WHERE id = :r", r=run_id)
+    [(step_id,)] = sql(
+        runtime,
+        "UPDATE steps SET status = 'running', attempts = 1, lease_expires_at = now() - interval '1 hour' "
+        "WHERE run_id = :r AND name = :s RETURNING id", r=run_id, s=step,
+    )
+    sql(runtime, "INSERT INTO attempts (step_id, number, status, worker, started_at, logs) "
+        "VALUES (:s, 1, 'running', 'gone@old', now(), '[]')", s=step_id)
+    return run_id, step_id
+
+
+@pytest.mark.timeout(90)
+def test_a_poisoned_step_beside_a_killed_workers_step_does_not_stop_its_recovery(
+    runtime, settings, start_worker, wait_for_run, side_channel
+):
+    # Older rows first: a sweep that gives up at the first bad row never reaches the good one.
+    gone_run, _ = poison(runtime, settings, "only-here")
+    skewed_run, _ = poison(runtime, settings, "shrinking", "last")
+    sql(runtime, "UPDATE steps SET status = 'succeeded' WHERE run_id = :r AND name = 'first'", r=skewed_run)
+    new_code = ("tests.flows", "tests.skew_flows_v2")  # `shrinking` without `last`
+    first = start_worker(concurrency=1, workflows=new_code)
+    run_id = runtime.engine.start_run("long", {"sleep": 15})
+    wait_for(lambda: side_channel.get(f"exec:{run_id}:linger"), 20, message="linger to start")
+    second = start_worker(concurrency=1, workflows=new_code)
+    first.kill(signal.SIGKILL)
+    first.process.wait()
+    killed = time.monotonic()
+
+    def lost() -> bool:
+        return bool(sql(runtime, "SELECT 1 FROM attempts a JOIN steps s ON s.id = a.step_id "
+                        "WHERE s.run_id = :r AND a.error LIKE 'worker lost%'", r=run_id))
+
+    wait_for(lost, 60, 0.1, "the killed worker's attempt to be given up")
+    took = time.monotonic() - killed
+    assert took < settings.step_lease + settings.recovery_interval + 3, f"recovered after {took:.1f}s"
+    gone = wait_for_run(gone_run, timeout=10)
+    assert gone["status"] == "failed"
+    assert steps_of(gone)["begin"]["error"].startswith("worker lost")
+    assert "'only-here' is not loaded" in gone["error"]
+    skewed = wait_for_run(skewed_run, timeout=10)
+    assert skewed["status"] == "failed"
+    assert skewed["error"] == "deploy skew: run has step 'last' that workflow 'shrinking' no longer defines"
+    assert "sweep failed" not in second.output()
+    assert "unreachable" not in second.output()
+
+
+def test_sweep_isolates_an_item_that_raises_and_ends_it_with_a_recorded_error(
+    runtime, settings, monkeypatch, caplog
+):
+    bad_run, bad_step = poison(runtime, settings, "diamond", "a")
+    good_run, good_step = poison(runtime, settings, "diamond", "a")
+    engine = runtime.engine
+    real = engine.expire_lease
+
+    def expire(step_id: int) -> bool:
+        if step_id == bad_step:
+            raise ValueError("cannot settle this one")
+        return real(step_id)
+
+    monkeypatch.setattr(engine, "expire_lease", expire)
+    counts = recovery.sweep(engine)
+    assert counts["expired"] == 1
+    errors = dict(sql(runtime, "SELECT step_id, error FROM attempts WHERE step_id IN (:a, :b)",
+                      a=bad_step, b=good_step))
+    assert errors[good_step].startswith("worker lost")
+    assert errors[bad_step].startswith("recovery could not settle the lapsed lease of step 'a'")
+    [(status, error)] = sql(runtime, "SELECT status, error FROM runs WHERE id = :r", r=bad_run)
+    assert status == "failed"
+    assert "recovery could not settle the lapsed lease of step 'a'" in error and "cannot settle this one" in error
+    assert bad_run in caplog.text
+    assert recovery.sweep(engine)["expired"] == 0  # settled: not picked up again
 
 
 # -- 3. steps removed, renamed or inserted by a deploy ------------------------------------------
