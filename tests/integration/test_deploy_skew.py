@@ -24,6 +24,7 @@ from orchestrator.engine import Outcome, WorkflowEngine
 from orchestrator.errors import DeploySkew, StepNotLoaded
 from orchestrator.registry import load_workflows
 from orchestrator.retention import prune
+from orchestrator.runtime import Runtime
 from tests.conftest import ROOT, settings_env, wait_for
 from tests.webtools import AUTH, make_app
 from web.errors import status_of
@@ -233,6 +234,16 @@ def test_retry_of_a_skewed_run_is_refused_with_a_clear_conflict(runtime, setting
         f"run {run_id} cannot be retried: deploy skew: workflow 'evolving' now defines step 'mid' "
         "that this run does not have"
     )
+    web_runtime = Runtime(settings.with_(workflows=("tests.skew_flows_v2",)))
+    try:
+        client = make_app(web_runtime).test_client()
+        assert client.get(f"/runs/{run_id}").status_code == 200
+        answer = client.post(f"/api/runs/{run_id}/retry", headers=AUTH)
+        assert answer.status_code == 409 and answer.get_json()["error"] == str(refused.value)
+        bulk = client.post("/api/runs/retry", json={"workflow": "evolving"}, headers=AUTH)
+        assert bulk.status_code == 200 and bulk.get_json()["errors"] == {run_id: str(refused.value)}
+    finally:
+        web_runtime.close()
     env = settings_env(settings.with_(workflows=("tests.skew_flows_v2",)), redis_url)
     out = cli(env, "retry", run_id)
     assert out.returncode == 1 and "Traceback" not in out.stderr
