@@ -21,15 +21,17 @@ from typing import Any
 
 import jsonschema
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import concurrency as C
 from . import planner as P
+from . import skew as S
 from .db.hotpath import hot_path_for, succeeded_results
 from .db.models import Attempt, Run, StepRun
 from .dispatch import Dispatch, Dispatcher
 from .dsl import Concurrency, StepContext, Workflow
-from .errors import InvalidInput, OrchestratorError, RunNotFound
+from .errors import DeploySkew, InvalidInput, RunNotFound, StepNotLoaded
 from .registry import Registry
 from .settings import Settings
 
@@ -366,13 +368,23 @@ class WorkflowEngine:
             with self.sessions() as session:
                 keys = C.workflow_keys_waiting(session, workflow)
             for key in keys:
-                with self.transaction() as (session, outbox):
-                    started += len(self.admit(session, outbox, workflow, key))
+                try:
+                    with self.transaction() as (session, outbox):
+                        started += len(self.admit(session, outbox, workflow, key))
+                except (OperationalError, InterfaceError, DisconnectionError):
+                    raise
+                except Exception:  # noqa: BLE001 - one bad key must not stop the others
+                    log.exception("could not admit waiting runs of workflow %r, key %r", workflow.name, key)
         return started
 
-    def _after_run_change(self, session: Session, outbox: Outbox, run: Run, workflow: Workflow) -> None:
-        """A limited run finished or was cancelled: its slot may go to the next one."""
-        if workflow.concurrency is not None and run.concurrency_key is not None and run.status in P.RUN_FINAL:
+    def _after_run_change(
+        self, session: Session, outbox: Outbox, run: Run, workflow: Workflow | None
+    ) -> None:
+        """A limited run finished or was cancelled: its slot may go to the next one.
+
+        Without its workflow's code (`None`) nothing can be admitted here.
+        """
+        if workflow is not None and workflow.concurrency is not None and run.concurrency_key is not None and run.status in P.RUN_FINAL:
             session.flush()
             self.admit(session, outbox, workflow, run.concurrency_key)
 
@@ -391,7 +403,11 @@ class WorkflowEngine:
 
         Returns column changes per step, the messages to send after commit and the run's
         new status; callers write them with the ORM (cold paths) or Core (the hot path).
+        A run whose recorded steps differ from the definition (deploy skew) fails.
         """
+        skewed = S.mismatch(workflow, statuses)
+        if skewed is not None:
+            return _failed_now(statuses, skewed, now)
         deps = {s.name: s.after for s in workflow.steps.values()}
         current = dict(statuses)
         changes: dict[str, dict[str, Any]] = {}
@@ -441,12 +457,19 @@ class WorkflowEngine:
     def _advance(
         self,
         run: Run,
-        workflow: Workflow,
+        workflow: Workflow | None,
         steps: Mapping[str, StepRun],
         outbox: list[Dispatch],
         now: datetime,
     ) -> None:
-        """Apply the planner's decisions to loaded ORM rows (the caller holds the run lock)."""
+        """Apply the planner's decisions to loaded ORM rows (the caller holds the run lock).
+
+        Without the workflow's code (`None`: a deploy removed it) the run cannot go on: it fails.
+        """
+        if workflow is None:
+            statuses = {n: r.status for n, r in steps.items()}
+            self._apply(run, steps, _failed_now(statuses, S.not_loaded(run.workflow, None), now), outbox, now)
+            return
 
         def context_for(name: str) -> StepContext:
             parents = workflow.steps[name].after
@@ -457,6 +480,12 @@ class WorkflowEngine:
         decision = self._decide(
             run.id, workflow, {n: r.status for n, r in steps.items()}, context_for, now, partition
         )
+        self._apply(run, steps, decision, outbox, now)
+
+    def _apply(
+        self, run: Run, steps: Mapping[str, StepRun], decision: Decision, outbox: list[Dispatch], now: datetime
+    ) -> None:
+        """Write a decision to loaded ORM rows; its messages go to the outbox."""
         for name, values in decision.changes.items():
             for column, value in values.items():
                 setattr(steps[name], column, value)
@@ -475,26 +504,34 @@ class WorkflowEngine:
         None means: already succeeded or running elsewhere (a duplicate message), run
         cancelled or finished, or unknown, or (for a step with its own concurrency limit)
         no free slot: the step is then parked until a sibling finishes. The conditional
-        UPDATE is the arbiter.
+        UPDATE is the arbiter; it only takes a step of a workflow that defines it here, so a
+        worker never claims a step it has no code for: it gets `StepNotLoaded` instead
+        (the caller hands the message back or calls `fail_not_loaded`).
         """
         rid = parse_run_id(run_id)
         now = utcnow()
         lease = now + timedelta(seconds=self.settings.step_lease)
+        workflows = self.registry.defining(step_name)
         parents = self.registry.parent_names(step_name)
+        row = None
         with self.sessions() as session:
-            if self.registry.is_limited_step(step_name):
+            if not workflows:
+                pass  # no loaded workflow has this step: nothing to claim
+            elif self.registry.is_limited_step(step_name):
                 with session.begin():
                     held = self._step_slot(session, rid, step_name, now)
                     if held is None:
                         return None
                     lease = held + timedelta(seconds=self.settings.step_lease)
-                    row = self.hot_path.claim_in(session, rid, step_name, parents, worker, held, lease)
+                    row = self.hot_path.claim_in(
+                        session, rid, step_name, workflows, parents, worker, held, lease
+                    )
             else:
-                row = self.hot_path.claim(session, rid, step_name, parents, worker, now, lease)
-        if row is None:
-            return None
-        workflow = self.registry.get(row.workflow)
-        own = workflow.steps[step_name].after if step_name in workflow.steps else ()
+                row = self.hot_path.claim(session, rid, step_name, workflows, parents, worker, now, lease)
+            if row is None:
+                self._check_loaded(session, rid, step_name, worker)
+                return None
+        own = self.registry.get(row.workflow).steps[step_name].after
         return Claim(
             step_id=row.step_id,
             run_id=str(rid),
@@ -506,6 +543,51 @@ class WorkflowEngine:
             results={p: row.results[p] for p in own if p in row.results},
             run_key=row.run_key,
         )
+
+    def _check_loaded(self, session: Session, rid: uuid.UUID, step_name: str, worker: str | None) -> None:
+        """After a refused claim: raise `StepNotLoaded` if the step waits for code we lack."""
+        found = session.execute(
+            select(Run.workflow)
+            .join(StepRun, StepRun.run_id == Run.id)
+            .where(
+                Run.id == rid,
+                Run.status.in_((P.RUN_PENDING, P.RUN_RUNNING)),
+                StepRun.name == step_name,
+                StepRun.status.in_((P.QUEUED, P.RETRYING)),
+            )
+        ).one_or_none()
+        session.rollback()
+        if found is None:
+            return
+        workflow = self.registry.find(found.workflow)
+        if workflow is None:
+            raise StepNotLoaded(S.not_loaded(found.workflow, worker))
+        if step_name not in workflow.steps:
+            raise StepNotLoaded(f"{S.step_not_defined(found.workflow, step_name)} (worker {worker!r})")
+
+    def fail_not_loaded(self, run_id: str, step_name: str, error: str) -> bool:
+        """Fail a queued step that no worker with its code took (see `skew.hand_back_pause`).
+
+        Retries do not help, so the step fails at once, and with it the run. Returns False
+        if the step was taken or had ended meanwhile.
+        """
+        now = utcnow()
+        with self.transaction() as (session, outbox):
+            run = self._lock_run(session, parse_run_id(run_id))
+            steps = {s.name: s for s in run.steps}
+            row = steps.get(step_name)
+            if row is None or row.status not in (P.QUEUED, P.RETRYING) or run.status in P.RUN_FINAL:
+                return False
+            row.status = P.FAILED
+            row.error = error
+            row.finished_at = now
+            row.lease_expires_at = None
+            if run.error is None:
+                run.error = f"step {step_name!r} failed: {error}"
+            workflow = self.registry.find(run.workflow)
+            self._advance(run, workflow, steps, outbox, now)
+            self._after_run_change(session, outbox, run, workflow)
+            return True
 
     def _step_slot(self, session: Session, rid: uuid.UUID, step_name: str, now: datetime) -> datetime | None:
         """Under the step's key lock: is a slot free? If not, park the step.
@@ -526,7 +608,8 @@ class WorkflowEngine:
         ).one_or_none()
         if target is None:
             return None
-        step = self.registry.get(target.workflow).steps.get(step_name)
+        workflow = self.registry.find(target.workflow)
+        step = workflow.steps.get(step_name) if workflow is not None else None
         if step is None or step.concurrency is None or target.concurrency_key is None:
             return now
         C.lock_key(session, C.step_scope(target.workflow, step_name), target.concurrency_key)
@@ -663,17 +746,18 @@ class WorkflowEngine:
                 attempt.status = P.FAILED
                 attempt.error = outcome.error
                 attempt.traceback = outcome.traceback
-            workflow = self.registry.get(run.workflow)
+            workflow = self.registry.find(run.workflow)
             self._fail_attempt(run, workflow, row, outcome.error or "failed", outbox, now)
             self._settled(session, outbox, run, workflow, row, now)
 
     def _settled(
-        self, session: Session, outbox: Outbox, run: Run, workflow: Workflow, row: StepRun, now: datetime
+        self, session: Session, outbox: Outbox, run: Run, workflow: Workflow | None, row: StepRun,
+        now: datetime,
     ) -> None:
         """After a cold-path attempt ended: move the run on, free the step's and run's slots."""
         if run.status not in P.RUN_FINAL:
             self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
-        if row.status != P.RUNNING and row.concurrency_key is not None:
+        if workflow is not None and row.status != P.RUNNING and row.concurrency_key is not None:
             session.flush()
             self._wake_steps(session, outbox, workflow, row.name, row.concurrency_key)
         self._after_run_change(session, outbox, run, workflow)
@@ -681,16 +765,19 @@ class WorkflowEngine:
     def _fail_attempt(
         self,
         run: Run,
-        workflow: Workflow,
+        workflow: Workflow | None,
         row: StepRun,
         error: str,
         outbox: list[Dispatch],
         now: datetime,
     ) -> None:
-        """Retry with backoff while attempts remain and the run is live; else fail the step."""
+        """Retry with backoff while attempts remain and the run is live; else fail the step.
+
+        A step whose code is not loaded here (deploy skew) is not retried.
+        """
         row.error = error
         row.lease_expires_at = None
-        step = workflow.steps.get(row.name)
+        step = workflow.steps.get(row.name) if workflow is not None else None
         if step is not None and row.attempts < row.max_attempts and run.status not in P.RUN_FINAL:
             delay = P.backoff_delay(row.attempts, step.backoff, step.max_backoff)
             message = Dispatch(str(run.id), row.name, row.queue, step.timeout, countdown=delay)
@@ -727,10 +814,40 @@ class WorkflowEngine:
                 attempt.status = P.FAILED
                 attempt.error = error
                 attempt.finished_at = now
-            workflow = self.registry.get(run.workflow)
+            workflow = self.registry.find(run.workflow)
             self._fail_attempt(run, workflow, row, error, outbox, now)
             self._settled(session, outbox, run, workflow, row, now)
             return True
+
+    def give_up(self, step_id: int, error: str) -> str | None:
+        """Recovery could not settle a step (`expire_lease` or `redeliver` raised): fail it,
+        and its run, with `error`, using no definition. Returns the run's id, or None if
+        the step was gone or had ended."""
+        now = utcnow()
+        with self.transaction() as (session, outbox):
+            row = session.get(StepRun, step_id)
+            if row is None:
+                return None
+            run = self._lock_run(session, row.run_id)
+            session.refresh(row)
+            if row.status not in (P.RUNNING, P.QUEUED, P.RETRYING):
+                return None
+            attempt = session.scalars(
+                select(Attempt).where(Attempt.step_id == row.id, Attempt.number == row.attempts)
+            ).one_or_none()
+            if row.status == P.RUNNING and attempt is not None and attempt.status == P.RUNNING:
+                attempt.status = P.FAILED
+                attempt.error = error
+                attempt.finished_at = now
+            row.status = P.FAILED
+            row.error = error
+            row.finished_at = now
+            row.lease_expires_at = None
+            if run.status not in P.RUN_FINAL:
+                steps = {s.name: s for s in run.steps}
+                self._apply(run, steps, _failed_now({n: r.status for n, r in steps.items()}, error, now),
+                            outbox, now)
+            return str(run.id)
 
     def hand_back(self, run_id: str, step_name: str, worker: str) -> bool:
         """A worker shutting down gives back a step that it (node `worker`) is still running.
@@ -758,7 +875,7 @@ class WorkflowEngine:
             record.error = error
             record.finished_at = now
             row.max_attempts += 1
-            workflow = self.registry.get(run.workflow)
+            workflow = self.registry.find(run.workflow)
             self._fail_attempt(run, workflow, row, error, outbox, now)
             self._settled(session, outbox, run, workflow, row, now)
             return True
@@ -795,10 +912,8 @@ class WorkflowEngine:
         return sent
 
     def _step_or_none(self, row: StepRun) -> Any:
-        try:
-            return self.registry.get(row.run.workflow).steps.get(row.name)
-        except OrchestratorError:
-            return None
+        workflow = self.registry.find(row.run.workflow)
+        return workflow.steps.get(row.name) if workflow is not None else None
 
     # -- operator actions -----------------------------------------------------------
 
@@ -813,7 +928,7 @@ class WorkflowEngine:
             if run.status in P.RUN_FINAL:
                 return False
             self._cancel_rows(run, "cancelled", outbox, utcnow())
-            self._after_run_change(session, outbox, run, self.registry.get(run.workflow))
+            self._after_run_change(session, outbox, run, self.registry.find(run.workflow))
         return True
 
     def cancel_runs(self, run_ids: Iterable[str]) -> dict[str, bool]:
@@ -903,15 +1018,24 @@ class WorkflowEngine:
         """Re-run a finished run's failed and cancelled steps and everything after them.
 
         Succeeded steps keep their results. Returns False if the run is still live or
-        has nothing to retry.
+        has nothing to retry; raises `DeploySkew` if the loaded code does not have the
+        run's workflow or its steps differ from the run's.
         """
         now = utcnow()
         with self.transaction() as (session, outbox):
             run = self._lock_run(session, parse_run_id(run_id))
             if run.status not in P.RUN_FINAL:
                 return False
-            workflow = self.registry.get(run.workflow)
+            workflow = self.registry.find(run.workflow)
+            if workflow is None:
+                raise DeploySkew(
+                    f"run {run_id} cannot be retried here: its workflow {run.workflow!r} is not "
+                    "loaded (deploy skew?)"
+                )
             steps = {s.name: s for s in run.steps}
+            skewed = S.mismatch(workflow, steps)
+            if skewed is not None:
+                raise DeploySkew(f"run {run_id} cannot be retried: {skewed}")
             deps = {s.name: s.after for s in workflow.steps.values()}
             redo = P.affected_by_retry(deps, {n: r.status for n, r in steps.items()})
             if not redo:
@@ -934,6 +1058,19 @@ class WorkflowEngine:
                 run.status = P.RUN_RUNNING
                 self._advance(run, workflow, steps, outbox, now)
         return True
+
+
+def _failed_now(statuses: Mapping[str, str], error: str, now: datetime) -> Decision:
+    """The run fails at once: its open steps are cancelled (running ones finish their
+    attempt and schedule nothing). Needs no definition, so it also serves a run whose
+    code is gone."""
+    open_steps = (P.PENDING, P.QUEUED, P.RETRYING)
+    changes: dict[str, dict[str, Any]] = {
+        name: {"status": P.CANCELLED, "finished_at": now, "lease_expires_at": None}
+        for name, status in statuses.items()
+        if status in open_steps
+    }
+    return Decision(changes=changes, run_status=P.RUN_FAILED, run_error=error)
 
 
 def _aware(moment: datetime) -> datetime:

@@ -33,3 +33,12 @@ class ConfigurationError(OrchestratorError):
 
 class StepResultNotSerialisable(OrchestratorError):
     """A step returned a value that cannot be stored as JSON."""
+
+
+class DeploySkew(OrchestratorError):
+    """A run and the loaded code disagree: its workflow, or one of its steps, was removed,
+    renamed or added by a deploy since the run started."""
+
+
+class StepNotLoaded(DeploySkew):
+    """A worker was sent a step whose code it does not have (claimed by nobody)."""

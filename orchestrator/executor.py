@@ -16,8 +16,9 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from .dsl import StepContext
 from .engine import Claim, Outcome, WorkflowEngine, check_json
-from .errors import InvalidInput
+from .errors import InvalidInput, StepNotLoaded
 from .leases import LeaseBoard, renewal_interval
+from .skew import hand_back_pause
 
 log = logging.getLogger("orchestrator.worker")
 
@@ -25,6 +26,15 @@ log = logging.getLogger("orchestrator.worker")
 RECORD_RETRY_WINDOW = 60.0
 #: Pauses, in seconds, between those tries: first, longest.
 RECORD_RETRY_PAUSE = (0.2, 2.0)
+
+
+class HandBack(Exception):  # noqa: N818 - an instruction to the task, not an error
+    """The worker has no code for this step: re-queue its message after `countdown` seconds
+    (not a retry of the step: nothing was claimed)."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
 
 
 class StepTimeout(Exception):
@@ -180,9 +190,24 @@ def execute(
     run_id: str,
     step_name: str,
     worker: str | None = None,
+    handed_back: int = 0,
 ) -> str:
-    """Claim, run and record one attempt of a step. Returns what happened, for the task log."""
-    claim = engine.claim(run_id, step_name, worker)
+    """Claim, run and record one attempt of a step. Returns what happened, for the task log.
+
+    A step whose code this worker lacks is never claimed: `HandBack` asks the task to
+    re-queue the message (`handed_back` counts how often that happened already), until
+    `skew.hand_back_pause` says to fail the step instead.
+    """
+    try:
+        claim = engine.claim(run_id, step_name, worker)
+    except StepNotLoaded as missing:
+        pause = hand_back_pause(handed_back)
+        if pause is not None:
+            raise HandBack(pause, str(missing)) from None
+        log.warning("step %s/%s: %s; no worker with its code took it, failing it",
+                    run_id, step_name, missing)
+        engine.fail_not_loaded(run_id, step_name, str(missing))
+        return f"failed: {missing}"
     if claim is None:
         return "skipped: not claimable (duplicate message, finished or cancelled run)"
     workflow = engine.registry.get(claim.workflow)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Self
 
 from sqlalchemy import select, text
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import planner as P
 from .db.models import StepRun
@@ -29,12 +30,17 @@ log = logging.getLogger("orchestrator.recovery")
 ADVISORY_LOCK_KEY = 0x0_4F52_4348  # "ORCH"
 #: Steps handled per sweep and kind, so one sweep never holds locks for long.
 BATCH = 500
+#: Errors that mean the database is unreachable (an outage), not that an item is bad.
+CONNECTION_ERRORS = (OperationalError, InterfaceError, DisconnectionError)
 
 
 def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
     """One pass: expire lapsed leases, re-send stale queued steps. Returns counts.
 
-    `expire_leases=False` leaves running steps alone (see `OutageGrace`).
+    `expire_leases=False` leaves running steps alone (see `OutageGrace`). Each step is
+    its own failure domain: one that cannot be settled is logged with its run and failed
+    with that error (`_give_up`), and the sweep goes on. Only a connection error
+    (`CONNECTION_ERRORS`) ends the sweep.
     """
     now = datetime.now(UTC)
     counts = {"expired": 0, "redelivered": 0, "admitted": 0}
@@ -62,10 +68,15 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
             ).all()
             conn.rollback()
             for step_id in expired:
-                if engine.expire_lease(step_id):
-                    counts["expired"] += 1
+                try:
+                    if engine.expire_lease(step_id):
+                        counts["expired"] += 1
+                except CONNECTION_ERRORS:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one bad step must not stop the sweep
+                    _give_up(engine, step_id, "settle the lapsed lease of", exc)
             if stale:
-                counts["redelivered"] = engine.redeliver(stale)
+                counts["redelivered"] = _redeliver(engine, stale)
             counts["admitted"] = engine.admit_waiting()
         finally:
             if postgres:
@@ -78,6 +89,44 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
             counts,
         )
     return counts
+
+
+def _redeliver(engine: WorkflowEngine, stale: list[int]) -> int:
+    """`engine.redeliver` for the whole batch; should it fail, one step at a time."""
+    try:
+        return engine.redeliver(stale)
+    except CONNECTION_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - find the bad step: the others go on
+        log.warning("recovery: re-sending %d step(s) at once failed; trying one by one", len(stale))
+    sent = 0
+    for step_id in stale:
+        try:
+            sent += engine.redeliver([step_id])
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            _give_up(engine, step_id, "re-send", exc)
+    return sent
+
+
+def _give_up(engine: WorkflowEngine, step_id: int, action: str, exc: Exception) -> None:
+    """Fail a step recovery cannot handle, with the error, so it is not tried every sweep."""
+    name = _step_name(engine, step_id)
+    error = f"recovery could not {action} step {name!r}: {type(exc).__name__}: {exc}"
+    try:
+        run_id = engine.give_up(step_id, error[:4000])
+    except CONNECTION_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - logged; the next sweep tries again
+        log.exception("recovery: step %d: %s; could not record that either", step_id, error)
+        return
+    log.error("recovery: run %s: %s; the step and its run are failed", run_id, error, exc_info=exc)
+
+
+def _step_name(engine: WorkflowEngine, step_id: int) -> str:
+    with engine.sessions() as session:
+        return session.scalar(select(StepRun.name).where(StepRun.id == step_id)) or f"#{step_id}"
 
 
 class OutageGrace:
@@ -173,6 +222,7 @@ def _recovery_main(settings: Settings, parent: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rt = Runtime(settings, pre_ping=True)
     failing = False
+    broken: str | None = None  # the last unexpected error, logged once
     grace = OutageGrace(settings.step_lease)
     try:
         while not stop.wait(settings.recovery_interval):
@@ -185,10 +235,16 @@ def _recovery_main(settings: Settings, parent: int) -> None:
                 if failing:
                     log.warning("recovery loop: database reachable again")
                 failing = False
-            except Exception as exc:  # noqa: BLE001 - keep sweeping; log an outage once
+                broken = None
+            except CONNECTION_ERRORS as exc:  # keep sweeping; log an outage once
                 grace.outage()
                 if not failing:
-                    log.warning("recovery loop: sweep failed (%s); will keep trying", exc)
+                    log.warning("recovery loop: the database is unreachable (%s); will keep trying",
+                                str(exc).splitlines()[0])
                 failing = True
+            except Exception as exc:  # noqa: BLE001 - a bug, not an outage: leases still expire
+                if str(exc) != broken:
+                    log.exception("recovery loop: sweep failed; will keep trying")
+                broken = str(exc)
     finally:
         rt.close()

@@ -18,6 +18,7 @@ class Registry:
     def __init__(self, workflows: Iterable[Workflow] = ()) -> None:
         self._workflows: dict[str, Workflow] = {}
         self._parents: dict[str, tuple[str, ...]] = {}
+        self._defining: dict[str, tuple[str, ...]] = {}
         for workflow in workflows:
             self.add(workflow)
 
@@ -30,6 +31,7 @@ class Registry:
         workflow.validate()
         self._workflows[workflow.name] = workflow
         self._parents.clear()
+        self._defining.clear()
 
     def parent_names(self, step: str) -> tuple[str, ...]:
         """Every parent name a step called `step` has in any loaded workflow.
@@ -42,6 +44,18 @@ class Registry:
             names = {p for w in self._workflows.values() if step in w.steps for p in w.steps[step].after}
             cached = self._parents[step] = tuple(sorted(names))
         return cached
+
+    def defining(self, step: str) -> tuple[str, ...]:
+        """The loaded workflows that have a step called `step`: only their runs' steps are ours."""
+        cached = self._defining.get(step)
+        if cached is None:
+            cached = self._defining[step] = tuple(sorted(w.name for w in self._workflows.values()
+                                                         if step in w.steps))
+        return cached
+
+    def find(self, name: str) -> Workflow | None:
+        """The loaded workflow called `name`, or None (a run of a workflow a deploy removed)."""
+        return self._workflows.get(name)
 
     def is_limited_step(self, step: str) -> bool:
         """Whether a step called `step` has its own concurrency limit in some workflow."""

@@ -20,9 +20,14 @@ def register_tasks(app: Celery) -> None:
         retry_backoff_max=30,
         max_retries=None,
     )
-    def run_step(self: Task, run_id: str, step_name: str) -> str:
+    def run_step(self: Task, run_id: str, step_name: str, handed_back: int = 0) -> str:
         from . import runtime
-        from .executor import execute
+        from .executor import HandBack, execute
 
         rt = runtime.current()
-        return execute(rt.engine, rt.heartbeats, run_id, step_name, worker=self.request.hostname)
+        try:
+            return execute(rt.engine, rt.heartbeats, run_id, step_name,
+                           worker=self.request.hostname, handed_back=handed_back)
+        except HandBack as back:  # no code here: to the same queue, for a worker that has it
+            raise self.retry(countdown=back.countdown, max_retries=None,
+                             kwargs={"handed_back": handed_back + 1}) from None

@@ -154,7 +154,9 @@ def start_worker(
     """Start real `orchestrator worker` processes; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(concurrency: int = 2, queues: str | None = None, name: str | None = None) -> WorkerProcess:
+    def start(concurrency: int = 2, queues: str | None = None, name: str | None = None,
+              workflows: tuple[str, ...] | None = None) -> WorkerProcess:
+        """`workflows`: the modules this worker loads, if not the test's (deploy skew)."""
         name = name or f"w{len(started) + 1}-{uuid.uuid4().hex[:6]}@test"
         log = tmp_path / f"{name.split('@')[0]}.log"
         argv = [sys.executable, "-m", "orchestrator", "worker", f"--concurrency={concurrency}",
@@ -163,7 +165,8 @@ def start_worker(
             argv.append(f"--queues={queues}")
         with log.open("wb") as out:
             process = subprocess.Popen(
-                argv, env=settings_env(settings, redis_url), cwd=ROOT, stdout=out,
+                argv, env=settings_env(settings.with_(workflows=workflows or settings.workflows), redis_url),
+                cwd=ROOT, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         worker = WorkerProcess(name, process, log)

@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from orchestrator.errors import (
     ConfigurationError,
+    DeploySkew,
     EventNotFound,
     OrchestratorError,
     RunNotFound,
@@ -60,7 +61,7 @@ def status_of(exc: OrchestratorError) -> int:
 
     if isinstance(exc, (WorkflowNotFound, RunNotFound, EventNotFound)):
         return 404
-    if isinstance(exc, EventNotReplayable):
+    if isinstance(exc, (EventNotReplayable, DeploySkew)):
         return 409
     if isinstance(exc, ConfigurationError):
         return 503

@@ -55,27 +55,34 @@ class GenericHotPath:
         session: Session,
         rid: uuid.UUID,
         step: str,
+        workflows: Sequence[str],
         parents: Sequence[str],
         worker: str | None,
         now: datetime,
         lease: datetime,
     ) -> ClaimedRow | None:
         with session.begin():
-            return self.claim_in(session, rid, step, parents, worker, now, lease)
+            return self.claim_in(session, rid, step, workflows, parents, worker, now, lease)
 
     def claim_in(
         self,
         session: Session,
         rid: uuid.UUID,
         step: str,
+        workflows: Sequence[str],
         parents: Sequence[str],
         worker: str | None,
         now: datetime,
         lease: datetime,
     ) -> ClaimedRow | None:
-        """`claim` inside the caller's transaction (used when a slot check precedes it)."""
+        """`claim` inside the caller's transaction (used when a slot check precedes it).
+
+        Only a step of a run of one of `workflows` (those whose code this process has) is
+        claimed.
+        """
         claimed = session.execute(
-            _CLAIM_STEP, {"p_rid": rid, "p_name": step, "p_now": now, "p_lease": lease}
+            _CLAIM_STEP,
+            {"p_rid": rid, "p_name": step, "p_workflows": list(workflows), "p_now": now, "p_lease": lease},
         ).one_or_none()
         if claimed is None:
             return None
@@ -147,6 +154,7 @@ class PostgresHotPath(GenericHotPath):
         session: Session,
         rid: uuid.UUID,
         step: str,
+        workflows: Sequence[str],
         parents: Sequence[str],
         worker: str | None,
         now: datetime,
@@ -162,6 +170,7 @@ class PostgresHotPath(GenericHotPath):
                     "now": now,
                     "lease": lease,
                     "worker": worker,
+                    "workflows": list(workflows),
                     "parents": list(parents),
                 },
             ).one_or_none()
@@ -236,7 +245,11 @@ _CLAIM_STEP = (
         _steps.c.name == bindparam("p_name"),
         _steps.c.status.in_((P.QUEUED, P.RETRYING)),
         select(_runs.c.id)
-        .where(_runs.c.id == bindparam("p_rid"), _runs.c.status.in_((P.RUN_PENDING, P.RUN_RUNNING)))
+        .where(
+            _runs.c.id == bindparam("p_rid"),
+            _runs.c.status.in_((P.RUN_PENDING, P.RUN_RUNNING)),
+            _runs.c.workflow.in_(bindparam("p_workflows", expanding=True)),
+        )
         .exists(),
     )
     .values(
@@ -312,7 +325,8 @@ WITH claimed AS (
        SET status = 'running', attempts = attempts + 1, started_at = :now,
            finished_at = NULL, lease_expires_at = :lease
      WHERE run_id = :rid AND name = :name AND status IN ('queued', 'retrying')
-       AND EXISTS (SELECT 1 FROM runs WHERE id = :rid AND status IN ('pending', 'running'))
+       AND EXISTS (SELECT 1 FROM runs WHERE id = :rid AND status IN ('pending', 'running')
+                   AND workflow = ANY(CAST(:workflows AS varchar[])))
  RETURNING id, attempts
 ), attempt AS (
     INSERT INTO attempts (step_id, number, status, worker, started_at, logs)
