@@ -68,7 +68,9 @@ def kill_workers_mid_step(events: int, kills: int, rate: float, runtime, setting
 def test_workers_killed_mid_step_five_times_lose_nothing_and_repeat_no_success(
     runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):
-    kill_workers_mid_step(500, 5, 50, runtime, settings, make_load, start_worker,
+    # 25 events/s: below what three workers sharing this 2-core machine with two other test
+    # files can finish, so the backlog left by the kills drains instead of growing.
+    kill_workers_mid_step(500, 5, 25, runtime, settings, make_load, start_worker,
                           start_consumer, side_channel, "worker SIGKILL mid-step x5")
 
 
