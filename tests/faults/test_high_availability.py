@@ -176,7 +176,7 @@ def run_high_availability(events: int, rate: float, runtime, settings, make_load
     return figures
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_one_consumer_and_one_worker_killed_lose_nothing_and_break_no_ordering_or_limit(
     runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):

@@ -64,7 +64,7 @@ def kill_workers_mid_step(events: int, kills: int, rate: float, runtime, setting
     return figures
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_workers_killed_mid_step_five_times_lose_nothing_and_repeat_no_success(
     runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):
