@@ -24,7 +24,8 @@ def running_on(runtime, worker: str) -> int:
 
 
 def kill_workers_mid_step(events: int, kills: int, rate: float, runtime, settings, make_load,
-                          start_worker, start_consumer, side_channel, name: str) -> Figures:
+                          start_worker, start_consumer, side_channel, name: str,
+                          settle: float = 120) -> Figures:
     clock = time.monotonic()
     load = make_load("load")
     workers = [start_worker(concurrency=3) for _ in range(3)]
@@ -48,7 +49,7 @@ def kill_workers_mid_step(events: int, kills: int, rate: float, runtime, setting
     wait_for(lambda: load.count() >= events, 120, 0.1, f"{events} events to be published")
     load.stop()
     events = load.count()
-    settled = wait_until_settled(runtime, events, timeout=120, processes=workers)
+    settled = wait_until_settled(runtime, events, timeout=settle, processes=workers)
     figures = audit(
         runtime, side_channel, Figures(name), load.published,
         workflows_per_event=lambda _id: {"chain"}, fault_at=first_kill, started_at=began,
@@ -64,14 +65,16 @@ def kill_workers_mid_step(events: int, kills: int, rate: float, runtime, setting
     return figures
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_workers_killed_mid_step_five_times_lose_nothing_and_repeat_no_success(
     runtime, settings, make_load, start_worker, start_consumer, side_channel
 ):
     # 25 events/s: below what three workers sharing this 2-core machine with two other test
     # files can finish, so the backlog left by the kills drains instead of growing.
+    # The backlog the kills leave drains slowly while two other test files load the machine
+    # (seen: runs still moving, not stuck, 120 s after the load): 300 s to settle.
     kill_workers_mid_step(500, 5, 25, runtime, settings, make_load, start_worker,
-                          start_consumer, side_channel, "worker SIGKILL mid-step x5")
+                          start_consumer, side_channel, "worker SIGKILL mid-step x5", settle=300)
 
 
 @pytest.mark.long
