@@ -807,13 +807,7 @@ class WorkflowEngine:
                 f"worker lost: no heartbeat for {self.settings.step_lease:g}s "
                 "(the process was killed, or exceeded its hard time limit)"
             )
-            attempt = session.scalars(
-                select(Attempt).where(Attempt.step_id == row.id, Attempt.number == row.attempts)
-            ).one_or_none()
-            if attempt is not None and attempt.status == P.RUNNING:
-                attempt.status = P.FAILED
-                attempt.error = error
-                attempt.finished_at = now
+            _fail_running_attempt(session, row, error, now)
             workflow = self.registry.find(run.workflow)
             self._fail_attempt(run, workflow, row, error, outbox, now)
             self._settled(session, outbox, run, workflow, row, now)
@@ -832,13 +826,8 @@ class WorkflowEngine:
             session.refresh(row)
             if row.status not in (P.RUNNING, P.QUEUED, P.RETRYING):
                 return None
-            attempt = session.scalars(
-                select(Attempt).where(Attempt.step_id == row.id, Attempt.number == row.attempts)
-            ).one_or_none()
-            if row.status == P.RUNNING and attempt is not None and attempt.status == P.RUNNING:
-                attempt.status = P.FAILED
-                attempt.error = error
-                attempt.finished_at = now
+            if row.status == P.RUNNING:
+                _fail_running_attempt(session, row, error, now)
             row.status = P.FAILED
             row.error = error
             row.finished_at = now
@@ -865,9 +854,7 @@ class WorkflowEngine:
             ).one_or_none()
             if row is None or row.status != P.RUNNING:
                 return False
-            record = session.scalars(
-                select(Attempt).where(Attempt.step_id == row.id, Attempt.number == row.attempts)
-            ).one_or_none()
+            record = _current_attempt(session, row)
             if record is None or record.status != P.RUNNING or record.worker != worker:
                 return False
             error = "interrupted: the worker shut down before the attempt finished; handed back"
@@ -1071,6 +1058,22 @@ def _failed_now(statuses: Mapping[str, str], error: str, now: datetime) -> Decis
         if status in open_steps
     }
     return Decision(changes=changes, run_status=P.RUN_FAILED, run_error=error)
+
+
+def _current_attempt(session: Session, row: StepRun) -> Attempt | None:
+    """The attempt record of a step's latest attempt, if there is one."""
+    return session.scalars(
+        select(Attempt).where(Attempt.step_id == row.id, Attempt.number == row.attempts)
+    ).one_or_none()
+
+
+def _fail_running_attempt(session: Session, row: StepRun, error: str, now: datetime) -> None:
+    """Close a step's latest attempt as failed with `error`, if it is still running."""
+    attempt = _current_attempt(session, row)
+    if attempt is not None and attempt.status == P.RUNNING:
+        attempt.status = P.FAILED
+        attempt.error = error
+        attempt.finished_at = now
 
 
 def _aware(moment: datetime) -> datetime:
