@@ -183,8 +183,12 @@ class Workflow:
         concurrency: Concurrency | int | None = None,
         partition_by: str | Callable[[Any], Any] | None = None,
         shards: int | None = None,
+        version: str | None = None,
     ) -> None:
         self.name = _check_name("workflow", name)
+        #: The version the user gave, if any; else `version` is a hash of the structure.
+        self.explicit_version = None if version is None else _check_version(name, version)
+        self._version: str | None = self.explicit_version
         self.concurrency = _concurrency(f"workflow {name!r}", concurrency)
         self.partition_by = partition_by
         self.shards = shards
@@ -263,6 +267,7 @@ class Workflow:
                 workflow=self.name,
             )
             self.steps[step_name] = step
+            self._version = self.explicit_version  # the structure changed
             return step
 
         if fn is not None:
@@ -296,6 +301,19 @@ class Workflow:
             if dep not in names:
                 names.append(dep)
         return tuple(names)
+
+    @property
+    def version(self) -> str:
+        """This definition's version: `version=` when given, else a short hash of its
+        structure (step names, dependencies, queues, options; not the function bodies).
+
+        Runs record the version they start with and are planned on it (see `versions`).
+        """
+        if self._version is None:
+            from .versions import structure, structure_hash
+
+            self._version = structure_hash(structure(self))
+        return self._version
 
     def validate(self) -> None:
         """Check the whole DAG (unknown dependencies, cycles, emptiness)."""
@@ -331,6 +349,7 @@ class Workflow:
         """JSON description for the CLI and the API."""
         return {
             "name": self.name,
+            "version": self.version,
             "description": self.description,
             "steps": [
                 {
@@ -358,6 +377,20 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name} steps={list(self.steps)}>"
+
+
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,63}$")
+
+
+def _check_version(workflow: str, version: Any) -> str:
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise WorkflowDefinitionError(
+            f"workflow {workflow!r}: version={version!r} is invalid; use 1-64 letters, digits, "
+            "'_', '-', '.', ':' or '+', starting with a letter or digit"
+        )
+    return version
 
 
 def _describe_concurrency(value: Concurrency | None) -> dict[str, Any] | None:

@@ -46,6 +46,10 @@ DEFAULT_KAFKA_SESSION_TIMEOUT = 10.0
 DEFAULT_KAFKA_MAX_POLL_INTERVAL = 300.0
 #: Most messages one poll (one database transaction) takes.
 DEFAULT_KAFKA_BATCH_SIZE = 500
+#: Seconds a step whose code the deployed workers lack is handed back (another worker of a
+#: rolling deploy may still have it) before it fails; also how long a workflow version no
+#: worker reports any more is still counted as deployed.
+DEFAULT_VERSION_GRACE = 600.0
 
 
 def _number(
@@ -72,6 +76,22 @@ def _number(
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return _number(env, name, default, float, "a number of seconds", lambda v: v > 0, "greater than 0")
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "600", "90s", "10m", "1.5h" or "2d"; ValueError if it is none of these."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-z]*)\s*", text)
+    if match is None or match.group(2) not in ("", *_UNITS):
+        raise ValueError(text)
+    return float(match.group(1)) * _UNITS.get(match.group(2), 1.0)
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, parse_duration, "a duration (seconds, or 90s, 10m, 1h)",
+                   lambda v: 0 < v <= 30 * 86400, "greater than 0 and at most 30 days")
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
@@ -143,6 +163,8 @@ class Settings:
     kafka_session_timeout: float = DEFAULT_KAFKA_SESSION_TIMEOUT
     kafka_max_poll_interval: float = DEFAULT_KAFKA_MAX_POLL_INTERVAL
     kafka_batch_size: int = DEFAULT_KAFKA_BATCH_SIZE
+    #: ORCHESTRATOR_VERSION_GRACE, in seconds (see `DEFAULT_VERSION_GRACE`).
+    version_grace: float = DEFAULT_VERSION_GRACE
     #: Every ORCHESTRATOR_* variable as read (may hold secrets: never printed).
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -181,6 +203,7 @@ class Settings:
                 env, "ORCHESTRATOR_KAFKA_MAX_POLL_INTERVAL", DEFAULT_KAFKA_MAX_POLL_INTERVAL
             ),
             kafka_batch_size=_positive_int(env, "ORCHESTRATOR_KAFKA_BATCH_SIZE", DEFAULT_KAFKA_BATCH_SIZE),
+            version_grace=_duration(env, "ORCHESTRATOR_VERSION_GRACE", DEFAULT_VERSION_GRACE),
             extra={k: v for k, v in env.items() if k.startswith("ORCHESTRATOR_")},
         )
 

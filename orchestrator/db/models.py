@@ -83,6 +83,8 @@ class Run(Base):
         Index("ix_runs_workflow_created", "workflow", "created_at", "id"),
         Index("ix_runs_status_created", "status", "created_at", "id"),
         Index("ix_runs_workflow_status_created", "workflow", "status", "created_at", "id"),
+        # `runs --version`, and the versions that still have live runs.
+        Index("ix_runs_workflow_version", "workflow", "version", "status"),
         # Admission under a concurrency limit: running and oldest pending runs of one key.
         Index(
             "ix_runs_concurrency",
@@ -118,6 +120,9 @@ class Run(Base):
     dedupe_key: Mapped[str | None] = mapped_column(String(500))
     #: Key value under the workflow's concurrency limit ("" for a workflow-wide limit).
     concurrency_key: Mapped[str | None] = mapped_column(String(500))
+    #: The workflow version the run started with; its structure is in `workflow_versions`.
+    #: NULL for runs recorded before versions existed (planned on the loaded definition).
+    version: Mapped[str | None] = mapped_column(String(64))
 
     steps: Mapped[list[StepRun]] = relationship(
         back_populates="run", order_by="StepRun.id", cascade="all, delete-orphan"
@@ -176,6 +181,11 @@ class StepRun(Base):
     task_id: Mapped[str | None] = mapped_column(String(64))
     #: Key value under the step's own concurrency limit, if it has one.
     concurrency_key: Mapped[str | None] = mapped_column(String(500))
+    #: Why a step was skipped or cancelled ("condition of step 'x' was false", ...).
+    reason: Mapped[str | None] = mapped_column(Text)
+    #: When a worker without the step's code first handed its message back (deploy skew):
+    #: the start of its `ORCHESTRATOR_VERSION_GRACE`. Cleared when a worker claims it.
+    handed_back_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     run: Mapped[Run] = relationship(back_populates="steps")
     attempt_rows: Mapped[list[Attempt]] = relationship(
@@ -206,6 +216,21 @@ class Attempt(Base):
     logs: Mapped[Any] = mapped_column(Json, default=list)
 
     step: Mapped[StepRun] = relationship(back_populates="attempt_rows")
+
+
+class WorkflowVersion(Base):
+    """The structure of one version of a workflow (steps, dependencies, options), stored
+    once, so runs started on it are planned on it whatever code is deployed later."""
+
+    __tablename__ = "workflow_versions"
+
+    workflow: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    structure: Mapped[Any] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    #: Last time a process with this version's code loaded said so (workers, every sweep):
+    #: a version nobody has reported for `ORCHESTRATOR_VERSION_GRACE` is no longer deployed.
+    last_seen_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class WebSession(Base):

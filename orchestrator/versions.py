@@ -1,0 +1,158 @@
+"""Workflow versions: a workflow's structure, its version, and the difference of two.
+
+A version names a workflow's *shape*: its step names, dependencies, queues and options,
+not the bodies of its functions. Each run records the version it started with, and the
+engine plans it on that version's structure whatever code is deployed later (see
+`planning_view`); the step code is the loaded code, matched by step name.
+
+Pure: no I/O. The structures are stored once per version in `workflow_versions`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .dsl import Concurrency, Step, StepContext, Workflow
+from .errors import StepNotLoaded
+
+#: Hex digits of the structure's SHA-256 in a computed version.
+HASH_LENGTH = 12
+
+
+def structure(workflow: Workflow) -> dict[str, Any]:
+    """The JSON structure of a workflow: what a version names."""
+    return {
+        "steps": [
+            {
+                "name": s.name,
+                "after": list(s.after),
+                "queue": s.queue,
+                "retries": s.retries,
+                "backoff": s.backoff,
+                "max_backoff": s.max_backoff,
+                "timeout": s.timeout,
+                "conditional": s.when is not None,
+                "concurrency": _limit(s.concurrency),
+            }
+            for s in workflow.steps.values()
+        ],
+        "concurrency": _limit(workflow.concurrency),
+        "partitioned": workflow.partition_by is not None,
+        "shards": workflow.shards,
+    }
+
+
+def structure_hash(shape: Mapping[str, Any]) -> str:
+    """A short, stable hash of a structure (the version of a workflow that names none)."""
+    text = json.dumps(shape, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def _limit(value: Concurrency | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    key = value.key if value.key is None or isinstance(value.key, str) else "<function>"
+    return {"key": key, "limit": value.limit, "strategy": value.strategy}
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """What changed from structure `old` to `new`, per step.
+
+    `added` and `removed` are step names; `changed_deps` maps a step in both to its old and
+    new parents; `changed_options` maps a step in both to the options that differ.
+    """
+    before = {s["name"]: s for s in old.get("steps", [])}
+    after = {s["name"]: s for s in new.get("steps", [])}
+    changed_deps = {
+        name: {"old": before[name]["after"], "new": after[name]["after"]}
+        for name in before
+        if name in after and list(before[name]["after"]) != list(after[name]["after"])
+    }
+    changed_options: dict[str, list[str]] = {}
+    for name in before:
+        if name in after:
+            keys = sorted(k for k in set(before[name]) | set(after[name])
+                          if k not in ("name", "after") and before[name].get(k) != after[name].get(k))
+            if keys:
+                changed_options[name] = keys
+    return {
+        "added": [n for n in after if n not in before],
+        "removed": [n for n in before if n not in after],
+        "changed_deps": changed_deps,
+        "changed_options": changed_options,
+    }
+
+
+def planning_view(
+    name: str, version: str, shape: Mapping[str, Any], loaded: Workflow | None
+) -> Workflow:
+    """A `Workflow` with the structure of a stored version and the loaded code.
+
+    What the engine plans a run of an older (or newer) version with: dependencies, queues,
+    retries, timeouts and limits are the version's; step functions and conditions are
+    the loaded ones, by step name. A step (or condition) the loaded code lacks gets a
+    function that raises `StepNotLoaded` naming both versions: the engine never runs it
+    here (the claim refuses it), and a condition that cannot be evaluated fails its step.
+    """
+    deployed = loaded.version if loaded is not None else None
+    view = object.__new__(Workflow)  # not `Workflow(...)`: no triggers, nothing to validate
+    view.name = name
+    view.description = loaded.description if loaded is not None else ""
+    view.triggers = []
+    view.input_schema = None
+    view.concurrency = _restore_limit(shape.get("concurrency"))
+    view.partition_by = (loaded.partition_by if loaded is not None and loaded.partition_by is not None
+                         else ("<unknown>" if shape.get("partitioned") else None))
+    view.shards = shape.get("shards")
+    view.explicit_version = version
+    view._version = version
+    view.steps = {}
+    for item in shape.get("steps", []):
+        code = loaded.steps.get(item["name"]) if loaded is not None else None
+        when = None
+        if item.get("conditional"):
+            when = code.when if code is not None and code.when is not None else _missing(
+                name, item["name"], version, deployed, "the condition of step"
+            )
+        view.steps[item["name"]] = Step(
+            name=item["name"],
+            fn=code.fn if code is not None else _missing(name, item["name"], version, deployed, "step"),
+            after=tuple(item.get("after", ())),
+            retries=int(item.get("retries", 0)),
+            backoff=float(item.get("backoff", 1.0)),
+            max_backoff=float(item.get("max_backoff", 300.0)),
+            timeout=item.get("timeout"),
+            queue=item.get("queue"),
+            when=when,
+            concurrency=_restore_limit(item.get("concurrency")),
+            workflow=name,
+        )
+    return view
+
+
+def _restore_limit(value: Mapping[str, Any] | None) -> Concurrency | None:
+    if not value:
+        return None
+    return Concurrency(key=value.get("key"), limit=int(value["limit"]), strategy=value["strategy"])
+
+
+def missing_code(workflow: str, step: str, version: str | None, deployed: str | None,
+                 what: str = "step") -> str:
+    """Why a step of a run cannot run here: the deployed code lacks it."""
+    if deployed is None:
+        return (f"{what} {step!r} of workflow {workflow!r} (run version {version!r}) cannot run: "
+                f"workflow {workflow!r} is not in the deployed code")
+    return (f"{what} {step!r} of workflow {workflow!r} is in the run's version {version!r} but "
+            f"not in the deployed version {deployed!r}")
+
+
+def _missing(workflow: str, step: str, version: str, deployed: str | None,
+             what: str) -> Callable[[StepContext], Any]:
+    def missing(_ctx: StepContext) -> Any:
+        raise StepNotLoaded(missing_code(workflow, step, version, deployed, what))
+
+    missing.__name__ = f"missing_{step}"
+    return missing
