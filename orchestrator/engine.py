@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import concurrency as C
 from . import planner as P
 from . import skew as S
+from .db import versions as V
 from .db.hotpath import hot_path_for, succeeded_results
 from .db.models import Attempt, Run, StepRun
 from .dispatch import Dispatch, Dispatcher
@@ -187,7 +188,22 @@ class WorkflowEngine:
         self.dispatcher = dispatcher
         self.settings = settings
         self.hot_path = hot_path_for(sessions.kw["bind"])
+        #: Whether this process stored its workflows' versions (`record_versions`).
+        self._versions_recorded = False
+        #: Planning views of stored versions other than the loaded one, by (workflow, version).
+        self._views: dict[tuple[str, str], Workflow] = {}
 
+    # -- versions -------------------------------------------------------------------
+
+    def record_versions(self, *, seen: bool = False) -> None:
+        """Store the structure of every loaded workflow's version (once per process), so
+        its runs can be planned on it after a deploy changes the code. With `seen`, note
+        that this process, which has that code, is up (workers do it every sweep)."""
+        if self._versions_recorded and not seen:
+            return
+        with self.sessions() as session, session.begin():
+            V.record(session, list(self.registry), utcnow(), seen=seen)
+        self._versions_recorded = True
     # -- transactions -------------------------------------------------------------
 
     @contextmanager
@@ -231,6 +247,7 @@ class WorkflowEngine:
         workflow = self.registry.get(workflow_name)
         data = validate_input(workflow, {} if input is None else input)
         planned = self.plan_run(workflow, data)
+        self.record_versions()
         with self.transaction() as (session, outbox):
             session.execute(insert(Run.__table__), [planned.run])
             session.execute(insert(StepRun.__table__), planned.steps)
@@ -267,6 +284,7 @@ class WorkflowEngine:
             "event_id": event_id,
             "dedupe_key": dedupe_key,
             "concurrency_key": run_key,
+            "version": workflow.version,
         }
 
         def context_for(name: str) -> StepContext:
@@ -296,6 +314,8 @@ class WorkflowEngine:
                 "finished_at": None,
                 "lease_expires_at": None,
                 "task_id": None,
+                "reason": None,
+                "handed_back_at": None,
             }
             row.update(decision.changes.get(step.name, {}))
             steps.append(row)

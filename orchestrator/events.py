@@ -249,6 +249,8 @@ def record_batch(
             )
     if not unique:
         return result
+    if any(plans.values()):
+        engine.record_versions()
     with engine.transaction() as (session, outbox):
         new_ids = insert_events(session, [event_row(a, received_at) for a in unique.values()])
         redelivered = [k for k in unique if k not in new_ids]
@@ -297,6 +299,7 @@ def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
     """
     index = TriggerIndex(engine.registry)
     now = datetime.now(UTC)
+    engine.record_versions()
     with engine.transaction() as (session, outbox):
         event = session.scalars(
             select(Event).where(Event.id == event_id).with_for_update()

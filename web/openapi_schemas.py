@@ -81,6 +81,7 @@ SCHEMAS: dict[str, Any] = {
     "Workflow": obj(
         {
             "name": {"type": "string"},
+            "version": {"type": "string", "description": "version= of the definition, else a hash of its structure"},
             "description": {"type": "string"},
             "steps": {"type": "array", "items": ref("StepDefinition")},
             "triggers": {"type": "array", "items": ref("Trigger")},
