@@ -138,7 +138,7 @@ def workflows(as_json: bool) -> None:
     if as_json:
         items += [
             {"name": r.workflow, "loaded": False, "version": None, "active_runs": r.active_runs,
-             "versions": [v.as_dict() for v in r.versions], "warning": warning}
+             "versions": [v.as_dict() for v in r.live], "warning": warning}
             for r, warning in zip(gone, warnings, strict=True)
         ]
         click.echo(json.dumps(items, indent=2))
