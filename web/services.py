@@ -265,11 +265,11 @@ def dag_of_run(versions: V.RunVersion, loaded: Workflow | None) -> graphics.DagL
 
 
 def workflow_page(name: str) -> dict[str, Any]:
-    """A workflow's description, DAG and latest runs."""
+    """A workflow's description, DAG, recorded versions and latest runs."""
     workflow = context.registry().get(name)
     recent = Q.list_runs(context.db(), workflow=name, limit=RECENT_RUNS)
     return {
-        "workflow": workflow.describe(),
+        "workflow": workflow_json(name),
         "dag": dag_of(workflow),
         "runs": [Q.run_dict(r, with_steps=False) for r in recent],
     }

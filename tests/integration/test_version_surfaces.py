@@ -386,6 +386,14 @@ def test_bulk_form_retries_matching_runs_on_the_current_version(client, old):
     assert client.get(f"/api/runs/{run_id}").get_json()["version"] == V2
 
 
+def test_workflow_page_shows_its_version_and_the_other_versions_still_running(client, old):
+    assert "No active run is on another version." in client.get("/workflows/evolving").get_data(as_text=True)
+    old.start_run("evolving", {})
+    html = client.get("/workflows/evolving").get_data(as_text=True)
+    assert f"<h2>Version <code>{V2}</code></h2>" in html
+    assert f'<tr data-version="{V1}"><td><a class="mono" href="/runs?workflow=evolving&amp;version={V1}">' in html
+
+
 def test_overview_warns_of_workflows_not_in_the_deployed_code(client, old):
     assert 'id="not-loaded"' not in client.get("/").get_data(as_text=True)
     for _ in range(2):
