@@ -1174,7 +1174,7 @@ class WorkflowEngine:
                 steps = self._replan(session, run, loaded)
             else:
                 workflow = self._definition_of(run, session)
-                if workflow is None:
+                if workflow is None or loaded is None:
                     raise DeploySkew(
                         f"run {run_id} cannot be retried here: its workflow {run.workflow!r} is not "
                         "loaded (deploy skew?)"
