@@ -153,7 +153,7 @@ def test_rolling_deploy_with_an_old_and_a_new_worker_under_500_runs(runtime, set
         row["runs"] += 1
         row[status] += 1
         row["on its version"] += recorded == version and set(steps[run_id]) == shape[version]
-        for name, (_, _, workers) in steps[run_id].items():
+        for _name, (_, _, workers) in steps[run_id].items():
             for worker in workers:
                 row[f"attempts on {'old' if worker == old.name else 'new'}"] += 1
         assert status == "succeeded", (run_id, error, steps[run_id])
