@@ -44,44 +44,50 @@ class SystemClock:
 
 
 class FakeClock:
-    """A clock that only moves when told to (`advance`, `move_to`), plus `TICK` per reading.
+    """A clock that only moves when told to (`advance`, `move_to`).
 
-    The tick keeps readings strictly increasing, as `SystemClock`'s are; a thousand
-    readings drift it by a millisecond, which no test of minutes and hours can notice.
+    It keeps a *set time*, which only `advance` and `move_to` change, and its readings are
+    the set time, nudged forward by `TICK` when a reading would not be later than the one
+    before. So readings are strictly increasing, as `SystemClock`'s are, while the set time
+    stays exact: a retry due 1 s + 2 s after a failure is due at the set time + 3 s, not 3 s
+    and a few microseconds of readings later.
     """
 
     def __init__(self, start: datetime | None = None) -> None:
         moment = start or datetime.now(UTC).replace(microsecond=0)
         if moment.tzinfo is None:
             raise ValueError("FakeClock needs an aware datetime (tzinfo=UTC)")
-        self._now = moment.astimezone(UTC)
+        self._set = moment.astimezone(UTC)
+        self._last: datetime | None = None
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
         with self._lock:
-            moment = self._now
-            self._now = moment + TICK
+            moment = self._set
+            if self._last is not None and moment <= self._last:
+                moment = self._last + TICK
+            self._last = moment
             return moment
 
     @property
     def current(self) -> datetime:
-        """The next reading, without taking it (so looking does not move time)."""
-        return self._now
+        """The set time (looking does not take a reading)."""
+        return self._set
 
     def advance(self, seconds: float) -> datetime:
-        """Move forward by `seconds` (>= 0); returns the new time."""
+        """Move the set time forward by `seconds` (>= 0); returns it."""
         if seconds < 0:
             raise ValueError(f"a clock cannot go back ({seconds:g}s)")
         with self._lock:
-            self._now += timedelta(seconds=seconds)
-            return self._now
+            self._set += timedelta(seconds=seconds)
+            return self._set
 
     def move_to(self, moment: datetime) -> datetime:
-        """Move forward to `moment`; an earlier moment leaves the clock where it is."""
+        """Move the set time forward to `moment`; an earlier moment leaves it where it is."""
         with self._lock:
-            if moment > self._now:
-                self._now = moment
-            return self._now
+            if moment > self._set:
+                self._set = moment
+            return self._set
 
 
 _current: Clock = SystemClock()
