@@ -6,7 +6,8 @@ effect of `cancel_run` on each of its runs (10,000 runs in seconds, never one lo
 transaction); a batch that fails is done again run by run, so one run that cannot be
 touched never rolls back the others. A filter selects at most `limit` runs per call,
 newest first, and only runs in a state the action applies to (so calling again with the
-same filter moves on to the rest).
+same filter moves on to the rest). A retry keeps each run on its own version unless the
+call asks for `current_version` (see `retry`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class RunFilter:
 
     workflow: str | None = None
     status: str | None = None
+    version: str | None = None
     since: datetime | None = None
 
 
@@ -75,8 +77,19 @@ class BulkResult:
         }
 
 
-def _apply(engine: WorkflowEngine, action: Action, run_id: str) -> bool:
-    return engine.retry_run(run_id) if action == "retry" else engine.cancel_run(run_id)
+def retry(engine: WorkflowEngine, run_id: str, *, current_version: bool = False) -> bool:
+    """Retry one run: on the version it started with, or with `current_version` re-planned
+    on the loaded definition (steps in both keep their results; its version becomes the
+    loaded one). The one place the CLI, the API, the dashboard and bulk retries call."""
+    if current_version:
+        return engine.retry_run(run_id, current_version=True)
+    return engine.retry_run(run_id)  # the keyword only when asked: the plain call stays as it was
+
+
+def _apply(engine: WorkflowEngine, action: Action, run_id: str, current_version: bool) -> bool:
+    if action == "retry":
+        return retry(engine, run_id, current_version=current_version)
+    return engine.cancel_run(run_id)
 
 
 def bulk_action(
@@ -86,10 +99,14 @@ def bulk_action(
     ids: Sequence[str] | None = None,
     where: RunFilter | None = None,
     limit: int = DEFAULT_BULK_LIMIT,
+    current_version: bool = False,
 ) -> BulkResult:
-    """Retry or cancel the runs in `ids`, or those `where` selects (one of the two)."""
+    """Retry or cancel the runs in `ids`, or those `where` selects (one of the two);
+    `current_version` retries each on the loaded definition (see `retry`)."""
     if action not in APPLIES_TO:
         raise ValueError(f"unknown bulk action {action!r}")
+    if current_version and action != "retry":
+        raise ValueError("current_version applies to retry only")
     result = BulkResult(action)
     if ids is not None:
         targets = list(dict.fromkeys(str(i) for i in ids))
@@ -102,7 +119,8 @@ def bulk_action(
             return result
         with engine.sessions() as session:
             found = run_ids_matching(
-                session, workflow=where.workflow, statuses=statuses, since=where.since, limit=limit + 1
+                session, workflow=where.workflow, statuses=statuses, version=where.version,
+                since=where.since, limit=limit + 1,
             )
         result.remaining = len(found) > limit
         targets = [str(i) for i in found[:limit]]
@@ -111,7 +129,7 @@ def bulk_action(
             _cancel_batch(engine, targets[start : start + CANCEL_BATCH], result)
     else:
         for run_id in targets:
-            _one(engine, action, run_id, result)
+            _one(engine, action, run_id, result, current_version)
     return result
 
 
@@ -127,9 +145,10 @@ def _cancel_batch(engine: WorkflowEngine, batch: list[str], result: BulkResult) 
         _count(result, run_id, cancelled.get(run_id))
 
 
-def _one(engine: WorkflowEngine, action: Action, run_id: str, result: BulkResult) -> None:
+def _one(engine: WorkflowEngine, action: Action, run_id: str, result: BulkResult,
+         current_version: bool = False) -> None:
     try:
-        changed = _apply(engine, action, run_id)
+        changed = _apply(engine, action, run_id, current_version)
     except RunNotFound:
         changed = None
     except OrchestratorError as exc:  # e.g. the run's workflow is no longer loaded

@@ -18,6 +18,7 @@ from . import planner as P
 from .errors import ConfigurationError, OrchestratorError
 from .runtime import Runtime, install
 from .settings import Settings
+from .versions import not_deployed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -118,16 +119,38 @@ def _safe_url(url: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @friendly_errors
 def workflows(as_json: bool) -> None:
-    """List loaded workflows with their steps, queues and triggers."""
-    registry = _runtime().registry
-    items = [w.describe() for w in registry]
+    """List loaded workflows with their steps, queues, triggers and versions.
+
+    Each shows its current version and the versions that still have active (pending or
+    running) runs; a workflow the loaded code lacks that still has active runs (a deploy
+    removed it) is listed too, with a warning. Without a database, versions are skipped.
+    """
+    rt = _runtime()
+    registry = rt.registry
+    report, unknown = _versions_report(rt)
+    items = [{**w.describe(), "loaded": True, "versions": _versions_of(report, w.name)} for w in registry]
+    gone = [r for r in (report or []) if not r.loaded]
+    warnings = [not_deployed(r.workflow, r.active_runs, rt.settings.version_grace) for r in gone]
+    if unknown:
+        click.echo(f"warning: versions and active runs are unknown: {unknown}", err=True)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
+        items += [
+            {"name": r.workflow, "loaded": False, "version": None, "active_runs": r.active_runs,
+             "versions": [v.as_dict() for v in r.live], "warning": warning}
+            for r, warning in zip(gone, warnings, strict=True)
+        ]
         click.echo(json.dumps(items, indent=2))
         return
-    if not items:
+    if not items and not gone:
         click.echo("no workflows loaded (ORCHESTRATOR_WORKFLOWS={})".format(",".join(Settings.from_env().workflows)))
     for item in items:
-        click.echo(f"{item['name']}")
+        click.echo(f"{item['name']}  version {item['version']}")
+        for version in item["versions"] or []:
+            if version["active_runs"]:
+                current = " (current)" if version["version"] == item["version"] else ""
+                click.echo(f"  version {version['version']}{current}: {_active(version['active_runs'])}")
         for step in item["steps"]:
             after = f" after {', '.join(step['after'])}" if step["after"] else ""
             extras = [f"queue={step['queue']}"]
@@ -141,9 +164,38 @@ def workflows(as_json: bool) -> None:
         for trigger in item["triggers"]:
             match = json.dumps(trigger["match"]) if trigger["match"] is not None else "every event"
             click.echo(f"  trigger kafka topic={trigger['topic']} match={match}")
+    for r in gone:
+        click.echo(f"{r.workflow}  not loaded: {_active(r.active_runs)}")
+        for version in r.live:
+            click.echo(f"  version {version.version}: {_active(version.active_runs)}")
     if items:
         queues = sorted({s["queue"] for i in items for s in i["steps"]})
         click.echo(f"queues to serve: {', '.join(queues)}")
+
+
+def _active(count: int) -> str:
+    return f"{count} active run{'' if count == 1 else 's'}"
+
+
+def _versions_report(rt: Runtime) -> tuple[list[Any] | None, str | None]:
+    """Every workflow's versions and live runs, or (None, why) when the database cannot
+    say: listing the loaded code must work without one (e.g. to check a deploy)."""
+    from .db.versions import by_workflow
+
+    try:
+        with rt.sessions() as session:
+            return by_workflow(session, rt.registry), None
+    except OperationalError as exc:
+        return None, f"cannot reach the database: {_db_reason(exc)}"
+    except DBAPIError as exc:
+        return None, f"database error: {_db_reason(exc)} (run `orchestrator db upgrade`)"
+
+
+def _versions_of(report: list[Any] | None, name: str) -> list[dict[str, Any]] | None:
+    """The JSON versions of workflow `name` (None: unknown, without a database)."""
+    if report is None:
+        return None
+    return next(([v.as_dict() for v in r.versions] for r in report if r.workflow == name), [])
 
 
 @main.command()
@@ -160,17 +212,19 @@ def trigger(name: str, input_json: str) -> None:
 @main.command()
 @click.option("--workflow", default=None, help="Only runs of this workflow.")
 @click.option("--status", type=click.Choice(P.RUN_STATUSES), default=None)
+@click.option("--version", "version", default=None, metavar="V",
+              help="Only runs on this workflow version (see `orchestrator workflows`).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @friendly_errors
-def runs(workflow: str | None, status: str | None, limit: int, as_json: bool) -> None:
-    """List runs, newest first."""
+def runs(workflow: str | None, status: str | None, version: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first, with the version each is on."""
     from .db.queries import list_runs, run_dict
 
     rt = _runtime()
     with rt.sessions() as session:
         found = list_runs(
-            session, workflow=workflow, status=status, limit=limit, with_steps=as_json
+            session, workflow=workflow, status=status, version=version, limit=limit, with_steps=as_json
         )
         items = [run_dict(r, with_steps=as_json) for r in found]
     if as_json:
@@ -180,7 +234,8 @@ def runs(workflow: str | None, status: str | None, limit: int, as_json: bool) ->
         click.echo("no runs")
     for item in items:
         click.echo(
-            f"{item['id']}  {item['workflow']:<24} {item['status']:<10} {item['created_at']}"
+            f"{item['id']}  {item['workflow']:<24} {item['status']:<10} {item['created_at']}  "
+            f"{item['version'] or '-'}"
         )
 
 
@@ -199,6 +254,7 @@ def show_run(run_id: str, as_json: bool) -> None:
         click.echo(json.dumps(item, indent=2))
         return
     click.echo(f"run {item['id']} of {item['workflow']}: {item['status']}")
+    click.echo(f"  version: {item['version'] or 'none (started before versions)'}")
     click.echo(f"  input: {json.dumps(item['input'])}")
     click.echo(f"  created {item['created_at']}  started {item['started_at']}  finished {item['finished_at']}")
     if item["error"]:
@@ -230,13 +286,25 @@ def cancel(run_id: str) -> None:
 
 @main.command()
 @click.argument("run_id")
+@click.option("--current-version", is_flag=True,
+              help="Re-plan the run on the loaded (current) version of its workflow: steps in "
+                   "both keep their succeeded results, new steps run. Default: the run's own version.")
 @friendly_errors
-def retry(run_id: str) -> None:
+def retry(run_id: str, current_version: bool) -> None:
     """Re-run a finished run's failed and cancelled steps and what depends on them."""
-    if _runtime().engine.retry_run(run_id):
-        click.echo(f"retrying run {run_id}")
-    else:
+    from .bulk import retry as retry_run
+
+    rt = _runtime()
+    if not retry_run(rt.engine, run_id, current_version=current_version):
         raise click.ClickException(f"run {run_id} is still running or has nothing to retry")
+    if current_version:
+        from .db.queries import get_run
+
+        with rt.sessions() as session:
+            version = get_run(session, run_id).version
+        click.echo(f"retrying run {run_id} on the current version {version}")
+    else:
+        click.echo(f"retrying run {run_id}")
 
 
 # -- services --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,12 +31,13 @@ from . import planner as P
 from . import skew as S
 from .db import versions as V
 from .db.hotpath import hot_path_for, succeeded_results
-from .db.models import Attempt, Run, StepRun
+from .db.models import Attempt, Run, StepRun, WorkflowVersion
 from .dispatch import Dispatch, Dispatcher
 from .dsl import Concurrency, StepContext, Workflow
 from .errors import DeploySkew, InvalidInput, RunNotFound, StepNotLoaded
 from .registry import Registry
 from .settings import Settings
+from .versions import missing_code, planning_view
 
 log = logging.getLogger("orchestrator.engine")
 
@@ -131,6 +133,8 @@ class Claim:
     results: dict[str, Any]
     #: The run's key under its workflow's concurrency limit, if the workflow has one.
     run_key: str | None = None
+    #: The workflow version the run started with, which its planning follows.
+    version: str | None = None
 
 
 @dataclass
@@ -182,6 +186,9 @@ class WorkflowEngine:
         self._versions_recorded = False
         #: Planning views of stored versions other than the loaded one, by (workflow, version).
         self._views: dict[tuple[str, str], Workflow] = {}
+        self._started = time.monotonic()
+        #: When the recovery loop last reported this process's versions as deployed.
+        self.versions_reported_at: float | None = None
 
     # -- versions -------------------------------------------------------------------
 
@@ -194,6 +201,80 @@ class WorkflowEngine:
         with self.sessions() as session, session.begin():
             V.record(session, list(self.registry), utcnow(), seen=seen)
         self._versions_recorded = True
+
+    def fail_abandoned(self, limit: int = 500) -> int:
+        """Fail live runs of workflows that no worker has reported for the version grace.
+
+        A deploy that removed a workflow leaves its runs with nobody to run or admit them;
+        they fail with a message saying so, never silently stuck. Only after this process has
+        itself been up for the grace period (every worker had time to report its code).
+        Returns how many runs were failed.
+        """
+        grace = self.settings.version_grace
+        if time.monotonic() - self._started < grace:
+            return 0
+        now = utcnow()
+        runs, versions = Run.__table__, WorkflowVersion.__table__
+        seen = (
+            select(versions.c.workflow)
+            .where(versions.c.workflow == runs.c.workflow,
+                   versions.c.last_seen_at >= now - timedelta(seconds=grace))
+            .exists()
+        )
+        with self.sessions() as session:
+            found = session.execute(
+                select(runs.c.id, runs.c.workflow)
+                .where(runs.c.status.in_((P.RUN_PENDING, P.RUN_RUNNING)), ~seen)
+                .limit(limit)
+            ).all()
+        failed = 0
+        for run_id, name in found:
+            error = (f"workflow {name!r} is not in the deployed code: no worker has reported it "
+                     f"for ORCHESTRATOR_VERSION_GRACE ({grace:g}s); a deploy removed it?")
+            try:
+                with self.transaction() as (session, outbox):
+                    run = self._lock_run(session, run_id)
+                    if run.status in P.RUN_FINAL:
+                        continue
+                    steps = {s.name: s for s in run.steps}
+                    self._apply(run, steps, _failed_now({n: r.status for n, r in steps.items()}, error, now),
+                                outbox, now)
+                    failed += 1
+            except (OperationalError, InterfaceError, DisconnectionError):
+                raise
+            except Exception:  # noqa: BLE001 - one bad run must not stop the others
+                log.exception("could not fail run %s of the removed workflow %r", run_id, name)
+        if failed:
+            log.warning("failed %d run(s) of workflows no deployed worker has", failed)
+        return failed
+
+    def definition(self, name: str, version: str | None, session: Session | None = None) -> Workflow | None:
+        """The definition to plan a run of `name` started on `version` with.
+
+        The loaded workflow when it is that version (or the run predates versions);
+        otherwise a planning view (`versions.planning_view`): that version's stored
+        structure with the loaded step code, by step name. None when neither the code
+        nor a stored structure exists (the run cannot go on anywhere).
+        """
+        loaded = self.registry.find(name)
+        if loaded is not None and (version is None or version == loaded.version):
+            return loaded
+        if version is None:
+            return None
+        view = self._views.get((name, version))
+        if view is None:
+            if session is None:
+                with self.sessions() as own:
+                    shape = V.structure_of(own, name, version)
+            else:
+                shape = V.structure_of(session, name, version)
+            if shape is None:
+                return loaded  # not recorded: the loaded code, checked by `skew.mismatch`
+            view = self._views[(name, version)] = planning_view(name, version, shape, loaded)
+        return view
+
+    def _definition_of(self, run: Run, session: Session | None = None) -> Workflow | None:
+        return self.definition(run.workflow, run.version, session)
     # -- transactions -------------------------------------------------------------
 
     @contextmanager
@@ -360,7 +441,7 @@ class WorkflowEngine:
                 continue
             run.status = P.RUN_RUNNING
             run.started_at = now
-            self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
+            self._advance(run, self._definition_of(run, session), {s.name: s for s in run.steps}, outbox, now)
             started.append(str(run.id))
         session.flush()
         return started
@@ -392,8 +473,10 @@ class WorkflowEngine:
     ) -> None:
         """A limited run finished or was cancelled: its slot may go to the next one.
 
-        Without its workflow's code (`None`) nothing can be admitted here.
+        Today's limit governs admission; without the workflow's code or a recorded version
+        (`None`) nothing can be admitted here.
         """
+        workflow = self.registry.find(run.workflow) or workflow
         if workflow is not None and workflow.concurrency is not None and run.concurrency_key is not None and run.status in P.RUN_FINAL:
             session.flush()
             self.admit(session, outbox, workflow, run.concurrency_key)
@@ -437,16 +520,21 @@ class WorkflowEngine:
                     settled = False
                     break
                 if not go:
-                    changes[name] = {"status": P.SKIPPED, "finished_at": now}
+                    changes[name] = {"status": P.SKIPPED, "finished_at": now,
+                                     "reason": f"condition of step {name!r} was false"}
                     current[name] = P.SKIPPED
                     settled = False
                     break
             if settled:
                 break
         for name in plan.skip:
-            changes[name] = {"status": P.SKIPPED, "finished_at": now}
+            parents = ", ".join(repr(p) for p in workflow.steps[name].after)
+            changes[name] = {"status": P.SKIPPED, "finished_at": now,
+                             "reason": f"every parent was skipped ({parents})"}
+        failed_steps = [n for n, s in current.items() if s == P.FAILED]
         for name in plan.cancel:
-            changes[name] = {"status": P.CANCELLED, "finished_at": now}
+            why = f"step {failed_steps[0]!r} failed" if failed_steps else "the run failed"
+            changes[name] = {"status": P.CANCELLED, "finished_at": now, "reason": why}
         decision = Decision(changes=changes, run_status=plan.run_status)
         lease = now + timedelta(seconds=self.settings.redeliver_after)
         for name in plan.queue:
@@ -541,7 +629,12 @@ class WorkflowEngine:
             if row is None:
                 self._check_loaded(session, rid, step_name, worker)
                 return None
-        own = self.registry.get(row.workflow).steps[step_name].after
+        definition = self.definition(row.workflow, row.version) or self.registry.get(row.workflow)
+        own = definition.steps[step_name].after
+        missing = [p for p in own if p not in row.results]
+        if missing and row.version is not None:  # an older version's parents: read them too
+            with self.sessions() as session:
+                row.results.update(succeeded_results(session, rid, missing))
         return Claim(
             step_id=row.step_id,
             run_id=str(rid),
@@ -552,12 +645,13 @@ class WorkflowEngine:
             input=row.input,
             results={p: row.results[p] for p in own if p in row.results},
             run_key=row.run_key,
+            version=row.version,
         )
 
     def _check_loaded(self, session: Session, rid: uuid.UUID, step_name: str, worker: str | None) -> None:
         """After a refused claim: raise `StepNotLoaded` if the step waits for code we lack."""
         found = session.execute(
-            select(Run.workflow)
+            select(Run.workflow, Run.version)
             .join(StepRun, StepRun.run_id == Run.id)
             .where(
                 Run.id == rid,
@@ -570,10 +664,41 @@ class WorkflowEngine:
         if found is None:
             return
         workflow = self.registry.find(found.workflow)
-        if workflow is None:
-            raise StepNotLoaded(S.not_loaded(found.workflow, worker))
-        if step_name not in workflow.steps:
+        if workflow is not None and step_name in workflow.steps:
+            return
+        if found.version is None:  # a run from before versions
+            if workflow is None:
+                raise StepNotLoaded(S.not_loaded(found.workflow, worker))
             raise StepNotLoaded(f"{S.step_not_defined(found.workflow, step_name)} (worker {worker!r})")
+        deployed = workflow.version if workflow is not None else None
+        where = f" (worker {worker!r})" if worker else ""
+        raise StepNotLoaded(missing_code(found.workflow, step_name, found.version, deployed) + where)
+
+    def defer_not_loaded(self, run_id: str, step_name: str, error: str) -> float | None:
+        """A worker without a step's code gives its message back: how long it has waited.
+
+        Notes when the first hand-back happened (on the step row, so every worker and every
+        copy of the message counts the same grace) and returns the seconds since, or None
+        if the step is no longer waiting. Past `ORCHESTRATOR_VERSION_GRACE` the caller
+        fails the step (`fail_not_loaded`).
+        """
+        now = utcnow()
+        steps = StepRun.__table__
+        with self.sessions() as session, session.begin():
+            session.execute(
+                update(steps)
+                .where(steps.c.run_id == parse_run_id(run_id), steps.c.name == step_name,
+                       steps.c.status.in_((P.QUEUED, P.RETRYING)), steps.c.handed_back_at.is_(None))
+                .values(handed_back_at=now)
+            )
+            since = session.scalar(
+                select(steps.c.handed_back_at)
+                .where(steps.c.run_id == parse_run_id(run_id), steps.c.name == step_name,
+                       steps.c.status.in_((P.QUEUED, P.RETRYING)))
+            )
+        if since is None:
+            return None
+        return max(0.0, (now - _aware(since)).total_seconds())
 
     def fail_not_loaded(self, run_id: str, step_name: str, error: str) -> bool:
         """Fail a queued step that no worker with its code took (see `skew.hand_back_pause`).
@@ -594,7 +719,7 @@ class WorkflowEngine:
             row.lease_expires_at = None
             if run.error is None:
                 run.error = f"step {step_name!r} failed: {error}"
-            workflow = self.registry.find(run.workflow)
+            workflow = self._definition_of(run, session)
             self._advance(run, workflow, steps, outbox, now)
             self._after_run_change(session, outbox, run, workflow)
             return True
@@ -678,7 +803,7 @@ class WorkflowEngine:
         now = utcnow()
         rid = parse_run_id(claim.run_id)
         runs, steps = Run.__table__, StepRun.__table__
-        workflow = self.registry.get(claim.workflow)
+        workflow = self.definition(claim.workflow, claim.version) or self.registry.get(claim.workflow)
         with self.transaction() as (session, outbox):
             if claim.run_key is not None:
                 C.lock_key(session, C.run_scope(workflow.name), claim.run_key)
@@ -756,7 +881,7 @@ class WorkflowEngine:
                 attempt.status = P.FAILED
                 attempt.error = outcome.error
                 attempt.traceback = outcome.traceback
-            workflow = self.registry.find(run.workflow)
+            workflow = self._definition_of(run, session)
             self._fail_attempt(run, workflow, row, outcome.error or "failed", outbox, now)
             self._settled(session, outbox, run, workflow, row, now)
 
@@ -818,7 +943,7 @@ class WorkflowEngine:
                 "(the process was killed, or exceeded its hard time limit)"
             )
             _fail_running_attempt(session, row, error, now)
-            workflow = self.registry.find(run.workflow)
+            workflow = self._definition_of(run, session)
             self._fail_attempt(run, workflow, row, error, outbox, now)
             self._settled(session, outbox, run, workflow, row, now)
             return True
@@ -872,7 +997,7 @@ class WorkflowEngine:
             record.error = error
             record.finished_at = now
             row.max_attempts += 1
-            workflow = self.registry.find(run.workflow)
+            workflow = self._definition_of(run, session)
             self._fail_attempt(run, workflow, row, error, outbox, now)
             self._settled(session, outbox, run, workflow, row, now)
             return True
@@ -893,7 +1018,7 @@ class WorkflowEngine:
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
-                step = self._step_or_none(row)
+                step = self._step_or_none(row, session)
                 message = Dispatch(
                     str(row.run_id), row.name, row.queue, step.timeout if step else None
                 )
@@ -908,8 +1033,8 @@ class WorkflowEngine:
                 sent += 1
         return sent
 
-    def _step_or_none(self, row: StepRun) -> Any:
-        workflow = self.registry.find(row.run.workflow)
+    def _step_or_none(self, row: StepRun, session: Session) -> Any:
+        workflow = self._definition_of(row.run, session)
         return workflow.steps.get(row.name) if workflow is not None else None
 
     # -- operator actions -----------------------------------------------------------
@@ -977,7 +1102,7 @@ class WorkflowEngine:
                 session.execute(
                     update(steps)
                     .where(steps.c.run_id.in_(live), steps.c.status.in_((P.PENDING, P.QUEUED, P.RETRYING)))
-                    .values(status=P.CANCELLED, finished_at=now, lease_expires_at=None)
+                    .values(status=P.CANCELLED, finished_at=now, lease_expires_at=None, reason="cancelled")
                 )
                 session.execute(
                     update(runs)
@@ -1008,53 +1133,111 @@ class WorkflowEngine:
                 row.status = P.CANCELLED
                 row.finished_at = now
                 row.lease_expires_at = None
+                row.reason = reason
             elif row.status == P.RUNNING and terminate and row.task_id:
                 outbox.terminate.append(row.task_id)
 
-    def retry_run(self, run_id: str) -> bool:
+    def retry_run(self, run_id: str, current_version: bool = False) -> bool:
         """Re-run a finished run's failed and cancelled steps and everything after them.
 
-        Succeeded steps keep their results. Returns False if the run is still live or
-        has nothing to retry; raises `DeploySkew` if the loaded code does not have the
-        run's workflow or its steps differ from the run's.
+        Succeeded steps keep their results. The run keeps the version it started with;
+        with `current_version` it is re-planned on today's definition instead: steps in
+        both keep their succeeded results, steps today's version adds run, and steps it
+        no longer has are dropped. Returns False if the run is still live or has nothing
+        to retry; raises `DeploySkew` if the code it needs is not loaded here.
         """
         now = utcnow()
+        if current_version:
+            self.record_versions()
         with self.transaction() as (session, outbox):
             run = self._lock_run(session, parse_run_id(run_id))
             if run.status not in P.RUN_FINAL:
                 return False
-            workflow = self.registry.find(run.workflow)
-            if workflow is None:
-                raise DeploySkew(
-                    f"run {run_id} cannot be retried here: its workflow {run.workflow!r} is not "
-                    "loaded (deploy skew?)"
-                )
-            steps = {s.name: s for s in run.steps}
-            skewed = S.mismatch(workflow, steps)
-            if skewed is not None:
-                raise DeploySkew(f"run {run_id} cannot be retried: {skewed}")
+            loaded = self.registry.find(run.workflow)
+            if current_version:
+                if loaded is None:
+                    raise DeploySkew(
+                        f"run {run_id} cannot be retried on the current version: workflow "
+                        f"{run.workflow!r} is not in the deployed code"
+                    )
+                workflow = loaded
+                steps = self._replan(session, run, loaded)
+            else:
+                workflow = self._definition_of(run, session)
+                if workflow is None or loaded is None:
+                    raise DeploySkew(
+                        f"run {run_id} cannot be retried here: its workflow {run.workflow!r} is not "
+                        "loaded (deploy skew?)"
+                    )
+                steps = {s.name: s for s in run.steps}
+                skewed = S.mismatch(workflow, steps)
+                if skewed is not None:
+                    raise DeploySkew(f"run {run_id} cannot be retried: {skewed}")
             deps = {s.name: s.after for s in workflow.steps.values()}
             redo = P.affected_by_retry(deps, {n: r.status for n, r in steps.items()})
+            redo += [n for n, r in steps.items() if r.status == P.PENDING and n not in redo]
             if not redo:
                 return False
+            if not current_version:
+                absent = [n for n in redo if loaded is None or n not in loaded.steps]
+                if absent:
+                    deployed = loaded.version if loaded is not None else None
+                    raise DeploySkew(
+                        f"run {run_id} cannot be retried on its version {run.version!r}: "
+                        f"{missing_code(run.workflow, absent[0], run.version, deployed)}; "
+                        "retry it on the current version instead (--current-version)"
+                    )
             for name in redo:
                 row = steps[name]
                 row.status = P.PENDING
                 row.result = None
                 row.error = None
+                row.reason = None
                 row.finished_at = None
                 row.lease_expires_at = None
+                row.handed_back_at = None
                 row.max_attempts = row.attempts + workflow.steps[name].max_attempts
             run.finished_at = None
             run.error = None
             if workflow.concurrency is not None and run.concurrency_key is not None:
                 run.status = P.RUN_PENDING  # waits for a slot like a new run
                 session.flush()
-                self.admit(session, outbox, workflow, run.concurrency_key)
+                self.admit(session, outbox, self.registry.find(run.workflow) or workflow, run.concurrency_key)
             else:
                 run.status = P.RUN_RUNNING
                 self._advance(run, workflow, steps, outbox, now)
         return True
+
+    def _replan(self, session: Session, run: Run, workflow: Workflow) -> dict[str, StepRun]:
+        """Move a finished run onto `workflow`'s current version (`retry --current-version`).
+
+        Step rows today's version no longer has are deleted (with their attempts); the steps
+        it adds get new pending rows. Returns the run's steps by name.
+        """
+        steps = {s.name: s for s in run.steps}
+        for name, row in list(steps.items()):
+            if name not in workflow.steps:
+                run.steps.remove(row)
+                del steps[name]
+        partition = run.concurrency_key if workflow.partition_by is not None else None
+        for step in workflow.steps.values():
+            if step.name in steps:
+                steps[step.name].queue = workflow.queue_of(step, partition)
+                continue
+            row = StepRun(
+                name=step.name,
+                status=P.PENDING,
+                queue=workflow.queue_of(step, partition),
+                concurrency_key=_key_of(step.concurrency, run.input,
+                                        f"workflow {workflow.name!r}: step {step.name!r}"),
+                attempts=0,
+                max_attempts=step.max_attempts,
+            )
+            run.steps.append(row)
+            steps[step.name] = row
+        run.version = workflow.version
+        session.flush()
+        return steps
 
 
 def _failed_now(statuses: Mapping[str, str], error: str, now: datetime) -> Decision:
@@ -1063,7 +1246,7 @@ def _failed_now(statuses: Mapping[str, str], error: str, now: datetime) -> Decis
     code is gone."""
     open_steps = (P.PENDING, P.QUEUED, P.RETRYING)
     changes: dict[str, dict[str, Any]] = {
-        name: {"status": P.CANCELLED, "finished_at": now, "lease_expires_at": None}
+        name: {"status": P.CANCELLED, "finished_at": now, "lease_expires_at": None, "reason": error}
         for name, status in statuses.items()
         if status in open_steps
     }

@@ -18,7 +18,7 @@ from .dsl import StepContext
 from .engine import Claim, Outcome, WorkflowEngine, check_json
 from .errors import InvalidInput, StepNotLoaded
 from .leases import LeaseBoard, renewal_interval
-from .skew import hand_back_pause
+from .skew import grace_expired, hand_back_pause
 
 log = logging.getLogger("orchestrator.worker")
 
@@ -204,22 +204,27 @@ def execute(
     """Claim, run and record one attempt of a step. Returns what happened, for the task log.
 
     A step whose code this worker lacks is never claimed: `HandBack` asks the task to
-    re-queue the message (`handed_back` counts how often that happened already), until
-    `skew.hand_back_pause` says to fail the step instead.
+    re-queue the message (`handed_back` counts how often that happened already), for
+    another worker of a rolling deploy, until `skew.hand_back_pause` says that
+    ORCHESTRATOR_VERSION_GRACE has passed: the step then fails, naming both versions.
     """
     try:
         claim = engine.claim(run_id, step_name, worker)
     except StepNotLoaded as missing:
-        pause = hand_back_pause(handed_back)
+        grace = engine.settings.version_grace
+        waited = engine.defer_not_loaded(run_id, step_name, str(missing))
+        if waited is None:
+            return "skipped: not claimable (the step stopped waiting)"
+        pause = hand_back_pause(handed_back, waited, grace)
         if pause is not None:
             raise HandBack(pause, str(missing)) from None
-        log.warning("step %s/%s: %s; no worker with its code took it, failing it",
-                    run_id, step_name, missing)
-        engine.fail_not_loaded(run_id, step_name, str(missing))
-        return f"failed: {missing}"
+        error = grace_expired(str(missing), grace)
+        log.warning("step %s/%s: %s; failing it", run_id, step_name, error)
+        engine.fail_not_loaded(run_id, step_name, error)
+        return f"failed: {error}"
     if claim is None:
         return "skipped: not claimable (duplicate message, finished or cancelled run)"
-    workflow = engine.registry.get(claim.workflow)
+    workflow = engine.definition(claim.workflow, claim.version) or engine.registry.get(claim.workflow)
     step = workflow.steps[claim.step]
     logger, capture = step_logger(claim)
     ctx = StepContext(

@@ -43,7 +43,8 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
     (`CONNECTION_ERRORS`) ends the sweep.
     """
     now = datetime.now(UTC)
-    counts = {"expired": 0, "redelivered": 0, "admitted": 0}
+    counts = {"expired": 0, "redelivered": 0, "admitted": 0, "abandoned": 0}
+    _report_versions(engine)
     db = engine.sessions.kw["bind"]
     postgres = db.dialect.name == "postgresql"
     # A dedicated connection: a session-level advisory lock belongs to its connection.
@@ -78,6 +79,7 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
             if stale:
                 counts["redelivered"] = _redeliver(engine, stale)
             counts["admitted"] = engine.admit_waiting()
+            counts["abandoned"] = engine.fail_abandoned()
         finally:
             if postgres:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
@@ -85,10 +87,35 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
     if any(counts.values()):
         log.info(
             "recovery: %(expired)d lapsed lease(s), %(redelivered)d message(s) re-sent, "
-            "%(admitted)d waiting run(s) admitted",
+            "%(admitted)d waiting run(s) admitted, %(abandoned)d run(s) of removed workflows failed",
             counts,
         )
     return counts
+
+
+#: Longest interval, in seconds, between two reports of a worker's workflow versions.
+REPORT_INTERVAL = 30.0
+
+
+def _report_versions(engine: WorkflowEngine) -> None:
+    """Note that this worker, with its workflows' code, is up (`workflow_versions.last_seen_at`).
+
+    Every node does it, lock or not, at most every `REPORT_INTERVAL` seconds (and four
+    times per ORCHESTRATOR_VERSION_GRACE): a version nobody reports for the grace period is
+    no longer deployed, and runs of a workflow with no deployed version fail.
+    """
+    interval = min(REPORT_INTERVAL, engine.settings.version_grace / 4)
+    last = engine.versions_reported_at
+    if last is not None and time.monotonic() - last < interval:
+        return
+    try:
+        engine.record_versions(seen=True)
+    except CONNECTION_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - reporting must never stop recovery itself
+        log.exception("recovery: could not report this worker's workflow versions")
+        return
+    engine.versions_reported_at = time.monotonic()
 
 
 def _redeliver(engine: WorkflowEngine, stale: list[int]) -> int:

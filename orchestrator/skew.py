@@ -13,22 +13,33 @@ from collections.abc import Iterable
 
 from .dsl import Workflow
 
-#: Times a worker without a step's code hands the step's message back (to be taken by a
-#: worker that has the code) before it fails the step. With `HAND_BACK_PAUSE` this gives
-#: workers with the code about ten seconds to take it.
-HAND_BACK_LIMIT = 20
-#: Seconds a handed-back message waits in the queue before it is delivered again.
+#: Seconds a handed-back message first waits in the queue before it is delivered again;
+#: each later hand-back of the same message waits `HAND_BACK_GROWTH` times longer, up to
+#: `HAND_BACK_MAX_PAUSE`, so a ten-minute grace costs a few dozen deliveries, not thousands.
 HAND_BACK_PAUSE = 0.5
+HAND_BACK_GROWTH = 1.5
+HAND_BACK_MAX_PAUSE = 10.0
 
 
-def hand_back_pause(handed_back: int) -> float | None:
+def hand_back_pause(handed_back: int, waited: float, grace: float) -> float | None:
     """Seconds to wait before the message comes again, or None: fail the step now.
 
-    `handed_back` counts the times this message was already handed back. The one place
-    that decides between "another worker may have the code" and "nobody has it": a
-    grace period for deploys (ORCHESTRATOR_VERSION_GRACE) replaces this rule.
+    `handed_back` counts the times this message was already handed back and `waited` the
+    seconds since any worker first handed the step back. The one place that decides
+    between "another worker of a rolling deploy may have the code" and "nobody has it":
+    within `grace` (ORCHESTRATOR_VERSION_GRACE) the message goes back, after it the step
+    fails. The last pause ends at the deadline, so the step fails close to it.
     """
-    return HAND_BACK_PAUSE if handed_back < HAND_BACK_LIMIT else None
+    left = grace - waited
+    if left <= 0:
+        return None
+    pause = min(HAND_BACK_MAX_PAUSE, HAND_BACK_PAUSE * HAND_BACK_GROWTH ** max(0, handed_back))
+    return max(0.05, min(pause, left))
+
+
+def grace_expired(error: str, grace: float) -> str:
+    """The error of a step no worker with its code took within the grace period."""
+    return f"{error}; no worker with its code took it within ORCHESTRATOR_VERSION_GRACE ({grace:g}s)"
 
 
 def not_loaded(workflow: str, worker: str | None) -> str:

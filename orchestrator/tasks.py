@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery, Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -20,7 +22,9 @@ def register_tasks(app: Celery) -> None:
         retry_backoff_max=30,
         max_retries=None,
     )
-    def run_step(self: Task, run_id: str, step_name: str, handed_back: int = 0) -> str:
+    def run_step(self: Task, run_id: str, step_name: str, handed_back: int = 0, **_later: Any) -> str:
+        # `_later`: options a newer release may add to its messages; an older worker of a
+        # rolling upgrade ignores them instead of failing the message.
         from . import runtime
         from .executor import HandBack, execute
 

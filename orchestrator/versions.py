@@ -156,3 +156,23 @@ def _missing(workflow: str, step: str, version: str, deployed: str | None,
 
     missing.__name__ = f"missing_{step}"
     return missing
+
+
+def not_deployed(workflow: str, active_runs: int, grace: float) -> str:
+    """The warning for a workflow a deploy removed while runs of it are still live.
+
+    Said the same way by `orchestrator workflows` and the dashboard's overview, so an
+    operator who sees it in one place recognises it in the other.
+    """
+    runs = "run" if active_runs == 1 else "runs"
+    return (f"workflow {workflow} is not in the deployed code; its {active_runs} active {runs} "
+            f"will fail after ORCHESTRATOR_VERSION_GRACE ({span(grace)})")
+
+
+def span(seconds: float) -> str:
+    """A grace period for people: `10 min`, `90 s`, `2 h`."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"

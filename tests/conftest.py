@@ -103,6 +103,7 @@ def settings_env(settings: Settings, redis_url: str | None = None) -> dict[str, 
         ORCHESTRATOR_STEP_LEASE=str(settings.step_lease),
         ORCHESTRATOR_REDELIVER_AFTER=str(settings.redeliver_after),
         ORCHESTRATOR_RECOVERY_INTERVAL=str(settings.recovery_interval),
+        ORCHESTRATOR_VERSION_GRACE=str(settings.version_grace),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
         PYTHONUNBUFFERED="1",
     )
@@ -116,7 +117,7 @@ def clean_state(pg_url: str, redis_url: str) -> None:
     """Empty tables and broker before a test."""
     engine = create_engine(pg_url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE attempts, steps, runs, events, web_sessions, login_failures RESTART IDENTITY CASCADE"))
+        conn.execute(text("TRUNCATE attempts, steps, runs, events, web_sessions, login_failures, workflow_versions RESTART IDENTITY CASCADE"))
     engine.dispose()
     redis.Redis.from_url(redis_url).flushdb()
 
@@ -158,8 +159,10 @@ def start_worker(
     started: list[WorkerProcess] = []
 
     def start(concurrency: int = 2, queues: str | None = None, name: str | None = None,
-              workflows: tuple[str, ...] | None = None) -> WorkerProcess:
-        """`workflows`: the modules this worker loads, if not the test's (deploy skew)."""
+              workflows: tuple[str, ...] | None = None,
+              version_grace: float | None = None) -> WorkerProcess:
+        """`workflows`: the modules this worker loads, if not the test's (deploy skew);
+        `version_grace`: its ORCHESTRATOR_VERSION_GRACE, if not the test's."""
         name = name or f"w{len(started) + 1}-{uuid.uuid4().hex[:6]}@test"
         log = tmp_path / f"{name.split('@')[0]}.log"
         argv = [sys.executable, "-m", "orchestrator", "worker", f"--concurrency={concurrency}",
@@ -168,7 +171,9 @@ def start_worker(
             argv.append(f"--queues={queues}")
         with log.open("wb") as out:
             process = subprocess.Popen(
-                argv, env=settings_env(settings.with_(workflows=workflows or settings.workflows), redis_url),
+                argv, env=settings_env(settings.with_(workflows=workflows or settings.workflows,
+                                                      version_grace=version_grace or settings.version_grace),
+                                       redis_url),
                 cwd=ROOT, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )

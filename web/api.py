@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request, url_for
 
-from . import context, params, services
+from . import params, services
 from .auth import require_token
 from .openapi import document
 
@@ -29,14 +29,14 @@ def openapi() -> Any:
 
 @bp.get("/workflows")
 def list_workflows() -> Any:
-    """Every loaded workflow with its steps, dependencies and triggers."""
-    return jsonify(workflows=[w.describe() for w in context.registry()])
+    """Every loaded workflow with its steps, triggers and versions; unloaded ones with live runs."""
+    return jsonify(services.workflows_json())
 
 
 @bp.get("/workflows/<name>")
 def show_workflow(name: str) -> Any:
-    """One workflow with its steps, dependencies and triggers."""
-    return jsonify(context.registry().get(name).describe())
+    """One workflow with its steps, dependencies, triggers and versions."""
+    return jsonify(services.workflow_json(name))
 
 
 @bp.get("/queues")
@@ -55,7 +55,7 @@ def create_run(name: str) -> Any:
 
 @bp.get("/runs")
 def list_runs() -> Any:
-    """Runs newest first, filtered by workflow, status and since; keyset paged."""
+    """Runs newest first, filtered by workflow, status, version and since; keyset paged."""
     return jsonify(services.runs_page(request.args))
 
 
@@ -76,8 +76,9 @@ def cancel_run(run_id: str) -> Any:
 @bp.post("/runs/<run_id>/retry")
 @require_token
 def retry_run(run_id: str) -> Any:
-    """Re-run a finished run's failed and cancelled steps and what depends on them."""
-    services.retry_run(run_id)
+    """Re-run a finished run's failed steps and dependants, on its version or the current one."""
+    body = params.json_body(request.get_data(), required=False)
+    services.retry_run(run_id, current_version=services.retry_options(request.args, body))
     return jsonify(services.run_json(run_id))
 
 

@@ -7,7 +7,7 @@ tested on their own; the templates only turn these shapes into SVG elements.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 # -- DAG: a layered (Sugiyama-style) left-to-right layout ------------------------------
@@ -29,6 +29,8 @@ class DagNode:
     y: float
     width: float = NODE_WIDTH
     height: float = NODE_HEIGHT
+    #: How the current version differs here (see `layout_versions`); "" when it does not.
+    kind: str = ""
 
     @property
     def label(self) -> str:
@@ -41,6 +43,8 @@ class DagEdge:
     source: str
     target: str
     path: str  # SVG path data
+    #: "added" or "dropped" by the current version (see `layout_versions`); "" otherwise.
+    kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,57 @@ def layout_dag(deps: Mapping[str, Sequence[str]]) -> DagLayout:
     )
     width = 2 * MARGIN + len(columns) * NODE_WIDTH + max(len(columns) - 1, 0) * LAYER_GAP
     return DagLayout(width, height, tuple(nodes), edges)
+
+
+#: Node kinds of `layout_versions`: a step the current version no longer has, one it adds
+#: (drawn as a ghost), and one whose dependencies it changes.
+REMOVED, ADDED, CHANGED = "removed", "added", "changed"
+#: Edge kind of a dependency the current version drops between steps it keeps.
+DROPPED = "dropped"
+
+
+def layout_versions(drawn: Mapping[str, Sequence[str]], current: Mapping[str, Sequence[str]]) -> DagLayout:
+    """The DAG `drawn` (a run's version) with what `current` (the loaded version) changes
+    drawn on it: steps `current` lacks are `removed`, steps only `current` has are `added`
+    ghosts placed where `current` puts them, steps whose parents differ are `changed`, and
+    dependencies are `added` or `dropped` by `current`.
+
+    Laid out on the union of both graphs, so ghosts and moved edges find room; if the
+    union has a cycle (a dependency turned around), the changed edges among kept steps
+    are left out of the drawing and their steps are still marked `changed`.
+    """
+    union: dict[str, list[str]] = {name: list(parents) for name, parents in drawn.items()}
+    for name, parents in current.items():
+        union.setdefault(name, [])
+        union[name] += [p for p in parents if p not in union[name]]
+    try:
+        layout = layout_dag(union)
+    except ValueError:
+        safe = {name: list(parents) for name, parents in drawn.items()}
+        safe.update({name: list(parents) for name, parents in current.items() if name not in drawn})
+        layout = layout_dag(safe)
+
+    def node_kind(name: str) -> str:
+        if name not in current:
+            return REMOVED
+        if name not in drawn:
+            return ADDED
+        return CHANGED if list(drawn[name]) != list(current[name]) else ""
+
+    def edge_kind(source: str, target: str) -> str:
+        was = target in drawn and source in drawn[target]
+        now = target in current and source in current[target]
+        if now and not was:
+            return ADDED
+        if was and not now and source in current and target in current:
+            return DROPPED
+        return ""
+
+    return replace(
+        layout,
+        nodes=tuple(replace(n, kind=node_kind(n.name)) for n in layout.nodes),
+        edges=tuple(replace(e, kind=edge_kind(e.source, e.target)) for e in layout.edges),
+    )
 
 
 def _edge_path(points: list[tuple[float, float]]) -> str:

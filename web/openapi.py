@@ -64,10 +64,15 @@ PATHS: dict[str, Any] = {
     },
     "/api/workflows": {
         "get": {
-            "summary": "Every workflow with its steps, dependencies and triggers",
+            "summary": "Every loaded workflow with its steps, triggers and versions",
+            "description": "`not_loaded` lists the workflows the loaded code does not define that "
+            "still have pending or running runs (a deploy removed them): those runs fail after "
+            "ORCHESTRATOR_VERSION_GRACE.",
             "responses": {
                 "200": _json(
-                    obj({"workflows": {"type": "array", "items": ref("Workflow")}}), "Workflows"
+                    obj({"workflows": {"type": "array", "items": ref("Workflow")},
+                         "not_loaded": {"type": "array", "items": ref("NotLoadedWorkflow")}}),
+                    "Workflows",
                 )
             },
         }
@@ -107,6 +112,8 @@ PATHS: dict[str, Any] = {
             "parameters": [
                 _query("workflow", "Only runs of this workflow", {"type": "string"}),
                 _query("status", "Only runs in this status", {"type": "string", "enum": list(P.RUN_STATUSES)}),
+                _query("version", "Only runs that started with (or were retried onto) this workflow "
+                       "version", {"type": "string"}),
                 SINCE,
                 LIMIT,
                 CURSOR,
@@ -137,19 +144,32 @@ PATHS: dict[str, Any] = {
     "/api/runs/{run_id}/retry": {
         "post": {
             "summary": "Re-run failed and cancelled steps and their dependants",
+            "description": "On the run's own version, unless the body says "
+            '`{"current_version": true}` (or the query `?current_version=1`): then the run is '
+            "re-planned on the loaded version (steps in both keep their succeeded results, new "
+            "steps run, the run's `version` becomes the current one). The body may be empty.",
             "security": SECURED,
-            "parameters": [RUN_ID],
+            "parameters": [
+                RUN_ID,
+                _query("current_version", "`1` or `true`: retry on the loaded version", {"type": "string"}),
+            ],
+            "requestBody": {"required": False,
+                            "content": {"application/json": {"schema": ref("RetryRequest")}}},
             "responses": {
                 "200": _json(ref("RunDetail"), "The run, running again"),
+                "400": _error("A bad body or parameter"),
                 "401": UNAUTHORIZED,
                 "404": _error("No such run"),
-                "409": _error("The run is still running or has nothing to retry"),
+                "409": _error("The run is still running or has nothing to retry, or the code it "
+                              "needs is not loaded (deploy skew)"),
             },
         }
     },
     "/api/runs/retry": {
         "post": {
             "summary": "Retry many runs by ids or by filter",
+            "description": "Each on its own version, or with `current_version: true` on the loaded "
+            "one (as the single retry); a run that cannot be retried is listed in `errors`.",
             "security": SECURED,
             "requestBody": _BULK_BODY,
             "responses": {

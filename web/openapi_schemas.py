@@ -33,6 +33,8 @@ def obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[s
 RUN_FIELDS: dict[str, Any] = {
     "id": {"type": "string", "format": "uuid"},
     "workflow": {"type": "string"},
+    "version": {"type": ["string", "null"],
+                "description": "The workflow version the run started with (null: from before versions)"},
     "status": {"type": "string", "enum": list(P.RUN_STATUSES)},
     "input": {"type": "object"},
     "error": NULLABLE_STRING,
@@ -50,6 +52,31 @@ CONCURRENCY = {
         "limit": {"type": "integer"},
         "strategy": {"type": "string"},
     },
+}
+
+RETRY_CURRENT = {
+    "type": "boolean",
+    "default": False,
+    "description": "Retry only: re-plan on the loaded (current) version instead of the run's "
+    "own; steps in both keep their succeeded results, new steps run",
+}
+
+STEP_NAMES = {"type": "array", "items": {"type": "string"}}
+
+VERSION_DIFF = {
+    "description": "What the current version changes from the run's: steps it adds and "
+    "removes, steps whose dependencies (old and new parents) or options changed",
+    **obj(
+        {
+            "added": STEP_NAMES,
+            "removed": STEP_NAMES,
+            "changed_deps": {
+                "type": "object",
+                "additionalProperties": obj({"old": STEP_NAMES, "new": STEP_NAMES}),
+            },
+            "changed_options": {"type": "object", "additionalProperties": STEP_NAMES},
+        }
+    ),
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -78,6 +105,24 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["type", "topic"],
     },
+    "WorkflowVersion": obj(
+        {
+            "version": {"type": "string"},
+            "active_runs": {"type": "integer", "description": "Its runs that are pending or running"},
+            "created_at": NULLABLE_TIME,
+            "last_seen_at": {**NULLABLE_TIME,
+                             "description": "Last time a process with this version's code said it was up"},
+        }
+    ),
+    "NotLoadedWorkflow": obj(
+        {
+            "name": {"type": "string"},
+            "active_runs": {"type": "integer"},
+            "versions": {"type": "array", "items": ref("WorkflowVersion"),
+                         "description": "Its versions that still have live runs"},
+            "warning": {"type": "string"},
+        }
+    ),
     "Workflow": obj(
         {
             "name": {"type": "string"},
@@ -90,8 +135,10 @@ SCHEMAS: dict[str, Any] = {
             "partition_by": {"type": ["string", "null"], "description": "Dotted path, or <function>"},
             "shards": {"type": ["integer", "null"]},
             "queues": {"type": "array", "items": {"type": "string"}},
+            "versions": {"type": "array", "items": ref("WorkflowVersion"),
+                         "description": "Every recorded version, oldest first, with its live runs"},
         },
-        required=["name", "description", "steps", "triggers", "input_schema"],
+        required=["name", "version", "description", "steps", "triggers", "input_schema", "versions"],
     ),
     "LogLine": {
         "type": "object",
@@ -138,6 +185,11 @@ SCHEMAS: dict[str, Any] = {
             **RUN_FIELDS,
             "steps": {"type": "array", "items": ref("Step")},
             "event": {"oneOf": [ref("EventRef"), {"type": "null"}]},
+            "current_version": {"type": ["string", "null"],
+                                "description": "The loaded workflow's version (null: not loaded)"},
+            "version_diff": {"oneOf": [VERSION_DIFF, {"type": "null"}],
+                             "description": "Null unless the run's version differs from the "
+                             "current one and both structures are known"},
         }
     ),
     "RunRef": obj(
@@ -173,19 +225,24 @@ SCHEMAS: dict[str, Any] = {
     ),
     "StartRun": obj({"input": {"type": "object"}}, required=[]),
     "BulkRequest": {
-        "description": "Either `ids`, or a filter of at least one of workflow, status, since",
+        "description": "Either `ids`, or a filter of at least one of workflow, status, version, "
+        "since; a retry may add `current_version`",
         "oneOf": [
             obj(
                 {"ids": {"type": "array", "items": {"type": "string", "format": "uuid"}, "minItems": 1,
-                         "maxItems": 10000}}
+                         "maxItems": 10000},
+                 "current_version": RETRY_CURRENT},
+                required=["ids"],
             ),
             {
                 **obj(
                     {
                         "workflow": {"type": "string"},
                         "status": {"type": "string", "enum": list(P.RUN_STATUSES)},
+                        "version": {"type": "string"},
                         "since": {"type": "string"},
                         "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        "current_version": RETRY_CURRENT,
                     },
                     required=[],
                 ),
@@ -193,6 +250,7 @@ SCHEMAS: dict[str, Any] = {
             },
         ],
     },
+    "RetryRequest": obj({"current_version": RETRY_CURRENT}, required=[]),
     "BulkResult": obj(
         {
             "action": {"type": "string", "enum": ["retry", "cancel"]},

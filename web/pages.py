@@ -16,14 +16,16 @@ from flask import Blueprint, Flask, flash, redirect, render_template, request, u
 from werkzeug.exceptions import BadRequest, Conflict
 
 from orchestrator import planner as P
-from orchestrator.errors import InvalidInput
+from orchestrator.errors import DeploySkew, InvalidInput
 
 from . import context, params, services
 from .auth import csrf_token, require_login, shown_logged_in
 
 bp = Blueprint("pages", __name__)
 
-FILTERS = ("workflow", "status", "since")
+FILTERS = ("workflow", "status", "version", "since")
+#: The bulk form's actions: its two retry buttons and cancel.
+BULK_ACTIONS = {"retry": ("retry", False), "retry_current": ("retry", True), "cancel": ("cancel", False)}
 
 
 def _now() -> datetime:
@@ -72,15 +74,18 @@ def start(name: str) -> Any:
 
 @bp.get("/runs")
 def runs() -> Any:
-    """Runs filtered by workflow, status and age; live-updating; bulk retry/cancel."""
+    """Runs filtered by workflow, status, version and age; live-updating; bulk retry/cancel."""
     page = services.runs_page(request.args)
     filters = _filters(request.args)
+    names = [w.name for w in context.registry()]
+    if filters.get("workflow") and filters["workflow"] not in names:
+        names.append(filters["workflow"])  # a workflow a deploy removed: still selectable
     return render_template(
         "runs.html",
         page=page,
         filters=filters,
         statuses=P.RUN_STATUSES,
-        workflow_names=[w.name for w in context.registry()],
+        workflow_names=names,
         paged=bool(request.args.get("cursor")),
         limit=params.limit_arg(request.args),
         next_url=url_for(".runs", **filters, cursor=page["next_cursor"]) if page["next_cursor"] else None,
@@ -90,18 +95,25 @@ def runs() -> Any:
 @bp.post("/runs/bulk")
 @require_login
 def bulk() -> Any:
-    """Retry or cancel the selected runs, or every run matching the current filter."""
-    action = request.form.get("action")
-    if action not in ("retry", "cancel"):
-        raise BadRequest("action must be retry or cancel")
+    """Retry (on their versions or the current one) or cancel selected or matching runs."""
+    chosen = BULK_ACTIONS.get(request.form.get("action", ""))
+    if chosen is None:
+        raise BadRequest(f"action must be one of {', '.join(BULK_ACTIONS)}")
+    action, current_version = chosen
     filters = _filters(request.form)
     if request.form.get("scope") == "matching":
         body: dict[str, Any] = dict(filters)
     else:
         body = {"ids": request.form.getlist("ids")}
+    if current_version:
+        body["current_version"] = True
     result = services.bulk(action, body)
-    verb = "Retried" if action == "retry" else "Cancelled"
+    verb = {"retry": "Retried", "cancel": "Cancelled"}[action]
+    if current_version:
+        verb += " on the current version"
     message = f"{verb} {result['touched']} of {result['matched']} matching run(s)."
+    if result["errors"]:
+        message += f" {len(result['errors'])} refused: {next(iter(result['errors'].values()))}"
     if result["not_found"]:
         message += f" {len(result['not_found'])} not found."
     if result["remaining"]:
@@ -122,13 +134,18 @@ def _act(run_id: str, action: Any, done: str) -> Any:
         flash(done, "info")
     except Conflict as exc:
         flash(exc.description or "Nothing to do.", "error")
+    except DeploySkew as exc:  # the code the run needs is not loaded: say so on its page
+        flash(str(exc), "error")
     return redirect(url_for(".run", run_id=run_id))
 
 
 @bp.post("/runs/<run_id>/retry")
 @require_login
 def retry(run_id: str) -> Any:
-    """Retry this run's failed and cancelled steps."""
+    """Retry this run's failed and cancelled steps, on its version or (a form field) the current one."""
+    if params.flag_arg(request.form, "current_version"):
+        return _act(run_id, lambda r: services.retry_run(r, current_version=True),
+                    "Retrying the run on the current version.")
     return _act(run_id, services.retry_run, "Retrying the run's failed and cancelled steps.")
 
 

@@ -29,6 +29,7 @@ MAX_PAGE = 500
 OUTCOMES = ("matched", "ignored", "rejected")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")  # workflow and step names
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,63}$")  # as `Workflow(version=...)`
 _TOPIC = re.compile(r"^[A-Za-z0-9._\-]{1,249}$")  # Kafka's legal topic names
 _RELATIVE = re.compile(r"^(\d{1,6})([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -64,6 +65,31 @@ def workflow_arg(args: Mapping[str, Any], name: str = "workflow") -> str | None:
     if value is not None and not _NAME.match(value):
         raise BadRequest(f"{name} {value!r} is not a workflow name (letters, digits, '_', '-', '.')")
     return value
+
+
+def version_arg(args: Mapping[str, Any]) -> str | None:
+    """A workflow version: what `Workflow(version=...)` accepts, or a structure hash."""
+    value = _text(args, "version")
+    if value is not None and not _VERSION.match(value):
+        raise BadRequest(
+            f"version {value!r} is not a workflow version (1-64 letters, digits, '_', '-', '.', ':', '+')"
+        )
+    return value
+
+
+#: What a query parameter or form field may say for a yes/no flag.
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def flag_arg(args: Mapping[str, Any], name: str) -> bool:
+    """A yes/no flag from a JSON body (true/false) or a query string or form (1/0, true/false)."""
+    value = args.get(name)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise BadRequest(f"{name} must be true or false, got {value!r}")
 
 
 def status_arg(args: Mapping[str, Any]) -> str | None:

@@ -13,11 +13,13 @@ from typing import Any
 
 from werkzeug.exceptions import BadRequest, Conflict, NotFound
 
-from orchestrator.bulk import MAX_BULK_LIMIT, RunFilter, bulk_action
+from orchestrator.bulk import MAX_BULK_LIMIT, RunFilter, bulk_action, retry
 from orchestrator.db import queries as Q
 from orchestrator.db import stats
+from orchestrator.db import versions as V
 from orchestrator.dsl import Workflow
 from orchestrator.queues import QueueReport
+from orchestrator.versions import not_deployed
 
 from . import context, graphics, params
 
@@ -27,11 +29,20 @@ RECENT_RUNS = 10
 
 
 def run_json(run_id: str) -> dict[str, Any]:
-    """A run with its steps, attempts and the event that started it."""
-    run = Q.get_run(context.db(), run_id)
+    """A run with its steps, attempts, the event that started it, and its version beside
+    the loaded one (`current_version`, and `version_diff` when they differ)."""
+    return _run_and_version(run_id)[0]
+
+
+def _run_and_version(run_id: str) -> tuple[dict[str, Any], V.RunVersion]:
+    session = context.db()
+    run = Q.get_run(session, run_id)
+    versions = V.of_run(session, run.workflow, run.version, context.registry().find(run.workflow))
     data = Q.run_dict(run)
     data["event"] = Q.event_ref(run.event)
-    return data
+    data["current_version"] = versions.current
+    data["version_diff"] = versions.diff
+    return data, versions
 
 
 def runs_page(args: Any) -> dict[str, Any]:
@@ -41,6 +52,7 @@ def runs_page(args: Any) -> dict[str, Any]:
         context.db(),
         workflow=params.workflow_arg(args),
         status=params.status_arg(args),
+        version=params.version_arg(args),
         since=params.since_arg(args),
         before=params.run_cursor_arg(args),
         limit=limit + 1,
@@ -74,6 +86,36 @@ def events_page(args: Any) -> dict[str, Any]:
     }
 
 
+def _versions_json(workflow: Workflow, versions: list[V.VersionInfo]) -> dict[str, Any]:
+    return {**workflow.describe(), "versions": [v.as_dict() for v in versions]}
+
+
+def workflows_json() -> dict[str, Any]:
+    """Every loaded workflow with its recorded versions, and the workflows the loaded code
+    lacks that still have live runs (`not_loaded`, each with its warning)."""
+    registry = context.registry()
+    report = V.by_workflow(context.db(), registry)
+    return {
+        "workflows": [_versions_json(registry.get(w.workflow), w.versions) for w in report if w.loaded],
+        "not_loaded": [_not_loaded_json(w) for w in report if not w.loaded],
+    }
+
+
+def workflow_json(name: str) -> dict[str, Any]:
+    """One loaded workflow with its recorded versions and their live runs."""
+    workflow = context.registry().get(name)
+    return _versions_json(workflow, V.overview(context.db(), [name]))
+
+
+def _not_loaded_json(report: V.WorkflowVersions) -> dict[str, Any]:
+    return {
+        "name": report.workflow,
+        "active_runs": report.active_runs,
+        "versions": [v.as_dict() for v in report.live],
+        "warning": not_deployed(report.workflow, report.active_runs, context.settings().version_grace),
+    }
+
+
 def event_json(event_id: int) -> dict[str, Any]:
     if not params.event_id_ok(event_id):
         raise NotFound(f"no event {event_id}")
@@ -99,33 +141,53 @@ def cancel_run(run_id: str) -> None:
         raise Conflict(f"run {run_id} has already finished; nothing to cancel")
 
 
-def retry_run(run_id: str) -> None:
-    """Retry a finished run; `Conflict` if it is still running or has nothing to retry."""
-    if not context.engine().retry_run(run_id):
+def retry_run(run_id: str, current_version: bool = False) -> None:
+    """Retry a finished run, on its own version or with `current_version` on the loaded
+    one; `Conflict` if it is still running or has nothing to retry."""
+    if not retry(context.engine(), run_id, current_version=current_version):
         raise Conflict(f"run {run_id} is still running or has nothing to retry")
 
 
+def retry_options(args: Any, body: dict[str, Any]) -> bool:
+    """Whether a retry request asks for the current version: `{"current_version": true}`
+    in the body or `?current_version=1`."""
+    params.check_fields(body, {"current_version"})
+    return params.flag_arg(body, "current_version") or params.flag_arg(args, "current_version")
+
+
+#: Fields of a bulk body that select runs by filter.
+BULK_FILTERS = ("workflow", "status", "version", "since")
+
+
 def bulk(action: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Retry or cancel the runs a body names: `ids`, or a filter (`workflow`, `status`, `since`)."""
-    params.check_fields(body, {"ids", "workflow", "status", "since", "limit"})
+    """Retry or cancel the runs a body names: `ids`, or a filter (`workflow`, `status`,
+    `version`, `since`); a retry with `current_version` re-plans each on the loaded version."""
+    params.check_fields(body, {"ids", *BULK_FILTERS, "limit", "current_version"})
     limit = params.limit_arg(body, default=1000, maximum=MAX_BULK_LIMIT)
-    if "ids" in body:
-        if set(body) - {"ids"}:
-            raise BadRequest("give either ids or a filter (workflow, status, since), not both")
+    current_version = params.flag_arg(body, "current_version")
+    if current_version and action != "retry":
+        raise BadRequest("current_version applies to retry only")
+    selection = {k: v for k, v in body.items() if k != "current_version"}
+    if "ids" in selection:
+        if set(selection) - {"ids"}:
+            raise BadRequest(f"give either ids or a filter ({', '.join(BULK_FILTERS)}), not both")
         ids = params.id_list(body["ids"], MAX_BULK_LIMIT)
-        result = bulk_action(context.engine(), action, ids=ids)  # type: ignore[arg-type]
+        result = bulk_action(context.engine(), action, ids=ids,  # type: ignore[arg-type]
+                             current_version=current_version)
     else:
         where = RunFilter(
             workflow=params.workflow_arg(body),
             status=params.status_arg(body),
+            version=params.version_arg(body),
             since=params.since_arg(body),
         )
         if where == RunFilter():
             raise BadRequest(
-                "give ids, or at least one filter field (workflow, status, since); "
+                f"give ids, or at least one filter field ({', '.join(BULK_FILTERS)}); "
                 "an empty filter would touch every run"
             )
-        result = bulk_action(context.engine(), action, where=where, limit=limit)  # type: ignore[arg-type]
+        result = bulk_action(context.engine(), action, where=where, limit=limit,  # type: ignore[arg-type]
+                             current_version=current_version)
     return result.as_dict()
 
 
@@ -164,6 +226,7 @@ def overview(now: datetime) -> dict[str, Any]:
             Q.run_dict(r, with_steps=False)
             for r in Q.list_runs(session, status="failed", limit=RECENT_FAILURES)
         ],
+        "not_loaded": [_not_loaded_json(w) for w in V.not_loaded(session, context.registry())],
     }
 
 
@@ -172,27 +235,51 @@ def _layout(deps: tuple[tuple[str, tuple[str, ...]], ...]) -> graphics.DagLayout
     return graphics.layout_dag(dict(deps))
 
 
+_Deps = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _version_layout(drawn: _Deps, current: _Deps) -> graphics.DagLayout:
+    return graphics.layout_versions(dict(drawn), dict(current))
+
+
+def _deps(shape: dict[str, Any]) -> _Deps:
+    """A structure's (step, parents) pairs, hashable for the layout caches."""
+    return tuple((s["name"], tuple(s["after"])) for s in shape.get("steps", []))
+
+
 def dag_of(workflow: Workflow) -> graphics.DagLayout:
     """The workflow's DAG layout (computed once per shape)."""
     return _layout(tuple((s.name, tuple(s.after)) for s in workflow.steps.values()))
 
 
+def dag_of_run(versions: V.RunVersion, loaded: Workflow | None) -> graphics.DagLayout | None:
+    """A run's DAG: its own version's structure, with what the loaded version changes
+    drawn on it when they differ. Runs from before versions are drawn from the loaded
+    definition (the one they are planned on); None when no structure is known."""
+    if versions.structure is None:
+        return dag_of(loaded) if loaded is not None and versions.version is None else None
+    if versions.diff is not None and versions.current_structure is not None:
+        return _version_layout(_deps(versions.structure), _deps(versions.current_structure))
+    return _layout(_deps(versions.structure))
+
+
 def workflow_page(name: str) -> dict[str, Any]:
-    """A workflow's description, DAG and latest runs."""
+    """A workflow's description, DAG, recorded versions and latest runs."""
     workflow = context.registry().get(name)
     recent = Q.list_runs(context.db(), workflow=name, limit=RECENT_RUNS)
     return {
-        "workflow": workflow.describe(),
+        "workflow": workflow_json(name),
         "dag": dag_of(workflow),
         "runs": [Q.run_dict(r, with_steps=False) for r in recent],
     }
 
 
 def run_page(run_id: str, now: datetime) -> dict[str, Any]:
-    """A run with its DAG (if the workflow is still loaded) and its attempts' timeline."""
-    run = run_json(run_id)
-    registry = context.registry()
-    dag = dag_of(registry.get(run["workflow"])) if run["workflow"] in registry else None
+    """A run with its DAG (from its own version), how the loaded version differs, and its
+    attempts' timeline."""
+    run, versions = _run_and_version(run_id)
+    dag = dag_of_run(versions, context.registry().find(run["workflow"]))
     attempts = [
         (s["name"], a["number"], a["status"], _time(a["started_at"]), _time(a["finished_at"]))
         for s in run["steps"]

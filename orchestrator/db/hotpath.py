@@ -39,6 +39,8 @@ class ClaimedRow:
     results: dict[str, Any]
     #: The run's concurrency key, if its workflow has a limit.
     run_key: str | None = None
+    #: The workflow version the run started with (None: recorded before versions).
+    version: str | None = None
 
 
 class GenericHotPath:
@@ -95,7 +97,7 @@ class GenericHotPath:
         results = succeeded_results(session, rid, parents) if parents else {}
         return ClaimedRow(
             claimed.id, claimed.attempts, attempt_id, claimed.workflow, claimed.input, results,
-            claimed.run_key,
+            claimed.run_key, claimed.version,
         )
 
     def lock_run(self, session: Session, rid: uuid.UUID) -> Any:
@@ -178,7 +180,7 @@ class PostgresHotPath(GenericHotPath):
             return None
         return ClaimedRow(
             row.id, row.attempts, row.attempt_id, row.workflow, row.input, row.results or {},
-            row.concurrency_key,
+            row.concurrency_key, row.version,
         )
 
     def settle_success(
@@ -258,6 +260,7 @@ _CLAIM_STEP = (
         started_at=bindparam("p_now"),
         finished_at=None,
         lease_expires_at=bindparam("p_lease"),
+        handed_back_at=None,
     )
     .returning(
         _steps.c.id,
@@ -266,6 +269,7 @@ _CLAIM_STEP = (
         _of_run(_runs.c.workflow).label("workflow"),
         _of_run(_runs.c.input).label("input"),
         _of_run(_runs.c.concurrency_key).label("run_key"),
+        _of_run(_runs.c.version).label("version"),
     )
 )
 _INSERT_ATTEMPT = (
@@ -323,7 +327,7 @@ _PG_CLAIM = text(
 WITH claimed AS (
     UPDATE steps
        SET status = 'running', attempts = attempts + 1, started_at = :now,
-           finished_at = NULL, lease_expires_at = :lease
+           finished_at = NULL, lease_expires_at = :lease, handed_back_at = NULL
      WHERE run_id = :rid AND name = :name AND status IN ('queued', 'retrying')
        AND EXISTS (SELECT 1 FROM runs WHERE id = :rid AND status IN ('pending', 'running')
                    AND workflow = ANY(CAST(:workflows AS varchar[])))
@@ -337,7 +341,7 @@ WITH claimed AS (
      WHERE id = :rid AND status = 'pending' AND EXISTS (SELECT 1 FROM claimed)
 )
 SELECT claimed.id, claimed.attempts, attempt.id AS attempt_id, runs.workflow, runs.input,
-       runs.concurrency_key,
+       runs.concurrency_key, runs.version,
        (SELECT jsonb_object_agg(p.name, p.result) FROM steps p
          WHERE p.run_id = :rid AND p.name = ANY(CAST(:parents AS varchar[]))
            AND p.status = 'succeeded') AS results

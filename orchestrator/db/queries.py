@@ -68,6 +68,7 @@ def run_dict(run: Run, with_steps: bool = True) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": str(run.id),
         "workflow": run.workflow,
+        "version": run.version,
         "status": run.status,
         "input": run.input,
         "error": run.error,
@@ -104,6 +105,7 @@ def list_runs(
     *,
     workflow: str | None = None,
     status: str | None = None,
+    version: str | None = None,
     since: datetime | None = None,
     before: tuple[datetime, uuid.UUID] | None = None,
     limit: int = 50,
@@ -113,6 +115,8 @@ def list_runs(
     query = select(Run)
     if workflow:
         query = query.where(Run.workflow == workflow)
+    if version:
+        query = query.where(Run.version == version)
     if status:
         query = query.where(Run.status == status)
     if since is not None:
@@ -132,6 +136,7 @@ def run_ids_matching(
     *,
     workflow: str | None = None,
     statuses: tuple[str, ...] = (),
+    version: str | None = None,
     since: datetime | None = None,
     limit: int = 1000,
 ) -> list[uuid.UUID]:
@@ -139,6 +144,8 @@ def run_ids_matching(
     query = select(Run.id)
     if workflow:
         query = query.where(Run.workflow == workflow)
+    if version:
+        query = query.where(Run.version == version)
     if statuses:
         query = query.where(Run.status.in_(statuses))
     if since is not None:

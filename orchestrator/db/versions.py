@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session
 
 from .. import planner as P
 from ..dsl import Workflow
-from ..versions import structure
+from ..versions import diff, structure
 from .inserts import insert_ignoring_conflicts
 from .models import Run, WorkflowVersion
+from .queries import iso
 
 _versions = WorkflowVersion.__table__
 
@@ -56,6 +57,11 @@ class VersionInfo:
     #: Runs of this version that are pending or running.
     active_runs: int = 0
 
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape the CLI and the API share."""
+        return {"version": self.version, "active_runs": self.active_runs,
+                "created_at": iso(self.created_at), "last_seen_at": iso(self.last_seen_at)}
+
 
 def overview(session: Session, workflows: Sequence[str] | None = None) -> list[VersionInfo]:
     """Every recorded version (of `workflows`, or of all), with its count of live runs.
@@ -90,3 +96,74 @@ def active_workflows(session: Session) -> dict[str, int]:
             .group_by(Run.workflow)
         ).all()
     )
+
+
+@dataclass
+class WorkflowVersions:
+    """One workflow as a deploy sees it: the version the loaded code has (None: a deploy
+    removed the workflow), its recorded versions with their live runs, and its live runs
+    of any version (runs from before versions included)."""
+
+    workflow: str
+    current: str | None
+    versions: list[VersionInfo]
+    active_runs: int
+
+    @property
+    def loaded(self) -> bool:
+        return self.current is not None
+
+    @property
+    def live(self) -> list[VersionInfo]:
+        """The versions that still have pending or running runs."""
+        return [v for v in self.versions if v.active_runs]
+
+
+def by_workflow(session: Session, loaded: Iterable[Workflow]) -> list[WorkflowVersions]:
+    """Each loaded workflow, then each workflow the loaded code lacks that still has live
+    runs (a deploy removed it while they ran), by name."""
+    current = {w.name: w.version for w in loaded}
+    active = active_workflows(session)
+    names = sorted(current) + sorted(set(active) - set(current))
+    grouped: dict[str, list[VersionInfo]] = {name: [] for name in names}
+    for info in overview(session, names):
+        grouped[info.workflow].append(info)
+    return [WorkflowVersions(n, current.get(n), grouped[n], active.get(n, 0)) for n in names]
+
+
+def not_loaded(session: Session, loaded: Iterable[Workflow]) -> list[WorkflowVersions]:
+    """The workflows with live runs that the loaded code does not define."""
+    return [w for w in by_workflow(session, loaded) if not w.loaded]
+
+
+@dataclass
+class RunVersion:
+    """A run's version beside the loaded code's: what the run page and the API show."""
+
+    version: str | None
+    #: The loaded workflow's version; None when the workflow is not loaded.
+    current: str | None
+    #: The run's version's structure (None: unknown) and the loaded one's (None: not loaded).
+    structure: dict[str, Any] | None
+    current_structure: dict[str, Any] | None
+
+    @property
+    def differs(self) -> bool:
+        return self.current is not None and self.version != self.current
+
+    @property
+    def diff(self) -> dict[str, Any] | None:
+        """`versions.diff` from the run's structure to the current one, when the versions
+        differ and both structures are known."""
+        if not self.differs or self.structure is None or self.current_structure is None:
+            return None
+        return diff(self.structure, self.current_structure)
+
+
+def of_run(session: Session, workflow: str, version: str | None, loaded: Workflow | None) -> RunVersion:
+    """Compare a run's version (of `workflow`) with `loaded`, the workflow the code has."""
+    current = structure(loaded) if loaded is not None else None
+    shape = structure_of(session, workflow, version) if version is not None else None
+    if shape is None and loaded is not None and version == loaded.version:
+        shape = current  # not recorded (yet), but the loaded code has that version
+    return RunVersion(version, loaded.version if loaded is not None else None, shape, current)

@@ -58,18 +58,24 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(90)
-def test_worker_without_the_workflow_never_claims_its_step_and_fails_it_naming_both(
+def test_worker_without_the_workflow_hands_its_step_back_for_the_grace_then_fails_it_naming_it(
     runtime, settings, start_worker, wait_for_run
 ):
-    worker = start_worker(concurrency=1)  # loads tests.flows only
-    run_id = engine_of(runtime, settings, *WITH_EXTRA).start_run("only-here", {})
+    worker = start_worker(concurrency=1, version_grace=4)  # loads tests.flows only
+    extra = engine_of(runtime, settings, *WITH_EXTRA)
+    started = time.monotonic()
+    run_id = extra.start_run("only-here", {})
     run = wait_for_run(run_id, timeout=45)
+    assert time.monotonic() - started >= 4, "failed before ORCHESTRATOR_VERSION_GRACE"
     assert run["status"] == "failed", run
     begin = steps_of(run)["begin"]
     assert begin["attempts"] == [], "a worker without the code claimed the step"
     assert begin["status"] == "failed"
+    version = extra.registry.get("only-here").version
     assert begin["error"] == (
-        f"workflow 'only-here' is not loaded on worker '{worker.name}' (deploy skew?)"
+        f"step 'begin' of workflow 'only-here' (run version {version!r}) cannot run: workflow "
+        f"'only-here' is not in the deployed code (worker '{worker.name}'); no worker with its "
+        "code took it within ORCHESTRATOR_VERSION_GRACE (4s)"
     )
     assert steps_of(run)["middle"]["status"] == "cancelled"
     assert "only-here" in run["error"]
@@ -155,10 +161,11 @@ def test_a_poisoned_step_beside_a_killed_workers_step_does_not_stop_its_recovery
     gone = wait_for_run(gone_run, timeout=10)
     assert gone["status"] == "failed"
     assert steps_of(gone)["begin"]["error"].startswith("worker lost")
-    assert "'only-here' is not loaded" in gone["error"]
+    assert gone["error"] == "step 'begin' failed"
     skewed = wait_for_run(skewed_run, timeout=10)
-    assert skewed["status"] == "failed"
-    assert skewed["error"] == "deploy skew: run has step 'last' that workflow 'shrinking' no longer defines"
+    assert skewed["status"] == "failed"  # planned on its own version, which has `last`
+    assert skewed["error"] == "step 'last' failed"
+    assert steps_of(skewed)["last"]["error"].startswith("worker lost")
     assert "sweep failed" not in second.output()
     assert "unreachable" not in second.output()
 
@@ -205,34 +212,69 @@ def run_first_step_with(runtime, settings, run_id: str, *modules: str) -> dict:
         return run_dict(get_run(session, run_id))
 
 
-def test_step_inserted_mid_dag_fails_an_old_run_cleanly_and_keeps_its_succeeded_step(runtime, settings):
-    run_id = engine_of(runtime, settings, "tests.skew_flows", send=False).start_run("evolving", {})
+def test_step_inserted_mid_dag_leaves_an_old_run_on_its_version_without_it(runtime, settings):
+    v1 = engine_of(runtime, settings, "tests.skew_flows", send=False)
+    run_id = v1.start_run("evolving", {})
     run = run_first_step_with(runtime, settings, run_id, "tests.skew_flows_v2")
-    assert run["status"] == "failed"
-    assert run["error"] == "deploy skew: workflow 'evolving' now defines step 'mid' that this run does not have"
+    assert run["status"] == "running" and run["version"] == v1.registry.get("evolving").version
     steps = steps_of(run)
-    assert steps["first"]["status"] == "succeeded" and steps["first"]["result"] == "first"
-    assert steps["last"]["status"] == "cancelled"
+    assert set(steps) == {"first", "last"}, "a deploy changed the shape of a run in flight"
+    assert steps["first"]["result"] == "first" and steps["last"]["status"] == "queued"
+    v2 = engine_of(runtime, settings, "tests.skew_flows_v2", send=False)
+    claim = v2.claim(run_id, "last", "new@test")
+    assert claim is not None and claim.results == {"first": "first"}  # its version's parents
+    v2.finish(claim, Outcome(ok=True, result="last"))
+    [(status,)] = sql(runtime, "SELECT status FROM runs WHERE id = :r", r=run_id)
+    assert status == "succeeded"
 
 
-def test_step_renamed_fails_an_old_run_naming_the_step(runtime, settings):
-    run_id = engine_of(runtime, settings, "tests.skew_flows", send=False).start_run("shrinking", {})
+def test_step_renamed_is_never_claimed_by_the_new_code_and_names_both_versions(runtime, settings):
+    v1 = engine_of(runtime, settings, "tests.skew_flows", send=False)
+    run_id = v1.start_run("shrinking", {})
     run = run_first_step_with(runtime, settings, run_id, "tests.skew_flows_v2")
-    assert run["status"] == "failed"
-    assert run["error"] == "deploy skew: run has step 'last' that workflow 'shrinking' no longer defines"
-    assert steps_of(run)["last"]["status"] == "cancelled"
+    assert steps_of(run)["last"]["status"] == "queued"  # the run's version still has `last`
+    v2 = engine_of(runtime, settings, "tests.skew_flows_v2", send=False)
+    with pytest.raises(StepNotLoaded) as missing:
+        v2.claim(run_id, "last", "new@test")
+    old, new = v1.registry.get("shrinking").version, v2.registry.get("shrinking").version
+    assert str(missing.value) == (
+        f"step 'last' of workflow 'shrinking' is in the run's version {old!r} but not in the "
+        f"deployed version {new!r} (worker 'new@test')"
+    )
+    assert sql(runtime, "SELECT count(*) FROM attempts a JOIN steps s ON s.id = a.step_id "
+               "WHERE s.run_id = :r AND s.name = 'last'", r=run_id)[0][0] == 0
+    # The grace is counted from the first hand-back, by any worker, on the step row.
+    assert v2.defer_not_loaded(run_id, "last", str(missing.value)) == 0.0
+    time.sleep(0.05)
+    assert v2.defer_not_loaded(run_id, "last", str(missing.value)) > 0.0
+    assert v2.fail_not_loaded(run_id, "last", str(missing.value)) is True
+    [(status, error)] = sql(runtime, "SELECT status, error FROM runs WHERE id = :r", r=run_id)
+    assert status == "failed" and error == f"step 'last' failed: {missing.value}"
+    assert v2.defer_not_loaded(run_id, "last", "x") is None  # no longer waiting
 
 
-def test_retry_of_a_skewed_run_is_refused_with_a_clear_conflict(runtime, settings, redis_url):
-    run_id = engine_of(runtime, settings, "tests.skew_flows", send=False).start_run("evolving", {})
-    run_first_step_with(runtime, settings, run_id, "tests.skew_flows_v2")
+def failed_v1_run(runtime, settings, workflow: str) -> str:
+    """A run of `workflow` started by the first version whose `first` step failed."""
+    v1 = engine_of(runtime, settings, "tests.skew_flows", send=False)
+    run_id = v1.start_run(workflow, {})
+    v1.finish(v1.claim(run_id, "first", "old@test"), Outcome(ok=False, error="boom"))
+    return run_id
+
+
+def test_retry_of_an_old_run_whose_steps_the_code_lacks_asks_for_the_current_version(
+    runtime, settings, redis_url
+):
+    run_id = failed_v1_run(runtime, settings, "shrinking")
     v2 = engine_of(runtime, settings, "tests.skew_flows_v2", send=False)
     with pytest.raises(DeploySkew) as refused:
         v2.retry_run(run_id)
     assert status_of(refused.value) == 409
+    old, new = (engine_of(runtime, settings, m, send=False).registry.get("shrinking").version
+                for m in ("tests.skew_flows", "tests.skew_flows_v2"))
     assert str(refused.value) == (
-        f"run {run_id} cannot be retried: deploy skew: workflow 'evolving' now defines step 'mid' "
-        "that this run does not have"
+        f"run {run_id} cannot be retried on its version {old!r}: step 'last' of workflow "
+        f"'shrinking' is in the run's version {old!r} but not in the deployed version {new!r}; "
+        "retry it on the current version instead (--current-version)"
     )
     web_runtime = Runtime(settings.with_(workflows=("tests.skew_flows_v2",)))
     try:
@@ -240,31 +282,57 @@ def test_retry_of_a_skewed_run_is_refused_with_a_clear_conflict(runtime, setting
         assert client.get(f"/runs/{run_id}").status_code == 200
         answer = client.post(f"/api/runs/{run_id}/retry", headers=AUTH)
         assert answer.status_code == 409 and answer.get_json()["error"] == str(refused.value)
-        bulk = client.post("/api/runs/retry", json={"workflow": "evolving"}, headers=AUTH)
-        assert bulk.status_code == 200 and bulk.get_json()["errors"] == {run_id: str(refused.value)}
     finally:
         web_runtime.close()
     env = settings_env(settings.with_(workflows=("tests.skew_flows_v2",)), redis_url)
     out = cli(env, "retry", run_id)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [f"Error: {refused.value}"]
+    out = cli(env, "retry", run_id, "--current-version")
+    assert out.returncode == 0, out.stderr
+    with runtime.sessions() as session:
+        from orchestrator.db.queries import get_run, run_dict
+
+        run = run_dict(get_run(session, run_id))
+    assert run["version"] == new and run["status"] == "running"
+    assert {s["name"]: s["status"] for s in run["steps"]} == {"first": "queued", "final": "pending"}
 
 
-def test_a_step_the_workflow_no_longer_defines_is_never_claimed_and_fails_its_run(runtime, settings):
+def test_retry_on_the_current_version_keeps_succeeded_steps_and_runs_the_new_ones(runtime, settings):
     v1 = engine_of(runtime, settings, "tests.skew_flows", send=False)
-    run_id = v1.start_run("shrinking", {})
-    v1.finish(v1.claim(run_id, "first", "old@test"), Outcome(ok=True, result="first"))  # queues `last`
+    run_id = v1.start_run("evolving", {})
+    v1.finish(v1.claim(run_id, "first", "old@test"), Outcome(ok=True, result="kept"))
+    v1.finish(v1.claim(run_id, "last", "old@test"), Outcome(ok=False, error="boom"))
     v2 = engine_of(runtime, settings, "tests.skew_flows_v2", send=False)
-    with pytest.raises(StepNotLoaded) as missing:
-        v2.claim(run_id, "last", "new@test")
-    assert str(missing.value) == (
-        "deploy skew: run has step 'last' that workflow 'shrinking' no longer defines (worker 'new@test')"
-    )
-    assert sql(runtime, "SELECT count(*) FROM attempts a JOIN steps s ON s.id = a.step_id "
-               "WHERE s.run_id = :r AND s.name = 'last'", r=run_id)[0][0] == 0
-    assert v2.fail_not_loaded(run_id, "last", str(missing.value)) is True
+    assert v2.retry_run(run_id, current_version=True) is True
+    for name in ("mid", "last"):
+        claim = v2.claim(run_id, name, "new@test")
+        assert claim is not None, name
+        assert claim.results == ({"first": "kept"} if name == "mid" else {"mid": "mid"})
+        v2.finish(claim, Outcome(ok=True, result=name))
+    [(status, version)] = sql(runtime, "SELECT status, version FROM runs WHERE id = :r", r=run_id)
+    assert status == "succeeded" and version == v2.registry.get("evolving").version
+    first = sql(runtime, "SELECT result, attempts FROM steps WHERE run_id = :r AND name = 'first'", r=run_id)
+    assert first == [("kept", 1)]
+
+
+def test_runs_of_a_workflow_no_worker_reports_fail_after_the_grace(runtime, settings):
+    extra = engine_of(runtime, settings, *WITH_EXTRA, send=False)
+    run_id = extra.start_run("only-here", {})
+    sql(runtime, "UPDATE workflow_versions SET last_seen_at = now() - interval '1 hour'")
+    new = WorkflowEngine(runtime.sessions, load_workflows(["tests.flows"]), RecordingDispatcher(),
+                         settings.with_(version_grace=1.0))
+    assert new.fail_abandoned() == 0, "failed runs before this process was up for the grace"
+    time.sleep(1.1)
+    recovery.sweep(new)  # reports its own workflows as deployed, then fails the others' runs
     [(status, error)] = sql(runtime, "SELECT status, error FROM runs WHERE id = :r", r=run_id)
-    assert status == "failed" and error == f"step 'last' failed: {missing.value}"
+    assert status == "failed"
+    assert error == ("workflow 'only-here' is not in the deployed code: no worker has reported it "
+                     "for ORCHESTRATOR_VERSION_GRACE (1s); a deploy removed it?")
+    assert {s for (s,) in sql(runtime, "SELECT status FROM steps WHERE run_id = :r", r=run_id)} == {"cancelled"}
+    mine = new.start_run("diamond", {})
+    recovery.sweep(new)
+    assert sql(runtime, "SELECT status FROM runs WHERE id = :r", r=mine)[0][0] != "failed"
 
 
 # -- 7. workers with different code on one queue --------------------------------------------------

@@ -11,6 +11,7 @@ from web.graphics import (
     NODE_WIDTH,
     layers,
     layout_dag,
+    layout_versions,
     throughput_chart,
     timeline,
 )
@@ -99,3 +100,38 @@ def test_throughput_buckets_runs_by_hour_and_draws_the_failure_rate():
     assert len(chart.failure_line.split()) == 1  # only hours with finished runs have a rate
     tallest = max(chart.bars, key=lambda b: b.height)
     assert tallest.kind == "succeeded"
+
+
+# -- a run's version against the current one ------------------------------------------------
+
+
+def kinds(layout) -> tuple[dict[str, str], dict[tuple[str, str], str]]:  # noqa: ANN001
+    return ({n.name: n.kind for n in layout.nodes},
+            {(e.source, e.target): e.kind for e in layout.edges})
+
+
+def test_a_step_inserted_mid_dag_is_a_ghost_between_its_neighbours_and_moves_an_edge():
+    layout = layout_versions({"first": [], "last": ["first"]},
+                             {"first": [], "mid": ["first"], "last": ["mid"]})
+    nodes, edges = kinds(layout)
+    assert nodes == {"first": "", "mid": "added", "last": "changed"}
+    assert edges == {("first", "last"): "dropped", ("first", "mid"): "added", ("mid", "last"): "added"}
+    x = {n.name: n.x for n in layout.nodes}
+    assert x["first"] < x["mid"] < x["last"]
+
+
+def test_a_renamed_step_is_the_removed_one_beside_the_added_ghost():
+    nodes, edges = kinds(layout_versions({"first": [], "last": ["first"]}, {"first": [], "final": ["first"]}))
+    assert nodes == {"first": "", "last": "removed", "final": "added"}
+    assert edges == {("first", "last"): "", ("first", "final"): "added"}
+
+
+def test_the_same_structure_marks_nothing():
+    nodes, edges = kinds(layout_versions(DIAMOND, DIAMOND))
+    assert set(nodes.values()) == {""} and set(edges.values()) == {""}
+
+
+def test_a_dependency_turned_around_is_still_drawn_from_the_runs_version():
+    nodes, edges = kinds(layout_versions({"a": [], "b": ["a"]}, {"b": [], "a": ["b"]}))
+    assert nodes == {"a": "changed", "b": "changed"}
+    assert edges == {("a", "b"): "dropped"}  # the union has a cycle: the run's edges only

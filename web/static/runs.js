@@ -57,6 +57,7 @@ document.addEventListener("DOMContentLoaded", function () {
       box,
       link(table.dataset.runUrl, "RUN_ID", run.id, run.id.slice(0, 8)),
       link(table.dataset.workflowUrl, "WORKFLOW", run.workflow, run.workflow),
+      document.createTextNode(run.version || ""),
       statusBadge(run.status),
       document.createTextNode(when(run.created_at)),
       document.createTextNode(took(run.created_at, run.finished_at)),
@@ -65,8 +66,9 @@ document.addEventListener("DOMContentLoaded", function () {
         : el("span", { class: "muted" }, "manual"),
       document.createTextNode(run.error || ""),
     ];
+    const classes = { 3: "mono version-cell", 8: "error-cell" };
     cells.forEach(function (content, index) {
-      const td = el("td", index === 7 ? { class: "error-cell" } : {});
+      const td = el("td", classes[index] ? { class: classes[index] } : {});
       td.appendChild(content);
       tr.appendChild(td);
     });
