@@ -32,6 +32,7 @@ def test_standard_order_is_charged_its_total_and_ships_by_post(orchestrator_test
     assert steps["charge"].result == {"charged": 9.0, "currency": "GBP"}
     assert steps["ship_standard"].result == {"carrier": "post", "eta_days": 3}
     assert steps["ship_express"].status == "skipped"
+    assert steps["ship_express"].reason == "condition of step 'ship_express' was false"
     assert steps["ship_express"].attempts == ()
     assert steps["reserve_stock"].logs == ["reserving 1 line(s) for order A-1"]
     assert steps["charge"].logs == ["charging 9.00"]
@@ -48,7 +49,8 @@ def test_a_declined_card_is_retried_twice_then_fails_the_order(orchestrator_test
     charge = run.steps["charge"]
     assert [a.error for a in charge.attempts] == ["RuntimeError: card declined"] * 3
     assert run.steps["reserve_stock"].status == "succeeded"
-    assert {run.steps[s].status for s in ("ship_express", "ship_standard")} == {"cancelled"}
+    for ship in ("ship_express", "ship_standard"):
+        assert (run.steps[ship].status, run.steps[ship].reason) == ("cancelled", "step 'charge' failed")
 
 
 def test_a_slow_warehouse_is_retried_after_its_backoff(orchestrator_test):
@@ -100,6 +102,7 @@ def test_a_signup_fans_out_and_welcomes_the_user(orchestrator_test):
     assert steps["normalise"].result == {"email": "ada@example.com", "domain": "example.com"}
     assert steps["risk_score"].result == {"score": 10, "disposable": False}
     assert steps["subscribe_newsletter"].status == "skipped"
+    assert steps["subscribe_newsletter"].reason == "condition of step 'subscribe_newsletter' was false"
     welcome = steps["welcome"].result
     assert welcome["send_welcome"] is True and welcome["newsletter"] is False
     assert welcome["account_id"] == steps["provision_account"].result["account_id"]
