@@ -26,6 +26,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import clock
 from . import concurrency as C
 from . import planner as P
 from . import skew as S
@@ -42,21 +43,10 @@ from .versions import missing_code, planning_view
 log = logging.getLogger("orchestrator.engine")
 
 
-_last_now: datetime | None = None
-
-
 def utcnow() -> datetime:
-    """UTC now, strictly increasing within a process.
-
-    Runs are admitted in creation order under concurrency limits, so two runs created in
-    the same microsecond (one consumer batch) must still compare in the order they came.
-    """
-    global _last_now
-    now = datetime.now(UTC)
-    if _last_now is not None and now <= _last_now:
-        now = _last_now + timedelta(microseconds=1)
-    _last_now = now
-    return now
+    """UTC now, strictly increasing within a process, from `orchestrator.clock` (which a
+    test harness may swap for a fake clock it moves by hand)."""
+    return clock.now()
 
 
 class Outbox(list[Dispatch]):

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.orm import Session
 
+from . import clock
 from .db.inserts import insert_all, insert_ignoring_conflicts
 from .db.models import Event, Run, StepRun
 from .dead_letters import DeadLetter
@@ -229,7 +230,7 @@ def record_batch(
     topic gets every rejected event at least once. An assessment with an `event_id` (see
     `recorded_events`) is such an earlier one: nothing is planned or written for it.
     """
-    received_at = received_at or datetime.now(UTC)
+    received_at = received_at or clock.now()
     unique: dict[tuple[str, int, int], Assessment] = {}
     plans: dict[tuple[str, int, int], list[PlannedRun]] = {}
     known: dict[tuple[str, int, int], Assessment] = {}
@@ -298,7 +299,7 @@ def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
     `EventNotReplayable` for an event whose body was not kept.
     """
     index = TriggerIndex(engine.registry)
-    now = datetime.now(UTC)
+    now = clock.now()
     engine.record_versions()
     with engine.transaction() as (session, outbox):
         event = session.scalars(

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -73,7 +73,12 @@ def step_logger(claim: Claim) -> tuple[logging.Logger, _Capture]:
 
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise StepTimeout in this thread after `seconds` (main thread only: SIGALRM)."""
+    """Raise StepTimeout in this thread after `seconds` (main thread only: SIGALRM).
+
+    A timer this process had already armed (pytest-timeout's, when steps run in a test's
+    process under `orchestrator.testing`) is armed again afterwards with what was left of
+    it, so running a step never silently cancels it; it fires after the step at the latest.
+    """
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -82,12 +87,15 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         raise StepTimeout(f"step timed out after {seconds:g}s")
 
     previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    began = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - began), 0.001))
 
 
 class Heartbeats:
@@ -191,6 +199,7 @@ def execute(
     step_name: str,
     worker: str | None = None,
     handed_back: int = 0,
+    body: Callable[[StepContext], Any] | None = None,  # instead of the step's own function
 ) -> str:
     """Claim, run and record one attempt of a step. Returns what happened, for the task log.
 
@@ -231,7 +240,9 @@ def execute(
     try:
         try:
             with time_limit(step.timeout):
-                result = step.fn(ctx)
+                # `body`: the test harness's stand-in for this one attempt (`fail=`,
+                # `patch_step`); everything around it is the worker's own path.
+                result = (body or step.fn)(ctx)
             check_json(result, f"result of step {claim.step!r}")
             outcome = Outcome(ok=True, result=result, logs=capture.lines)
         except InvalidInput as exc:

@@ -29,7 +29,10 @@ PG_ADMIN_URL = os.environ.get(
 )
 REDIS_BASE = os.environ.get("ORCHESTRATOR_TEST_REDIS_BASE", "redis://127.0.0.1:6379")
 TEST_WORKFLOWS = "tests.flows"
-pytest_plugins = ["tests.kafka_fixtures"]  # the Kafka broker and consumer fixtures
+# The Kafka broker and consumer fixtures; the harness (`orchestrator_test`), which the
+# package's pytest11 entry point also loads once installed, named here so the suite does
+# not depend on how the package was installed.
+pytest_plugins = ["tests.kafka_fixtures", "orchestrator.testing", "pytester"]
 
 
 # -- services ---------------------------------------------------------------------------
