@@ -10,6 +10,7 @@ workers can never both hold the same step.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -806,7 +807,7 @@ class WorkflowEngine:
         # The hot path: lock the run, settle the step, plan, queue successors.
         now = utcnow()
         rid = parse_run_id(claim.run_id)
-        runs, steps = Run.__table__, StepRun.__table__
+        steps = StepRun.__table__
         workflow = self.definition(claim.workflow, claim.version) or self.registry.get(claim.workflow)
         with self.transaction() as (session, outbox):
             if claim.run_key is not None:
@@ -828,24 +829,29 @@ class WorkflowEngine:
             if locked.status in P.RUN_FINAL:
                 return
 
+            known: dict[str, Any] = {}  # read once per decision, when a condition needs them
+
             def context_for(name: str) -> StepContext:
-                run_input = session.scalar(select(runs.c.input).where(runs.c.id == rid))
-                results = succeeded_results(session, rid, workflow.steps[name].after)
-                return StepContext(claim.run_id, workflow.name, name, run_input, results, attempt=0)
+                if not known:
+                    known["input"] = session.scalar(_RUN_INPUT, {"p_rid": rid})
+                    known["results"] = succeeded_results(session, rid)
+                done = known["results"]
+                results = {p: done[p] for p in workflow.steps[name].after if p in done}
+                return StepContext(claim.run_id, workflow.name, name, known["input"], results, attempt=0)
 
             partition = claim.run_key if workflow.partition_by is not None else None
             decision = self._decide(rid, workflow, statuses, context_for, now, partition)
+            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for name, values in decision.changes.items():
-                session.execute(
-                    update(steps).where(steps.c.run_id == rid, steps.c.name == name).values(**values)
+                by_columns.setdefault(tuple(sorted(values)), []).append(
+                    {"p_rid": rid, "p_name": name, **{f"p_{c}": v for c, v in values.items()}}
                 )
+            for columns, params in by_columns.items():  # one executemany per kind of change
+                session.execute(_step_update(columns), params)
             outbox.extend(decision.dispatches)
             if decision.run_status is not None:
-                session.execute(
-                    update(runs)
-                    .where(runs.c.id == rid)
-                    .values(status=decision.run_status, finished_at=now, error=decision.run_error)
-                )
+                session.execute(_FINISH_RUN, {"p_rid": rid, "p_status": decision.run_status,
+                                              "p_now": now, "p_error": decision.run_error})
                 if workflow.concurrency is not None and claim.run_key is not None:
                     self.admit(session, outbox, workflow, claim.run_key)
 
@@ -1242,6 +1248,26 @@ class WorkflowEngine:
         run.version = workflow.version
         session.flush()
         return steps
+
+
+_RUN_INPUT = select(Run.__table__.c.input).where(Run.__table__.c.id == bindparam("p_rid"))
+_FINISH_RUN = (
+    update(Run.__table__)
+    .where(Run.__table__.c.id == bindparam("p_rid"))
+    .values(status=bindparam("p_status"), finished_at=bindparam("p_now"), error=bindparam("p_error"))
+)
+
+
+@functools.cache
+def _step_update(columns: tuple[str, ...]) -> Any:
+    """`UPDATE steps SET <columns> WHERE run_id = :p_rid AND name = :p_name`, built once per
+    set of columns (the hot path writes a handful of such sets)."""
+    table = StepRun.__table__
+    return (
+        update(table)
+        .where(table.c.run_id == bindparam("p_rid"), table.c.name == bindparam("p_name"))
+        .values({c: bindparam(f"p_{c}", type_=table.c[c].type) for c in columns})
+    )
 
 
 def _failed_now(statuses: Mapping[str, str], error: str, now: datetime) -> Decision:

@@ -123,11 +123,7 @@ class GenericHotPath:
         )
         if settled.rowcount != 1:
             return None
-        return dict(
-            session.execute(
-                select(_steps.c.name, _steps.c.status).where(_steps.c.run_id == rid)
-            ).all()
-        )
+        return dict(session.execute(_STATUSES, {"p_rid": rid}).tuples().all())
 
 
 class PostgresHotPath(GenericHotPath):
@@ -220,17 +216,13 @@ def hot_path_for(db: Engine) -> GenericHotPath:
     return PostgresHotPath(db) if db.dialect.name == "postgresql" else GenericHotPath(db)
 
 
-def succeeded_results(session: Session, rid: uuid.UUID, names: Sequence[str]) -> dict[str, Any]:
-    return {
-        name: result
-        for name, result in session.execute(
-            select(_steps.c.name, _steps.c.result).where(
-                _steps.c.run_id == rid,
-                _steps.c.name.in_(list(names)),
-                _steps.c.status == P.SUCCEEDED,
-            )
-        )
-    }
+def succeeded_results(session: Session, rid: uuid.UUID, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Results of the run's succeeded steps among `names` (None: all of them)."""
+    if names is None:
+        found = session.execute(_ALL_RESULTS, {"p_rid": rid})
+    else:
+        found = session.execute(_RESULTS, {"p_rid": rid, "p_names": list(names)})
+    return dict(found.tuples().all())
 
 
 # -- portable statements (bind names avoid column names, which SQLAlchemy reserves) --------
@@ -240,6 +232,12 @@ def _of_run(column: Any) -> Any:
     return select(column).where(_runs.c.id == _steps.c.run_id).scalar_subquery()
 
 
+# Built once: statements are compiled and cached by SQLAlchemy, not rebuilt per call.
+_ALL_RESULTS = select(_steps.c.name, _steps.c.result).where(
+    _steps.c.run_id == bindparam("p_rid"), _steps.c.status == P.SUCCEEDED
+)
+_STATUSES = select(_steps.c.name, _steps.c.status).where(_steps.c.run_id == bindparam("p_rid"))
+_RESULTS = _ALL_RESULTS.where(_steps.c.name.in_(bindparam("p_names", expanding=True)))
 _CLAIM_STEP = (
     update(_steps)
     .where(
