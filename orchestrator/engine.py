@@ -833,7 +833,7 @@ class WorkflowEngine:
 
             def context_for(name: str) -> StepContext:
                 if not known:
-                    known["input"] = session.scalar(_RUN_INPUT, {"p_rid": rid})
+                    known["input"] = session.connection().scalar(_RUN_INPUT, {"p_rid": rid})
                     known["results"] = succeeded_results(session, rid)
                 done = known["results"]
                 results = {p: done[p] for p in workflow.steps[name].after if p in done}
@@ -847,10 +847,10 @@ class WorkflowEngine:
                     {"p_rid": rid, "p_name": name, **{f"p_{c}": v for c, v in values.items()}}
                 )
             for columns, params in by_columns.items():  # one executemany per kind of change
-                session.execute(_step_update(columns), params)
+                session.connection().execute(_step_update(columns), params)
             outbox.extend(decision.dispatches)
             if decision.run_status is not None:
-                session.execute(_FINISH_RUN, {"p_rid": rid, "p_status": decision.run_status,
+                session.connection().execute(_FINISH_RUN, {"p_rid": rid, "p_status": decision.run_status,
                                               "p_now": now, "p_error": decision.run_error})
                 if workflow.concurrency is not None and claim.run_key is not None:
                     self.admit(session, outbox, workflow, claim.run_key)

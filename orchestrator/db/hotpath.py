@@ -82,18 +82,18 @@ class GenericHotPath:
         Only a step of a run of one of `workflows` (those whose code this process has) is
         claimed.
         """
-        claimed = session.execute(
+        claimed = session.connection().execute(
             _CLAIM_STEP,
             {"p_rid": rid, "p_name": step, "p_workflows": list(workflows), "p_now": now, "p_lease": lease},
         ).one_or_none()
         if claimed is None:
             return None
-        attempt_id = session.execute(
+        attempt_id = session.connection().execute(
             _INSERT_ATTEMPT,
             {"p_step_id": claimed.id, "p_number": claimed.attempts, "p_worker": worker, "p_now": now},
         ).scalar_one()
         if claimed.run_status == P.RUN_PENDING:
-            session.execute(_START_RUN, {"p_rid": rid, "p_now": now})
+            session.connection().execute(_START_RUN, {"p_rid": rid, "p_now": now})
         results = succeeded_results(session, rid, parents) if parents else {}
         return ClaimedRow(
             claimed.id, claimed.attempts, attempt_id, claimed.workflow, claimed.input, results,
@@ -102,7 +102,7 @@ class GenericHotPath:
 
     def lock_run(self, session: Session, rid: uuid.UUID) -> Any:
         """(status, workflow) of the run, row-locked until the transaction ends; or None."""
-        return session.execute(_LOCK_RUN, {"p_rid": rid}).one_or_none()
+        return session.connection().execute(_LOCK_RUN, {"p_rid": rid}).one_or_none()
 
     def settle_success(
         self,
@@ -117,13 +117,13 @@ class GenericHotPath:
     ) -> dict[str, str] | None:
         """Mark the attempt and step succeeded; return every step's status, or None if the
         step was no longer this attempt's (its lease lapsed)."""
-        session.execute(_SUCCEED_ATTEMPT, {"p_id": attempt_id, "p_now": now, "p_logs": logs})
-        settled = session.execute(
+        session.connection().execute(_SUCCEED_ATTEMPT, {"p_id": attempt_id, "p_now": now, "p_logs": logs})
+        settled = session.connection().execute(
             _SUCCEED_STEP, {"p_id": step_id, "p_number": number, "p_result": result, "p_now": now}
         )
         if settled.rowcount != 1:
             return None
-        return dict(session.execute(_STATUSES, {"p_rid": rid}).tuples().all())
+        return dict(session.connection().execute(_STATUSES, {"p_rid": rid}).tuples().all())
 
 
 class PostgresHotPath(GenericHotPath):
@@ -190,7 +190,7 @@ class PostgresHotPath(GenericHotPath):
         logs: list[dict[str, Any]],
         now: datetime,
     ) -> dict[str, str] | None:
-        rows = session.execute(
+        rows = session.connection().execute(
             _PG_SETTLE,
             {
                 "rid": rid,
@@ -219,9 +219,9 @@ def hot_path_for(db: Engine) -> GenericHotPath:
 def succeeded_results(session: Session, rid: uuid.UUID, names: Sequence[str] | None = None) -> dict[str, Any]:
     """Results of the run's succeeded steps among `names` (None: all of them)."""
     if names is None:
-        found = session.execute(_ALL_RESULTS, {"p_rid": rid})
+        found = session.connection().execute(_ALL_RESULTS, {"p_rid": rid})
     else:
-        found = session.execute(_RESULTS, {"p_rid": rid, "p_names": list(names)})
+        found = session.connection().execute(_RESULTS, {"p_rid": rid, "p_names": list(names)})
     return dict(found.tuples().all())
 
 
@@ -229,7 +229,9 @@ def succeeded_results(session: Session, rid: uuid.UUID, names: Sequence[str] | N
 
 
 def _of_run(column: Any) -> Any:
-    return select(column).where(_runs.c.id == _steps.c.run_id).scalar_subquery()
+    # By the bound run id, not correlated to `steps.run_id`: SQLite scans `runs` for a
+    # correlated subquery in RETURNING, which made every claim slower as runs accumulated.
+    return select(column).where(_runs.c.id == bindparam("p_rid")).scalar_subquery()
 
 
 # Built once: statements are compiled and cached by SQLAlchemy, not rebuilt per call.
