@@ -123,7 +123,7 @@ class GenericHotPath:
         )
         if settled.rowcount != 1:
             return None
-        return dict(session.connection().execute(_STATUSES, {"p_rid": rid}).tuples().all())
+        return dict(session.connection().execute(_STATUSES, {"p_rid": rid}).all())
 
 
 class PostgresHotPath(GenericHotPath):
@@ -222,7 +222,7 @@ def succeeded_results(session: Session, rid: uuid.UUID, names: Sequence[str] | N
         found = session.connection().execute(_ALL_RESULTS, {"p_rid": rid})
     else:
         found = session.connection().execute(_RESULTS, {"p_rid": rid, "p_names": list(names)})
-    return dict(found.tuples().all())
+    return dict(found.all())
 
 
 # -- portable statements (bind names avoid column names, which SQLAlchemy reserves) --------

@@ -35,6 +35,12 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{MARKER}(workflows=None, start=None, **settings): configure the orchestrator_test "
         "fixture (workflow modules or Workflow objects, the fake clock's start, Settings fields)",
     )
+    # kafka-python reads its protocol schemas with importlib.resources' legacy API: two
+    # DeprecationWarnings per schema, hundreds per session, none of them about the user's code.
+    for legacy in ("read_text", "open_text"):
+        config.addinivalue_line(
+            "filterwarnings", f"ignore:{legacy} is deprecated:DeprecationWarning"
+        )
 
 
 @pytest.fixture(scope="session")
