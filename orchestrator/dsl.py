@@ -360,11 +360,11 @@ class Workflow:
                     "backoff": s.backoff,
                     "timeout": s.timeout,
                     "conditional": s.when is not None,
-                    "concurrency": _describe_concurrency(s.concurrency),
+                    "concurrency": describe_concurrency(s.concurrency),
                 }
                 for s in self.steps.values()
             ],
-            "concurrency": _describe_concurrency(self.concurrency),
+            "concurrency": describe_concurrency(self.concurrency),
             "partition_by": self.partition_by if isinstance(self.partition_by, str) or self.partition_by is None else "<function>",
             "shards": self.shards,
             "queues": sorted(self.queues),
@@ -393,7 +393,7 @@ def _check_version(workflow: str, version: Any) -> str:
     return version
 
 
-def _describe_concurrency(value: Concurrency | None) -> dict[str, Any] | None:
+def describe_concurrency(value: Concurrency | None) -> dict[str, Any] | None:
     if value is None:
         return None
     key = value.key if value.key is None or isinstance(value.key, str) else "<function>"

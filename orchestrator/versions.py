@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .dsl import Concurrency, Step, StepContext, Workflow
+from .dsl import describe_concurrency as _limit  # one JSON form of a limit
 from .errors import StepNotLoaded
 
 #: Hex digits of the structure's SHA-256 in a computed version.
@@ -49,13 +50,6 @@ def structure_hash(shape: Mapping[str, Any]) -> str:
     """A short, stable hash of a structure (the version of a workflow that names none)."""
     text = json.dumps(shape, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
-
-
-def _limit(value: Concurrency | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    key = value.key if value.key is None or isinstance(value.key, str) else "<function>"
-    return {"key": key, "limit": value.limit, "strategy": value.strategy}
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
