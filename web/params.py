@@ -92,6 +92,14 @@ def flag_arg(args: Mapping[str, Any], name: str) -> bool:
     raise BadRequest(f"{name} must be true or false, got {value!r}")
 
 
+def body_flag(body: Mapping[str, Any], name: str) -> bool:
+    """A yes/no field of a JSON body: true, false or null (absent); anything else is a 400."""
+    value = body.get(name)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise BadRequest(f"{name} must be true or false (a JSON boolean), got {value!r}")
+
+
 def status_arg(args: Mapping[str, Any]) -> str | None:
     value = _text(args, "status")
     if value is not None and value not in P.RUN_STATUSES:

@@ -152,7 +152,7 @@ def retry_options(args: Any, body: dict[str, Any]) -> bool:
     """Whether a retry request asks for the current version: `{"current_version": true}`
     in the body or `?current_version=1`."""
     params.check_fields(body, {"current_version"})
-    return params.flag_arg(body, "current_version") or params.flag_arg(args, "current_version")
+    return params.body_flag(body, "current_version") or params.flag_arg(args, "current_version")
 
 
 #: Fields of a bulk body that select runs by filter.
@@ -164,7 +164,7 @@ def bulk(action: str, body: dict[str, Any]) -> dict[str, Any]:
     `version`, `since`); a retry with `current_version` re-plans each on the loaded version."""
     params.check_fields(body, {"ids", *BULK_FILTERS, "limit", "current_version"})
     limit = params.limit_arg(body, default=1000, maximum=MAX_BULK_LIMIT)
-    current_version = params.flag_arg(body, "current_version")
+    current_version = params.body_flag(body, "current_version")
     if current_version and action != "retry":
         raise BadRequest("current_version applies to retry only")
     selection = {k: v for k, v in body.items() if k != "current_version"}
