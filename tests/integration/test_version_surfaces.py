@@ -184,6 +184,8 @@ def test_retry_on_the_current_version_of_a_live_or_unloaded_run_is_a_clean_409(c
     ("query", "body", "message"),
     [
         ("", b'{"current_version": "please"}', "current_version must be true or false"),
+        ("", b'{"current_version": "yes"}', "(a JSON boolean)"),
+        ("", b'{"current_version": 1}', "(a JSON boolean)"),
         ("?current_version=maybe", b"", "current_version must be true or false"),
         ("", b'{"version": "x"}', "unknown field(s) 'version'"),
         ("", b"[true]", "must be a JSON object"),
