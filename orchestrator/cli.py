@@ -481,8 +481,11 @@ def _kafka_settings() -> Settings:
 
 
 @main.command()
+@click.option("--relay/--no-relay", default=True, show_default=True, envvar="ORCHESTRATOR_CONSUME_RELAY",
+              help="Also publish the outbox (events steps emit) from a thread of this process; "
+                   "--no-relay where `orchestrator relay` runs apart.")
 @friendly_errors
-def consume() -> None:
+def consume(relay: bool) -> None:
     """Turn events on the trigger topics into runs, until SIGTERM or Ctrl-C.
 
     Run several to share the topics' partitions (one consumer group: ORCHESTRATOR_KAFKA_GROUP).
@@ -490,6 +493,7 @@ def consume() -> None:
     import signal
 
     from .consumer import EventConsumer
+    from .relay import RelayThread
     from .supervision import announce_ready
 
     rt = Runtime(_kafka_settings())
@@ -502,9 +506,48 @@ def consume() -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # Its own thread, producer and connections: a relay failure never stops consuming.
+    relay_thread = RelayThread(rt.db, rt.settings).start() if relay else None
     announce_ready()  # to `orchestrator dev`: the consumer joins its group from here on
-    service.run()
+    try:
+        service.run()
+    finally:
+        if relay_thread is not None:
+            relay_thread.stop()
     click.echo("consumer stopped")
+
+
+@main.command("relay")
+@friendly_errors
+def relay_command() -> None:
+    """Publish the outbox (events steps emitted) to Kafka, until SIGTERM or Ctrl-C.
+
+    `orchestrator consume` does this too unless started with --no-relay. Several relays
+    may run: on PostgreSQL one publishes at a time, the others stand by.
+    """
+    import signal
+
+    from .kafka import bootstrap_servers, quiet_client_logs
+    from .relay import Relay
+    from .supervision import announce_ready
+
+    rt = Runtime(_kafka_settings())
+    bootstrap_servers(rt.settings)  # a clear error now rather than in the loop
+    _check_database(rt)
+    quiet_client_logs()
+    service = Relay(rt.db, rt.settings)
+
+    def _stop(_signum: int, _frame: object) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    announce_ready()
+    try:
+        service.run()
+    finally:
+        rt.close()
+    click.echo("relay stopped")
 
 
 @main.command()

@@ -367,6 +367,7 @@ class EventConsumer:
                 one = self._record([assessment])
                 total.recorded += one.recorded
                 total.duplicates += one.duplicates
+                total.resent += one.resent
                 total.run_ids += one.run_ids
                 total.dead_letters += one.dead_letters
                 total.outcomes.update(one.outcomes)

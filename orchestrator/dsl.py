@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .dag import validate_dag
+from .emits import MAX_EMITS_PER_ATTEMPT, Emit, InvalidEmit, make_emit
 from .errors import WorkflowDefinitionError
 
 #: Retries a step gets when it does not say (a failed attempt is final).
@@ -62,8 +63,9 @@ class StepContext:
     """What a step function receives.
 
     `input` is the run's input, `results` maps each finished upstream step to its JSON
-    result (skipped steps are absent), `attempt` counts from 1, and lines written to
-    `logger` are stored with the attempt.
+    result (skipped steps are absent), `attempt` counts from 1, lines written to
+    `logger` are stored with the attempt, and `emit` publishes events if the attempt
+    succeeds.
     """
 
     run_id: str
@@ -73,6 +75,36 @@ class StepContext:
     results: dict[str, Any]
     attempt: int = 1
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("orchestrator.step"))
+    #: This attempt's emits, in call order; stored with its success, dropped if it fails.
+    emits: list[Emit] = field(default_factory=list, repr=False)
+
+    def emit(
+        self,
+        topic: str,
+        value: Any,
+        key: str | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
+    ) -> str:
+        """Publish `value` (JSON) to Kafka `topic` if, and only if, this attempt succeeds.
+
+        The event is written to the outbox in the same transaction as the success and sent
+        afterwards by the relay, at least once, with header `orchestrator-event-id` (the id
+        returned here, the same on every re-send), `orchestrator-run-id` and
+        `orchestrator-step`. A failed or retried attempt's emits are discarded. Arguments
+        are checked now: a bad one raises `InvalidEmit`, which fails the step.
+        """
+        if self.attempt < 1:
+            raise InvalidEmit(
+                "ctx.emit is for step functions: a `when` condition cannot emit events"
+            )
+        if len(self.emits) >= MAX_EMITS_PER_ATTEMPT:
+            raise InvalidEmit(
+                f"ctx.emit: one attempt may emit at most {MAX_EMITS_PER_ATTEMPT} events; "
+                "split the work over several steps"
+            )
+        emitted = make_emit(topic, value, key, headers)
+        self.emits.append(emitted)
+        return emitted.event_id
 
 
 Condition = Callable[[StepContext], Any]

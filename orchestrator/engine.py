@@ -11,7 +11,6 @@ workers can never both hold the same step.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import time
@@ -33,10 +32,12 @@ from . import planner as P
 from . import skew as S
 from .db import versions as V
 from .db.hotpath import hot_path_for, succeeded_results
-from .db.models import Attempt, Run, StepRun, WorkflowVersion
+from .db.models import Attempt, OutboxRow, Run, StepRun, WorkflowVersion
 from .dispatch import Dispatch, Dispatcher
 from .dsl import Concurrency, StepContext, Workflow
+from .emits import Emit, headers_json
 from .errors import DeploySkew, InvalidInput, RunNotFound, StepNotLoaded
+from .jsonvalues import check_json as check_json  # executor and callers import it from here
 from .registry import Registry
 from .settings import Settings
 from .versions import missing_code, planning_view
@@ -67,40 +68,6 @@ def parse_run_id(run_id: str | uuid.UUID) -> uuid.UUID:
         return uuid.UUID(str(run_id))
     except ValueError:
         raise RunNotFound(f"no run {run_id!r}: run ids are UUIDs") from None
-
-
-def check_json(value: Any, what: str) -> Any:
-    """Return `value` if it can be stored as JSON, else raise saying why."""
-    try:
-        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:  # before ValueError, its base class
-        raise InvalidInput(
-            f"{what} contains an unpaired surrogate (\\u{ord(exc.object[exc.start]):04x}), "
-            "which PostgreSQL cannot store; remove it"
-        ) from None
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
-    if _has_nul(value):
-        raise InvalidInput(
-            f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store; remove it"
-        )
-    return value
-
-
-def _has_nul(value: Any) -> bool:
-    """Whether any string or key in a JSON value holds U+0000 (PostgreSQL cannot store it)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
 
 
 def validate_input(workflow: Workflow, data: Any) -> dict[str, Any]:
@@ -167,6 +134,8 @@ class Outcome:
     error: str | None = None
     traceback: str | None = None
     logs: list[dict[str, Any]] | None = None
+    #: Events the attempt emitted; written to the outbox only with a success.
+    emits: list[Emit] = field(default_factory=list)
 
 
 class WorkflowEngine:
@@ -822,6 +791,10 @@ class WorkflowEngine:
             if statuses is None:
                 self._lease_lost(session, claim)
                 return
+            if outcome.emits:
+                session.connection().execute(
+                    _INSERT_OUTBOX, outbox_rows(claim, outcome.emits, now)
+                )
             step = workflow.steps.get(claim.step)
             if step is not None and step.concurrency is not None:
                 key = session.scalar(select(steps.c.concurrency_key).where(steps.c.id == claim.step_id))
@@ -1248,6 +1221,20 @@ class WorkflowEngine:
         run.version = workflow.version
         session.flush()
         return steps
+
+
+_INSERT_OUTBOX = insert(OutboxRow.__table__)
+
+
+def outbox_rows(claim: Claim, emits: Iterable[Emit], now: datetime) -> list[dict[str, Any]]:
+    """The `outbox` rows of a succeeded attempt's emits, in call order (ids ascending)."""
+    rid = parse_run_id(claim.run_id)
+    return [
+        {"run_id": rid, "step": claim.step, "attempt": claim.attempt, "topic": e.topic,
+         "key": e.key, "value": e.value, "headers": headers_json(e.headers),
+         "event_id": uuid.UUID(e.event_id), "created_at": now, "sent_at": None}
+        for e in emits
+    ]
 
 
 _RUN_INPUT = select(Run.__table__.c.input).where(Run.__table__.c.id == bindparam("p_rid"))

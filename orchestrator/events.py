@@ -32,6 +32,7 @@ from .db.inserts import insert_all, insert_ignoring_conflicts
 from .db.models import Event, Run, StepRun
 from .dead_letters import DeadLetter
 from .dispatch import Dispatch
+from .emits import EVENT_ID_HEADER
 from .engine import PlannedRun, WorkflowEngine
 from .errors import EventNotFound, OrchestratorError
 from .intake import (
@@ -49,6 +50,9 @@ from .intake import (
 
 log = logging.getLogger("orchestrator.events")
 
+#: Longest `orchestrator-event-id` kept as `events.source_event_id` (its column's width).
+SOURCE_EVENT_ID_LENGTH = 64
+
 
 class EventNotReplayable(OrchestratorError):
     """A recorded event whose body was not kept cannot be evaluated again."""
@@ -64,6 +68,9 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Outcomes of the events new to the database.
     outcomes: Counter[str] = field(default_factory=Counter)
+    #: Of `duplicates`, those at a new offset whose `orchestrator-event-id` was recorded
+    #: (a relay sent the emit again).
+    resent: int = 0
 
 
 def _key(message: Message) -> tuple[str, int, int]:
@@ -96,17 +103,40 @@ def event_row(assessment: Assessment, received_at: datetime) -> dict[str, Any]:
         row["payload"] = assessment.payload
     else:
         row["raw"] = message.value
+    source = source_event_id(message)
+    if source is not None:
+        row["source_event_id"] = source
     return row
+
+
+def source_event_id(message: Message) -> str | None:
+    """The message's `orchestrator-event-id` header (an orchestrator's relayed emit), the
+    key on which its re-sends are recognised; None without one, or if it is not 1-64
+    characters of UTF-8 text (then the message is an ordinary event). Of several, the last
+    counts: the latest hop's (a dead-letter copy keeps the original's and adds its own)."""
+    for name, value in reversed(message.headers):
+        if name == EVENT_ID_HEADER:
+            try:
+                text = value.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                return None
+            return text if 0 < len(text) <= SOURCE_EVENT_ID_LENGTH and "\x00" not in text else None
+    return None
 
 
 # -- writing -------------------------------------------------------------------------------
 
 
 def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int, int], int]:
-    """Insert event rows, skipping those already recorded; returns the new ones' ids by key."""
+    """Insert event rows, skipping those already recorded; returns the new ones' ids by key.
+
+    Already recorded: the same (topic, partition, offset), or the same `source_event_id`
+    (a relay's re-send of an emit, at another offset). Any unique constraint therefore
+    skips a row, as the consumer's dedupe always did.
+    """
     inserted = insert_ignoring_conflicts(
         session, Event.__table__, rows,
-        conflict_columns=("topic", "partition", "offset"),
+        conflict_columns=None,
         returning=("id", "topic", "partition", "offset"),
     )
     return {(topic, partition, offset): event_id for event_id, topic, partition, offset in inserted}
@@ -282,6 +312,12 @@ def record_batch(
                     result.dead_letters.append(
                         DeadLetter(assessment.message, reason or "rejected", event_id)
                     )
+            else:  # not at this offset: its orchestrator-event-id is recorded (a re-send)
+                message = assessment.message
+                result.resent += 1
+                log.info("event %s/%s/%s: a re-send of emitted event %s, already recorded; "
+                         "skipped as a duplicate", message.topic, message.partition,
+                         message.offset, source_event_id(message))
         result.recorded = len(new_ids)
         result.duplicates += len(unique) - len(new_ids)
         result.run_ids = insert_runs(engine, session, outbox, to_insert)

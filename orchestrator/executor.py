@@ -244,7 +244,8 @@ def execute(
                 # `patch_step`); everything around it is the worker's own path.
                 result = (body or step.fn)(ctx)
             check_json(result, f"result of step {claim.step!r}")
-            outcome = Outcome(ok=True, result=result, logs=capture.lines)
+            # The emits ride with the success only: every failure below drops them.
+            outcome = Outcome(ok=True, result=result, logs=capture.lines, emits=ctx.emits)
         except InvalidInput as exc:
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
         except StepTimeout as exc:

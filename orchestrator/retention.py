@@ -6,7 +6,9 @@
   still open (a cancelled run's running step finishes its attempt first), together with its
   steps and their attempts;
 - an event received before the cutoff that no remaining run references (an event that
-  started a kept run stays, so the run keeps its lineage).
+  started a kept run stays, so the run keeps its lineage);
+- an outbox row (an event a step emitted) that the relay sent before the cutoff. Unsent
+  rows are never deleted, however old, and do not depend on their run being kept.
 
 Pending and running runs are never deleted, however old. The work is done in batches of at
 most `batch_size` runs (or events), each its own short transaction that locks only the rows
@@ -29,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, Connection, Engine, delete, func, select
 
 from . import planner as P
-from .db.models import Attempt, Event, Run, StepRun
+from .db.models import Attempt, Event, OutboxRow, Run, StepRun
 from .errors import OrchestratorError
 
 log = logging.getLogger("orchestrator.retention")
@@ -81,6 +83,8 @@ class PruneReport:
     steps: int = 0
     attempts: int = 0
     events: int = 0
+    #: Sent outbox rows (events steps emitted, already published).
+    outbox: int = 0
     #: Transactions that deleted something (0 for a dry run).
     batches: int = 0
 
@@ -88,7 +92,9 @@ class PruneReport:
         verb = "would delete" if self.dry_run else "deleted"
         text = (
             f"{verb} {self.runs} run(s) with {self.steps} step(s) and {self.attempts} "
-            f"attempt(s), and {self.events} event(s), older than {self.cutoff.isoformat(timespec='seconds')}"
+            f"attempt(s), and {self.events} event(s)"
+            + (f" and {self.outbox} sent emitted event(s)" if self.outbox else "")
+            + f", older than {self.cutoff.isoformat(timespec='seconds')}"
         )
         return text if self.dry_run else f"{text}, in {self.batches} batch(es)"
 
@@ -154,6 +160,13 @@ def prune(
             break
         report.events += deleted
         _batch_done(report, progress)
+    while True:
+        with db.begin() as conn:
+            deleted = _delete_sent_outbox(conn, cutoff, batch_size)
+        if not deleted:
+            break
+        report.outbox += deleted
+        _batch_done(report, progress)
     return report
 
 
@@ -196,6 +209,19 @@ def _delete_events(conn: Connection, cutoff: datetime, limit: int) -> int:
     return conn.execute(delete(Event).where(Event.id.in_(ids))).rowcount
 
 
+def _delete_sent_outbox(conn: Connection, cutoff: datetime, limit: int) -> int:
+    """One batch: lock up to `limit` outbox rows sent before `cutoff` and delete them."""
+    ids = conn.scalars(
+        select(OutboxRow.id)
+        .where(OutboxRow.sent_at < cutoff)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=OutboxRow)
+    ).all()
+    if not ids:
+        return 0
+    return conn.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids))).rowcount
+
+
 def _count(db: Engine, report: PruneReport) -> PruneReport:
     """A dry run: what `prune` would delete now, counted in one read-only pass."""
     cutoff = report.cutoff
@@ -211,6 +237,9 @@ def _count(db: Engine, report: PruneReport) -> PruneReport:
             select(func.count())
             .select_from(Event)
             .where(_unreferenced_events(cutoff, by_kept_runs_only=True))
+        ) or 0
+        report.outbox = conn.scalar(
+            select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at < cutoff)
         ) or 0
         conn.rollback()
     return report

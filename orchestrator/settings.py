@@ -50,6 +50,10 @@ DEFAULT_KAFKA_BATCH_SIZE = 500
 #: rolling deploy may still have it) before it fails; also how long a workflow version no
 #: worker reports any more is still counted as deployed.
 DEFAULT_VERSION_GRACE = 600.0
+#: Seconds the outbox relay waits, when the outbox is empty, before looking again.
+DEFAULT_RELAY_INTERVAL = 0.5
+#: Most outbox rows one relay transaction publishes.
+DEFAULT_RELAY_BATCH_SIZE = 500
 
 
 def _number(
@@ -165,6 +169,10 @@ class Settings:
     kafka_batch_size: int = DEFAULT_KAFKA_BATCH_SIZE
     #: ORCHESTRATOR_VERSION_GRACE, in seconds (see `DEFAULT_VERSION_GRACE`).
     version_grace: float = DEFAULT_VERSION_GRACE
+    #: ORCHESTRATOR_RELAY_INTERVAL, in seconds (see `DEFAULT_RELAY_INTERVAL`).
+    relay_interval: float = DEFAULT_RELAY_INTERVAL
+    #: ORCHESTRATOR_RELAY_BATCH_SIZE (see `DEFAULT_RELAY_BATCH_SIZE`).
+    relay_batch_size: int = DEFAULT_RELAY_BATCH_SIZE
     #: Every ORCHESTRATOR_* variable as read (may hold secrets: never printed).
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -204,6 +212,8 @@ class Settings:
             ),
             kafka_batch_size=_positive_int(env, "ORCHESTRATOR_KAFKA_BATCH_SIZE", DEFAULT_KAFKA_BATCH_SIZE),
             version_grace=_duration(env, "ORCHESTRATOR_VERSION_GRACE", DEFAULT_VERSION_GRACE),
+            relay_interval=_float(env, "ORCHESTRATOR_RELAY_INTERVAL", DEFAULT_RELAY_INTERVAL),
+            relay_batch_size=_positive_int(env, "ORCHESTRATOR_RELAY_BATCH_SIZE", DEFAULT_RELAY_BATCH_SIZE),
             extra={k: v for k, v in env.items() if k.startswith("ORCHESTRATOR_")},
         )
 

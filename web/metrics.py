@@ -5,6 +5,8 @@ so any number of web processes report the same figures:
 
 * `orchestrator_runs` and `orchestrator_steps` by workflow and status (gauges);
 * `orchestrator_events_total` by outcome;
+* `orchestrator_outbox_backlog` (events steps emitted that the relay has not yet sent) and
+  `orchestrator_relay_lag_seconds` (age of the oldest of them; 0 when there is none);
 * `orchestrator_consumer_lag` per topic and partition, from Kafka's end offsets and the
   consumer group's committed offsets (only when ORCHESTRATOR_KAFKA_BOOTSTRAP is set);
 * three histograms, so an operator sees where time goes: event to run (Kafka timestamp
@@ -147,6 +149,17 @@ class StateCollector(Collector):
             )
             for outcome, count in sorted(stats.events_by_outcome(session).items()):
                 events.add_metric([outcome], count)
+            unsent, oldest = stats.outbox_backlog(session)
+            backlog = GaugeMetricFamily(
+                "orchestrator_outbox_backlog", "Emitted events not yet sent to Kafka by the relay",
+                value=unsent,
+            )
+            lag = 0.0 if oldest is None else max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+            relay_lag = GaugeMetricFamily(
+                "orchestrator_relay_lag_seconds",
+                "Age of the oldest emitted event not yet sent to Kafka (0: none waiting)",
+                value=lag,
+            )
             until = datetime.now(UTC) - self.settle
             added = {
                 name: query(session, bounds, until=until, after=self._counted_until)
@@ -160,6 +173,8 @@ class StateCollector(Collector):
                 runs,
                 steps,
                 events,
+                backlog,
+                relay_lag,
                 *(_histogram(name, doc, self._histograms[name]) for name, doc, _, _ in HISTOGRAMS),
             ]
 

@@ -50,6 +50,8 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
         UniqueConstraint("topic", "partition", "offset"),
+        # A message relayed from an outbox is recorded once, however often it was re-sent.
+        UniqueConstraint("source_event_id"),
         Index("ix_events_received", "received_at", "id"),
         Index("ix_events_topic_outcome", "topic", "outcome", "id"),
     )
@@ -66,6 +68,10 @@ class Event(Base):
     received_at: Mapped[datetime] = mapped_column(Timestamp)
     outcome: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
+    #: The message's `orchestrator-event-id` header (an emit relayed by an orchestrator):
+    #: unique, so a re-send at another offset is a duplicate, not a second event. NULL
+    #: for messages without the header (several NULLs never conflict).
+    source_event_id: Mapped[str | None] = mapped_column(String(64))
 
     runs: Mapped[list[Run]] = relationship(back_populates="event")
 
@@ -255,3 +261,38 @@ class LoginFailures(Base):
     address: Mapped[str] = mapped_column(String(64), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(Timestamp)
     failures: Mapped[int] = mapped_column(Integer)
+
+
+class OutboxRow(Base):
+    """An event a step emitted (`ctx.emit`), written with the attempt's success and
+    published by the relay, which sets `sent_at` once Kafka acknowledged it.
+
+    `run_id` is deliberately not a foreign key: pruning a run must not drop an event it
+    emitted that is not yet sent; sent rows are pruned by their own age.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # The relay's scan and the backlog metrics: only unsent rows, oldest first.
+        Index(
+            "ix_outbox_unsent",
+            "id",
+            postgresql_where=text("sent_at IS NULL"),
+            sqlite_where=text("sent_at IS NULL"),
+        ),
+        Index("ix_outbox_sent", "sent_at"),
+        Index("ix_outbox_run", "run_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    step: Mapped[str] = mapped_column(String(200))
+    attempt: Mapped[int] = mapped_column(Integer)
+    topic: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str | None] = mapped_column(Text)
+    value: Mapped[Any] = mapped_column(Json)
+    headers: Mapped[Any] = mapped_column(Json, default=list)
+    #: Sent as header `orchestrator-event-id`: the same on every re-send of the row.
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -17,7 +17,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from .models import Attempt, Event, Run, StepRun
+from .models import Attempt, Event, OutboxRow, Run, StepRun
 
 
 def _postgres(session: Session) -> bool:
@@ -85,6 +85,18 @@ def steps_by_workflow_status(session: Session) -> list[tuple[str, str, int]]:
 def events_by_outcome(session: Session) -> dict[str, int]:
     rows = session.execute(select(Event.outcome, func.count()).group_by(Event.outcome))
     return {outcome: count for outcome, count in rows}
+
+
+def outbox_backlog(session: Session) -> tuple[int, datetime | None]:
+    """Unsent outbox rows and when the oldest was written (None: the outbox is empty); one
+    read of the partial index on unsent rows, however many sent rows are kept."""
+    table = OutboxRow.__table__
+    count, oldest = session.execute(
+        select(func.count(), func.min(table.c.created_at)).where(table.c.sent_at.is_(None))
+    ).one()
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)  # SQLite hands back naive datetimes, written in UTC
+    return int(count or 0), oldest
 
 
 @dataclass(frozen=True)
