@@ -13,6 +13,7 @@ from .dsl import Concurrency as Concurrency
 from .dsl import Step as Step
 from .dsl import StepContext as StepContext
 from .dsl import Workflow as Workflow
+from .emits import InvalidEmit as InvalidEmit
 from .errors import InvalidInput as InvalidInput
 from .errors import OrchestratorError as OrchestratorError
 from .errors import RunNotFound as RunNotFound
@@ -33,6 +34,7 @@ def start_run(name: str, input: dict[str, Any] | None = None) -> str:
 
 __all__ = [
     "Concurrency",
+    "InvalidEmit",
     "InvalidInput",
     "OrchestratorError",
     "RunNotFound",

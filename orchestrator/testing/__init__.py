@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .harness import Harness as Harness
     from .kafka import SentMessage as SentMessage
     from .results import AttemptResult as AttemptResult
+    from .results import EmittedEvent as EmittedEvent
     from .results import PublishOutcome as PublishOutcome
     from .results import RunResult as RunResult
     from .results import StepResult as StepResult
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 #: Where each public name lives.
 _PUBLIC = {
     "AttemptResult": ".results",
+    "EmittedEvent": ".results",
     "FakeClock": "..clock",
     "Harness": ".harness",
     "HarnessError": ".errors",

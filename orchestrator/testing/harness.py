@@ -45,7 +45,7 @@ from .database import copy_of, create_test_engine, shared_template
 from .dispatcher import LocalDispatcher, Queued
 from .errors import HarnessError
 from .kafka import LocalConsumer
-from .results import PublishOutcome, RunResult
+from .results import EmittedEvent, PublishOutcome, RunResult, emitted_events
 from .steps import Body, Failure, StepPatch, failing
 
 #: The `worker` recorded on every attempt the harness runs.
@@ -322,6 +322,13 @@ class Harness:
         if workflow is None:
             raise HarnessError(f"no run {run_id}")
         return RunResult(self.sessions, str(run_id), workflow)
+
+    @property
+    def emitted(self) -> list[EmittedEvent]:
+        """Every event steps emitted with `ctx.emit` (succeeded attempts' only), in the
+        order they were written: what the relay would publish."""
+        with self.sessions() as session:
+            return emitted_events(session)
 
     def runs(self, workflow: str | None = None) -> list[RunResult]:
         """Every run (of `workflow`, if given), oldest first."""

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db.models import Attempt, Run, StepRun
+from ..db.models import Attempt, OutboxRow, Run, StepRun
 from ..db.queries import get_run
+from ..emits import headers_of_json
 from ..intake import IGNORED, MATCHED, REJECTED
 from .kafka import SentMessage
 
@@ -52,6 +54,39 @@ class AttemptResult:
 
 
 @dataclass(frozen=True)
+class EmittedEvent:
+    """An event a step emitted with `ctx.emit`, as its outbox row holds it.
+
+    Only a succeeded attempt's emits exist (a failed attempt's were discarded); `sent` says
+    whether a relay published it (the harness runs none, so it stays False there).
+    """
+
+    topic: str
+    value: Any
+    key: str | None
+    headers: dict[str, bytes]
+    event_id: str
+    run_id: str
+    step: str
+    attempt: int
+    sent: bool
+
+    @classmethod
+    def of(cls, row: Any) -> EmittedEvent:
+        return cls(row.topic, row.value, row.key, dict(headers_of_json(row.headers)), str(row.event_id),
+                   str(row.run_id), row.step, row.attempt, row.sent_at is not None)
+
+
+def emitted_events(session: Session, run_id: Any = None) -> list[EmittedEvent]:
+    """Every emitted event (of one run, if given), in the order they were written."""
+    table = OutboxRow.__table__
+    query = select(table).order_by(table.c.id)
+    if run_id is not None:
+        query = query.where(table.c.run_id == run_id)
+    return [EmittedEvent.of(row) for row in session.execute(query)]
+
+
+@dataclass(frozen=True)
 class StepResult:
     """One step of a run: status, result, error, why it was skipped or cancelled, attempts."""
 
@@ -65,6 +100,8 @@ class StepResult:
     queue: str
     started_at: datetime | None
     finished_at: datetime | None
+    #: What the step emitted with `ctx.emit` (its succeeded attempt's emits only), in order.
+    emits: tuple[EmittedEvent, ...] = ()
 
     @property
     def logs(self) -> list[str]:
@@ -72,10 +109,10 @@ class StepResult:
         return [message for attempt in self.attempts for message in attempt.logs]
 
     @classmethod
-    def of(cls, row: StepRun) -> StepResult:
+    def of(cls, row: StepRun, emits: tuple[EmittedEvent, ...] = ()) -> StepResult:
         attempts = tuple(AttemptResult.of(a) for a in sorted(row.attempt_rows, key=lambda a: a.number))
         return cls(row.name, row.status, row.result, row.error, row.reason, attempts, row.queue,
-                   _aware(row.started_at), _aware(row.finished_at))
+                   _aware(row.started_at), _aware(row.finished_at), emits)
 
 
 @dataclass(frozen=True)
@@ -93,10 +130,14 @@ class RunState:
     steps: dict[str, StepResult]
 
     @classmethod
-    def of(cls, row: Run) -> RunState:
+    def of(cls, row: Run, emitted: list[EmittedEvent] | None = None) -> RunState:
+        by_step: dict[str, list[EmittedEvent]] = {}
+        for event in emitted or ():
+            by_step.setdefault(event.step, []).append(event)
         return cls(row.status, row.error, row.input, row.version, row.event_id,
                    _aware(row.created_at), _aware(row.started_at), _aware(row.finished_at),
-                   {s.name: StepResult.of(s) for s in sorted(row.steps, key=lambda s: s.id)})
+                   {s.name: StepResult.of(s, tuple(by_step.get(s.name, ())))
+                    for s in sorted(row.steps, key=lambda s: s.id)})
 
 
 class RunResult:
@@ -110,7 +151,8 @@ class RunResult:
     def state(self) -> RunState:
         """Everything about the run, read in one go (one consistent snapshot)."""
         with self._sessions() as session:
-            return RunState.of(get_run(session, self.id))
+            row = get_run(session, self.id)
+            return RunState.of(row, emitted_events(session, row.id))
 
     @property
     def status(self) -> str:
