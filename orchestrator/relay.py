@@ -56,7 +56,7 @@ log = logging.getLogger("orchestrator.relay")
 #: PostgreSQL advisory lock key held by the relay publishing a batch ("outbox" in ASCII).
 RELAY_LOCK = 0x6F7574626F78
 #: Seconds one batch's messages may take to be acknowledged by every in-sync replica.
-SEND_TIMEOUT = 30.0
+SEND_TIMEOUT = 10.0
 #: Milliseconds a send may block for topic metadata (Kafka away): short, so the batch is
 #: given up and retried after a pause instead of holding its transaction.
 MAX_BLOCK_MS = 5000
@@ -139,8 +139,10 @@ def relay_batch(db: Engine, producer: Any, limit: int) -> BatchOutcome:
             outcome.error = outcome.error or exc
         acknowledged: list[int] = []
         for row_id, future in futures:
+            if not future.is_done:  # the flush gave up: not acknowledged, and not waited for
+                continue
             try:
-                future.get(timeout=SEND_TIMEOUT)
+                future.get(timeout=0)
             except KafkaError as exc:
                 outcome.error = outcome.error or exc
                 continue
@@ -192,14 +194,21 @@ class Relay:
             if self._producer is None:
                 self._producer = self.producer_factory(self.settings)
             outcome = relay_batch(self.db, self._producer, self.settings.relay_batch_size)
-        except (KafkaError, DBAPIError) as exc:
+        except KafkaError as exc:
+            self._close(timeout=0)
+            return self._failed(exc)
+        except DBAPIError as exc:
             return self._failed(exc)
         except Exception as exc:  # noqa: BLE001 - a relay bug must not stop the consumer it runs in
             log.exception("relay: unexpected error")
+            self._close(timeout=0)
             return self._failed(exc)
         self.sent += outcome.sent
         self._report()
         if outcome.error is not None:
+            # A fresh producer next time: this one may still hold the unacknowledged
+            # messages, which it would send later, after the rows' next sends.
+            self._close(timeout=0)
             return self._failed(outcome.error)
         self._recovered()
         if outcome.busy or outcome.claimed < self.settings.relay_batch_size:
@@ -227,10 +236,10 @@ class Relay:
             self._last_report = now
             log.info("relayed %d event(s)", self.sent)
 
-    def _close(self) -> None:
+    def _close(self, timeout: float = 5) -> None:
         if self._producer is not None:
             try:
-                self._producer.close(timeout=5)
+                self._producer.close(timeout=timeout)
             except Exception:  # noqa: BLE001 - closing a client of a broker that is gone
                 log.debug("error closing the relay's producer", exc_info=True)
             self._producer = None
