@@ -196,3 +196,35 @@ def test_a_success_whose_transaction_fails_leaves_no_outbox_row(runtime, kafka, 
     assert [(r["attempt"], r["value"]["n"]) for r in outbox(runtime)] == [(2, 0), (2, 1)]
 
 
+
+
+def _metric(body: str, name: str) -> float | None:
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_metrics_show_the_backlog_and_prune_removes_only_sent_rows(runtime, kafka, emitted):
+    """Without a relay the outbox only grows: /metrics shows it; prune keeps unsent rows."""
+    from datetime import UTC, datetime, timedelta
+
+    from orchestrator.retention import prune
+    from tests.webtools import make_app
+
+    heartbeats = Heartbeats(runtime.engine)
+    for _ in range(2):
+        run_id = runtime.engine.start_run("emitter", {"count": 3, "topic": emitted})
+        assert execute(runtime.engine, heartbeats, run_id, "announce") == "succeeded"
+    with runtime.db.begin() as conn:
+        conn.execute(text("UPDATE outbox SET created_at = now() - interval '2 hours'"))
+        conn.execute(text("UPDATE outbox SET sent_at = now() - interval '1 hour' WHERE id IN "
+                          "(SELECT id FROM outbox ORDER BY id LIMIT 2)"))
+    client = make_app(runtime).test_client()
+    body = client.get("/metrics").get_data(as_text=True)
+    assert _metric(body, "orchestrator_outbox_backlog") == 4
+    assert 7100 < (_metric(body, "orchestrator_relay_lag_seconds") or 0) < 7300
+
+    report = prune(runtime.db, datetime.now(UTC) - timedelta(minutes=30))
+    assert report.outbox == 2 and "2 sent emitted event(s)" in report.summary()
+    assert unsent(runtime) == 4 and len(outbox(runtime)) == 4
