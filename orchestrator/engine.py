@@ -769,7 +769,11 @@ class WorkflowEngine:
                 )
 
     def finish(self, claim: Claim, outcome: Outcome) -> None:
-        """Record an attempt's outcome and move the run on, in one transaction."""
+        """Record an attempt's outcome and move the run on, in one transaction.
+
+        A success's emits (`ctx.emit`) become `outbox` rows in that same transaction, so
+        they exist exactly when the success does; a failure's are never written.
+        """
         if not outcome.ok:
             self._finish_failed(claim, outcome)
             return

@@ -1,8 +1,10 @@
 """Recording events and starting the runs they trigger; replaying a recorded event.
 
 `record_batch` writes one poll batch in one transaction: the events with a bulk
-`INSERT ... ON CONFLICT (topic, partition, offset) DO NOTHING`, then the runs of the events
-that were new, with a bulk `INSERT ... ON CONFLICT DO NOTHING` that lets the (event,
+`INSERT ... ON CONFLICT DO NOTHING` (on (topic, partition, offset), and on the
+`orchestrator-event-id` header of an emit relayed by an orchestrator, kept as
+`source_event_id`, so a relay's re-send at another offset is a duplicate too), then the
+runs of the events that were new, with a bulk `INSERT ... ON CONFLICT DO NOTHING` that lets the (event,
 workflow) and (workflow, dedupe key) unique constraints drop any run that would be a second
 one. A redelivered message therefore records nothing and starts nothing, whoever delivers it
 and however often. First-step messages go to Celery after the commit (the engine's outbox).

@@ -228,3 +228,24 @@ def test_metrics_show_the_backlog_and_prune_removes_only_sent_rows(runtime, kafk
     report = prune(runtime.db, datetime.now(UTC) - timedelta(minutes=30))
     assert report.outbox == 2 and "2 sent emitted event(s)" in report.summary()
     assert unsent(runtime) == 4 and len(outbox(runtime)) == 4
+
+
+@pytest.mark.orchestrator(workflows=["tests.emit_flows"])
+def test_the_relay_publishes_a_sqlite_outbox_too(orchestrator_test, kafka, emitted, kafka_settings):
+    """The dev database (`orchestrator dev`): the same relay, without PostgreSQL's locks."""
+    from orchestrator.relay import create_relay_producer, relay_batch
+
+    run = orchestrator_test.start("emitter", {"count": 5, "topic": emitted})
+    assert run.status == "succeeded"
+    producer = create_relay_producer(kafka_settings)
+    try:
+        assert relay_batch(orchestrator_test.db, producer, 3).sent == 3
+        assert relay_batch(orchestrator_test.db, producer, 3).sent == 2
+        assert relay_batch(orchestrator_test.db, producer, 3).claimed == 0
+    finally:
+        producer.close(5)
+    assert all(e.sent for e in orchestrator_test.emitted)
+    records = kafka.read_all(emitted)
+    assert [headers_of(r)["orchestrator-event-id"].decode() for r in records] == [
+        e.event_id for e in orchestrator_test.emitted
+    ]
