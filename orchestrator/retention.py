@@ -153,21 +153,24 @@ def prune(
         if not deleted:
             break
         _batch_done(report, progress)
-    while True:
-        with db.begin() as conn:
-            deleted = _delete_events(conn, cutoff, batch_size)
-        if not deleted:
-            break
-        report.events += deleted
-        _batch_done(report, progress)
-    while True:
-        with db.begin() as conn:
-            deleted = _delete_sent_outbox(conn, cutoff, batch_size)
-        if not deleted:
-            break
-        report.outbox += deleted
-        _batch_done(report, progress)
+    _drain(db, _delete_events, "events", cutoff, batch_size, report, progress)
+    _drain(db, _delete_sent_outbox, "outbox", cutoff, batch_size, report, progress)
     return report
+
+
+def _drain(
+    db: Engine, delete: Callable[[Connection, datetime, int], int], counter: str, cutoff: datetime,
+    batch_size: int, report: PruneReport, progress: Callable[[PruneReport], None] | None,
+) -> None:
+    """Run `delete` one batch per transaction until it deletes nothing, counting the rows
+    in `report.<counter>` as it goes (so `progress` sees them)."""
+    while True:
+        with db.begin() as conn:
+            deleted = delete(conn, cutoff, batch_size)
+        if not deleted:
+            return
+        setattr(report, counter, getattr(report, counter) + deleted)
+        _batch_done(report, progress)
 
 
 def _batch_done(report: PruneReport, progress: Callable[[PruneReport], None] | None) -> None:
