@@ -173,6 +173,7 @@ class Relay:
         self._failures = 0
         self._down_since: float | None = None
         self._last_report = time.monotonic()
+        self._reported = 0
 
     def stop(self) -> None:
         self.stopping.set()
@@ -234,7 +235,9 @@ class Relay:
         now = time.monotonic()
         if now - self._last_report >= REPORT_INTERVAL:
             self._last_report = now
-            log.info("relayed %d event(s)", self.sent)
+            if self.sent != self._reported:  # nothing new: no line (an idle relay stays quiet)
+                self._reported = self.sent
+                log.info("relayed %d event(s)", self.sent)
 
     def _close(self, timeout: float = 5) -> None:
         if self._producer is not None:
