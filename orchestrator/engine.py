@@ -183,10 +183,10 @@ class WorkflowEngine:
         Returns how many runs were failed.
         """
         grace = self.settings.version_grace
-        clock = time.monotonic()
-        if clock - self._started < grace or clock - self._abandoned_checked < min(30.0, grace / 4):
+        moment = time.monotonic()
+        if moment - self._started < grace or moment - self._abandoned_checked < min(30.0, grace / 4):
             return 0  # the query reads every live run: at most every 30 s
-        self._abandoned_checked = clock
+        self._abandoned_checked = moment
         now = utcnow()
         runs, versions = Run.__table__, WorkflowVersion.__table__
         seen = (
@@ -210,9 +210,7 @@ class WorkflowEngine:
                     run = self._lock_run(session, run_id)
                     if run.status in P.RUN_FINAL:
                         continue
-                    steps = {s.name: s for s in run.steps}
-                    self._apply(run, steps, _failed_now({n: r.status for n, r in steps.items()}, error, now),
-                                outbox, now)
+                    self._fail_run(run, {s.name: s for s in run.steps}, error, outbox, now)
                     failed += 1
             except (OperationalError, InterfaceError, DisconnectionError):
                 raise
@@ -249,6 +247,11 @@ class WorkflowEngine:
 
     def _definition_of(self, run: Run, session: Session | None = None) -> Workflow | None:
         return self.definition(run.workflow, run.version, session)
+
+    def claimed_definition(self, claim: Claim) -> Workflow:
+        """The definition of a claimed step's run. Never None: only a step of a workflow
+        loaded here is claimed."""
+        return self.definition(claim.workflow, claim.version) or self.registry.get(claim.workflow)
     # -- transactions -------------------------------------------------------------
 
     @contextmanager
@@ -539,8 +542,7 @@ class WorkflowEngine:
         Without the workflow's code (`None`: a deploy removed it) the run cannot go on: it fails.
         """
         if workflow is None:
-            statuses = {n: r.status for n, r in steps.items()}
-            self._apply(run, steps, _failed_now(statuses, S.not_loaded(run.workflow, None), now), outbox, now)
+            self._fail_run(run, steps, S.not_loaded(run.workflow, None), outbox, now)
             return
 
         def context_for(name: str) -> StepContext:
@@ -553,6 +555,12 @@ class WorkflowEngine:
             run.id, workflow, {n: r.status for n, r in steps.items()}, context_for, now, partition
         )
         self._apply(run, steps, decision, outbox, now)
+
+    def _fail_run(
+        self, run: Run, steps: Mapping[str, StepRun], error: str, outbox: list[Dispatch], now: datetime
+    ) -> None:
+        """Fail a locked run at once with `error`, using no definition (`_failed_now`)."""
+        self._apply(run, steps, _failed_now({n: r.status for n, r in steps.items()}, error, now), outbox, now)
 
     def _apply(
         self, run: Run, steps: Mapping[str, StepRun], decision: Decision, outbox: list[Dispatch], now: datetime
@@ -603,13 +611,7 @@ class WorkflowEngine:
             if row is None:
                 self._check_loaded(session, rid, step_name, worker)
                 return None
-        definition = self.definition(row.workflow, row.version) or self.registry.get(row.workflow)
-        own = definition.steps[step_name].after
-        missing = [p for p in own if p not in row.results]
-        if missing and row.version is not None:  # an older version's parents: read them too
-            with self.sessions() as session:
-                row.results.update(succeeded_results(session, rid, missing))
-        return Claim(
+        claim = Claim(
             step_id=row.step_id,
             run_id=str(rid),
             workflow=row.workflow,
@@ -617,10 +619,17 @@ class WorkflowEngine:
             attempt=row.attempts,
             attempt_id=row.attempt_id,
             input=row.input,
-            results={p: row.results[p] for p in own if p in row.results},
+            results={},
             run_key=row.run_key,
             version=row.version,
         )
+        own = self.claimed_definition(claim).steps[step_name].after
+        missing = [p for p in own if p not in row.results]
+        if missing and row.version is not None:  # an older version's parents: read them too
+            with self.sessions() as session:
+                row.results.update(succeeded_results(session, rid, missing))
+        claim.results = {p: row.results[p] for p in own if p in row.results}
+        return claim
 
     def _check_loaded(self, session: Session, rid: uuid.UUID, step_name: str, worker: str | None) -> None:
         """After a refused claim: raise `StepNotLoaded` if the step waits for code we lack."""
@@ -648,7 +657,7 @@ class WorkflowEngine:
         where = f" (worker {worker!r})" if worker else ""
         raise StepNotLoaded(missing_code(found.workflow, step_name, found.version, deployed) + where)
 
-    def defer_not_loaded(self, run_id: str, step_name: str, error: str) -> float | None:
+    def defer_not_loaded(self, run_id: str, step_name: str) -> float | None:
         """A worker without a step's code gives its message back: how long it has waited.
 
         Notes when the first hand-back happened (on the step row, so every worker and every
@@ -781,7 +790,7 @@ class WorkflowEngine:
         now = utcnow()
         rid = parse_run_id(claim.run_id)
         steps = StepRun.__table__
-        workflow = self.definition(claim.workflow, claim.version) or self.registry.get(claim.workflow)
+        workflow = self.claimed_definition(claim)
         with self.transaction() as (session, outbox):
             if claim.run_key is not None:
                 C.lock_key(session, C.run_scope(workflow.name), claim.run_key)
@@ -955,9 +964,7 @@ class WorkflowEngine:
             row.finished_at = now
             row.lease_expires_at = None
             if run.status not in P.RUN_FINAL:
-                steps = {s.name: s for s in run.steps}
-                self._apply(run, steps, _failed_now({n: r.status for n, r in steps.items()}, error, now),
-                            outbox, now)
+                self._fail_run(run, {s.name: s for s in run.steps}, error, outbox, now)
             return str(run.id)
 
     def hand_back(self, run_id: str, step_name: str, worker: str) -> bool:
@@ -1166,12 +1173,11 @@ class WorkflowEngine:
             if not redo:
                 return False
             if not current_version:
-                absent = [n for n in redo if loaded is None or n not in loaded.steps]
+                absent = [n for n in redo if n not in loaded.steps]
                 if absent:
-                    deployed = loaded.version if loaded is not None else None
                     raise DeploySkew(
                         f"run {run_id} cannot be retried on its version {run.version!r}: "
-                        f"{missing_code(run.workflow, absent[0], run.version, deployed)}; "
+                        f"{missing_code(run.workflow, absent[0], run.version, loaded.version)}; "
                         "retry it on the current version instead (--current-version)"
                     )
             for name in redo:
@@ -1189,7 +1195,7 @@ class WorkflowEngine:
             if workflow.concurrency is not None and run.concurrency_key is not None:
                 run.status = P.RUN_PENDING  # waits for a slot like a new run
                 session.flush()
-                self.admit(session, outbox, self.registry.find(run.workflow) or workflow, run.concurrency_key)
+                self.admit(session, outbox, loaded, run.concurrency_key)
             else:
                 run.status = P.RUN_RUNNING
                 self._advance(run, workflow, steps, outbox, now)

@@ -212,7 +212,7 @@ def execute(
         claim = engine.claim(run_id, step_name, worker)
     except StepNotLoaded as missing:
         grace = engine.settings.version_grace
-        waited = engine.defer_not_loaded(run_id, step_name, str(missing))
+        waited = engine.defer_not_loaded(run_id, step_name)
         if waited is None:
             return "skipped: not claimable (the step stopped waiting)"
         pause = hand_back_pause(handed_back, waited, grace)
@@ -224,7 +224,7 @@ def execute(
         return f"failed: {error}"
     if claim is None:
         return "skipped: not claimable (duplicate message, finished or cancelled run)"
-    workflow = engine.definition(claim.workflow, claim.version) or engine.registry.get(claim.workflow)
+    workflow = engine.claimed_definition(claim)
     step = workflow.steps[claim.step]
     logger, capture = step_logger(claim)
     ctx = StepContext(

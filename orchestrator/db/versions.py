@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from .. import planner as P
@@ -32,13 +32,13 @@ def record(session: Session, workflows: Iterable[Workflow], now: datetime, *, se
     if not rows:
         return
     insert_ignoring_conflicts(session, _versions, rows, conflict_columns=("workflow", "version"))
-    if seen:
-        for row in rows:
-            session.execute(
-                update(_versions)
-                .where(_versions.c.workflow == row["workflow"], _versions.c.version == row["version"])
-                .values(last_seen_at=now)
-            )
+    if seen:  # the rows already recorded: one statement for them all
+        session.execute(
+            update(_versions)
+            .where(tuple_(_versions.c.workflow, _versions.c.version).in_(
+                [(row["workflow"], row["version"]) for row in rows]))
+            .values(last_seen_at=now)
+        )
 
 
 def structure_of(session: Session, workflow: str, version: str) -> dict[str, Any] | None:

@@ -244,13 +244,13 @@ def test_step_renamed_is_never_claimed_by_the_new_code_and_names_both_versions(r
     assert sql(runtime, "SELECT count(*) FROM attempts a JOIN steps s ON s.id = a.step_id "
                "WHERE s.run_id = :r AND s.name = 'last'", r=run_id)[0][0] == 0
     # The grace is counted from the first hand-back, by any worker, on the step row.
-    assert v2.defer_not_loaded(run_id, "last", str(missing.value)) == 0.0
+    assert v2.defer_not_loaded(run_id, "last") == 0.0
     time.sleep(0.05)
-    assert v2.defer_not_loaded(run_id, "last", str(missing.value)) > 0.0
+    assert v2.defer_not_loaded(run_id, "last") > 0.0
     assert v2.fail_not_loaded(run_id, "last", str(missing.value)) is True
     [(status, error)] = sql(runtime, "SELECT status, error FROM runs WHERE id = :r", r=run_id)
     assert status == "failed" and error == f"step 'last' failed: {missing.value}"
-    assert v2.defer_not_loaded(run_id, "last", "x") is None  # no longer waiting
+    assert v2.defer_not_loaded(run_id, "last") is None  # no longer waiting
 
 
 def failed_v1_run(runtime, settings, workflow: str) -> str:
