@@ -18,7 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 from celery import chain
@@ -75,12 +77,17 @@ def plain_round(runs: int, counter: redis.Redis) -> float:
     return time.perf_counter() - began
 
 
-def orchestrator_round(runs: int, rt: Runtime) -> float:
+def orchestrator_round(
+    runs: int, rt: Runtime, workflow: str = "bench-chain",
+    input_of: Callable[[int], dict[str, Any]] = lambda n: {},
+) -> float:
+    """Seconds from the first of `runs` starts of `workflow` (run n gets `input_of(n)`) to
+    the last run succeeded, on the workers; the tables are emptied first."""
     with rt.db.begin() as conn:
         conn.execute(text("TRUNCATE attempts, steps, runs CASCADE"))
     began = time.perf_counter()
-    for _ in range(runs):
-        rt.engine.start_run("bench-chain", {})
+    for n in range(runs):
+        rt.engine.start_run(workflow, input_of(n))
 
     def done() -> bool:
         with rt.sessions() as session:

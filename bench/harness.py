@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import redis
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import fresh_database  # noqa: E402
-from bench.engine_vs_celery import start, stop, wait_until  # noqa: E402
+from bench.engine_vs_celery import orchestrator_round, start, stop  # noqa: E402
 from orchestrator.db.models import Run  # noqa: E402
 from orchestrator.runtime import Runtime  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
@@ -56,24 +56,6 @@ def harness_round(harness: Harness, runs: int) -> float:
     if done < runs:
         raise SystemExit(f"only {done} of {runs} harness runs succeeded")
     return elapsed
-
-
-def workers_round(rt: Runtime, runs: int) -> float:
-    """Seconds from the first of `runs` starts to the last run succeeded, on the workers."""
-    with rt.db.begin() as conn:
-        conn.execute(text("TRUNCATE attempts, steps, runs CASCADE"))
-    began = time.perf_counter()
-    for n in range(runs):
-        rt.engine.start_run(WORKFLOW, order(n))
-
-    def done() -> bool:
-        with rt.sessions() as session:
-            return session.scalar(
-                select(func.count()).select_from(Run).where(Run.status == "succeeded")
-            ) >= runs
-
-    wait_until(done)
-    return time.perf_counter() - began
 
 
 def measure_harness(runs: int, rounds: int) -> list[float]:
@@ -105,8 +87,8 @@ def measure_workers(runs: int, rounds: int, concurrency: int) -> list[float]:
     rt = Runtime(settings)
     time.sleep(3)  # let the worker finish starting its pool
     try:
-        workers_round(rt, 50)  # warm-up: connections, imports, queues declared
-        return [workers_round(rt, runs) for _ in range(rounds)]
+        orchestrator_round(50, rt, WORKFLOW, order)  # warm-up: connections, imports, queues
+        return [orchestrator_round(runs, rt, WORKFLOW, order) for _ in range(rounds)]
     finally:
         stop(worker)
         rt.close()
