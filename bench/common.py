@@ -1,10 +1,17 @@
-"""What the benchmarks share: a fresh, migrated PostgreSQL database of their own."""
+"""What the benchmarks share: a fresh, migrated PostgreSQL database of their own, and the
+environment of the worker processes they start."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
 from orchestrator.db.migrate import upgrade
+from orchestrator.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -19,3 +26,15 @@ def fresh_database(name: str, admin_url: str = PG_ADMIN) -> str:
     url = admin_url.rsplit("/", 1)[0] + "/" + name
     upgrade(url)
     return url
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """This process's environment plus what an `orchestrator worker` of `settings` reads."""
+    return {
+        **os.environ,
+        "ORCHESTRATOR_DATABASE_URL": settings.database_url,
+        "ORCHESTRATOR_BROKER_URL": settings.broker_url,
+        "ORCHESTRATOR_WORKFLOWS": ",".join(settings.workflows),
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }

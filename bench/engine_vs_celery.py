@@ -29,7 +29,7 @@ from sqlalchemy import func, select, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import fresh_database  # noqa: E402
+from bench.common import fresh_database, worker_env  # noqa: E402
 from bench.plain_celery import app as plain_app  # noqa: E402
 from bench.plain_celery import last, noop  # noqa: E402
 from orchestrator.db.models import Run  # noqa: E402
@@ -109,14 +109,7 @@ def main() -> None:
 
     redis.Redis.from_url(BROKER).flushdb()
     settings = Settings(database_url=fresh_database(DB_NAME), broker_url=BROKER, workflows=("bench.flows",))
-    env = {
-        **os.environ,
-        "ORCHESTRATOR_DATABASE_URL": settings.database_url,
-        "ORCHESTRATOR_BROKER_URL": BROKER,
-        "ORCHESTRATOR_WORKFLOWS": "bench.flows",
-        "BENCH_BROKER_URL": BROKER,
-        "PYTHONPATH": str(ROOT),
-    }
+    env = worker_env(settings, BENCH_BROKER_URL=BROKER)
     logs = Path(os.environ.get("BENCH_LOGS", "/tmp/orchestrator-bench"))
     logs.mkdir(parents=True, exist_ok=True)
     plain_worker = start(

@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import fresh_database  # noqa: E402
+from bench.common import fresh_database, worker_env  # noqa: E402
 from bench.engine_vs_celery import orchestrator_round, start, stop  # noqa: E402
 from orchestrator.db.models import Run  # noqa: E402
 from orchestrator.runtime import Runtime  # noqa: E402
@@ -70,13 +70,7 @@ def measure_harness(runs: int, rounds: int) -> list[float]:
 def measure_workers(runs: int, rounds: int, concurrency: int) -> list[float]:
     redis.Redis.from_url(BROKER).flushdb()
     settings = Settings(database_url=fresh_database(DB_NAME), broker_url=BROKER, workflows=("workflows",))
-    env = {
-        **os.environ,
-        "ORCHESTRATOR_DATABASE_URL": settings.database_url,
-        "ORCHESTRATOR_BROKER_URL": BROKER,
-        "ORCHESTRATOR_WORKFLOWS": "workflows",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = worker_env(settings)
     logs = Path(os.environ.get("BENCH_LOGS", "/tmp/orchestrator-bench"))
     logs.mkdir(parents=True, exist_ok=True)
     worker = start(
