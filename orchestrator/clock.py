@@ -27,23 +27,34 @@ class Clock(Protocol):
     def now(self) -> datetime: ...
 
 
-class SystemClock:
-    """Wall-clock UTC, nudged forward by `TICK` when two readings would be equal or go back."""
+class _StrictlyIncreasing:
+    """Readings of `_moment()`, each nudged forward by `TICK` when it would not be later
+    than the one before."""
 
     def __init__(self) -> None:
         self._last: datetime | None = None
         self._lock = threading.Lock()
 
+    def _moment(self) -> datetime:
+        raise NotImplementedError
+
     def now(self) -> datetime:
         with self._lock:
-            moment = datetime.now(UTC)
+            moment = self._moment()
             if self._last is not None and moment <= self._last:
                 moment = self._last + TICK
             self._last = moment
             return moment
 
 
-class FakeClock:
+class SystemClock(_StrictlyIncreasing):
+    """Wall-clock UTC, nudged forward by `TICK` when two readings would be equal or go back."""
+
+    def _moment(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class FakeClock(_StrictlyIncreasing):
     """A clock that only moves when told to (`advance`, `move_to`).
 
     It keeps a *set time*, which only `advance` and `move_to` change, and its readings are
@@ -57,17 +68,11 @@ class FakeClock:
         moment = start or datetime.now(UTC).replace(microsecond=0)
         if moment.tzinfo is None:
             raise ValueError("FakeClock needs an aware datetime (tzinfo=UTC)")
+        super().__init__()
         self._set = moment.astimezone(UTC)
-        self._last: datetime | None = None
-        self._lock = threading.Lock()
 
-    def now(self) -> datetime:
-        with self._lock:
-            moment = self._set
-            if self._last is not None and moment <= self._last:
-                moment = self._last + TICK
-            self._last = moment
-            return moment
+    def _moment(self) -> datetime:
+        return self._set
 
     @property
     def current(self) -> datetime:
