@@ -7,7 +7,7 @@ transaction); a batch that fails is done again run by run, so one run that canno
 touched never rolls back the others. A filter selects at most `limit` runs per call,
 newest first, and only runs in a state the action applies to (so calling again with the
 same filter moves on to the rest). A retry keeps each run on its own version unless the
-call asks for `current_version` (see `retry`).
+call asks for `current_version` (see `WorkflowEngine.retry_run`).
 """
 
 from __future__ import annotations
@@ -77,18 +77,9 @@ class BulkResult:
         }
 
 
-def retry(engine: WorkflowEngine, run_id: str, *, current_version: bool = False) -> bool:
-    """Retry one run: on the version it started with, or with `current_version` re-planned
-    on the loaded definition (steps in both keep their results; its version becomes the
-    loaded one). The one place the CLI, the API, the dashboard and bulk retries call."""
-    if current_version:
-        return engine.retry_run(run_id, current_version=True)
-    return engine.retry_run(run_id)  # the keyword only when asked: the plain call stays as it was
-
-
 def _apply(engine: WorkflowEngine, action: Action, run_id: str, current_version: bool) -> bool:
     if action == "retry":
-        return retry(engine, run_id, current_version=current_version)
+        return engine.retry_run(run_id, current_version=current_version)
     return engine.cancel_run(run_id)
 
 
@@ -102,7 +93,7 @@ def bulk_action(
     current_version: bool = False,
 ) -> BulkResult:
     """Retry or cancel the runs in `ids`, or those `where` selects (one of the two);
-    `current_version` retries each on the loaded definition (see `retry`)."""
+    `current_version` retries each on the loaded definition (`WorkflowEngine.retry_run`)."""
     if action not in APPLIES_TO:
         raise ValueError(f"unknown bulk action {action!r}")
     if current_version and action != "retry":

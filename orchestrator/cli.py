@@ -292,10 +292,8 @@ def cancel(run_id: str) -> None:
 @friendly_errors
 def retry(run_id: str, current_version: bool) -> None:
     """Re-run a finished run's failed and cancelled steps and what depends on them."""
-    from .bulk import retry as retry_run
-
     rt = _runtime()
-    if not retry_run(rt.engine, run_id, current_version=current_version):
+    if not rt.engine.retry_run(run_id, current_version=current_version):
         raise click.ClickException(f"run {run_id} is still running or has nothing to retry")
     if current_version:
         from .db.queries import get_run

@@ -13,7 +13,7 @@ from typing import Any
 
 from werkzeug.exceptions import BadRequest, Conflict, NotFound
 
-from orchestrator.bulk import MAX_BULK_LIMIT, RunFilter, bulk_action, retry
+from orchestrator.bulk import MAX_BULK_LIMIT, RunFilter, bulk_action
 from orchestrator.db import queries as Q
 from orchestrator.db import stats
 from orchestrator.db import versions as V
@@ -144,7 +144,7 @@ def cancel_run(run_id: str) -> None:
 def retry_run(run_id: str, current_version: bool = False) -> None:
     """Retry a finished run, on its own version or with `current_version` on the loaded
     one; `Conflict` if it is still running or has nothing to retry."""
-    if not retry(context.engine(), run_id, current_version=current_version):
+    if not context.engine().retry_run(run_id, current_version=current_version):
         raise Conflict(f"run {run_id} is still running or has nothing to retry")
 
 
