@@ -140,7 +140,8 @@ class EventConsumer:
     def run(self) -> None:
         if not self.index:
             raise ConfigurationError(
-                "no loaded workflow has a Kafka trigger, so there is nothing to consume; "
+                "no loaded workflow has a Kafka trigger or a wait_for_event node, so there is "
+                "nothing to consume; "
                 "add kafka_trigger(...) to a workflow or check ORCHESTRATOR_WORKFLOWS"
             )
         bootstrap_servers(self.settings)  # a clear error now rather than in the loop

@@ -47,3 +47,15 @@ def children(deps: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         for parent in parents:
             out[parent].append(step)
     return out
+
+
+def ancestors(deps: Mapping[str, Sequence[str]], node: str) -> tuple[str, ...]:
+    """Every step upstream of `node` (parents, their parents...), in definition order."""
+    seen: set[str] = set()
+    todo = list(deps.get(node, ()))
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(deps.get(name, ()))
+    return tuple(n for n in deps if n in seen)

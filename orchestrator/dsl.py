@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .dag import validate_dag
+from . import waits as W
 from .emits import MAX_EMITS_PER_ATTEMPT, Emit, InvalidEmit, make_emit
 from .errors import WorkflowDefinitionError
 
@@ -62,8 +63,8 @@ def _check_name(kind: str, name: str) -> str:
 class StepContext:
     """What a step function receives.
 
-    `input` is the run's input, `results` maps each finished upstream step to its JSON
-    result (skipped steps are absent), `attempt` counts from 1, lines written to
+    `input` is the run's input, `results` maps each succeeded upstream step (parents,
+    their parents, ...) to its JSON result (skipped steps are absent), `attempt` counts from 1, lines written to
     `logger` are stored with the attempt, and `emit` publishes events if the attempt
     succeeds.
     """
@@ -77,6 +78,10 @@ class StepContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("orchestrator.step"))
     #: This attempt's emits, in call order; stored with its success, dropped if it fails.
     emits: list[Emit] = field(default_factory=list, repr=False)
+    #: For each upstream `wait_for_event` node that an event completed: where that event
+    #: came from (`topic`, `partition`, `offset`, `key`, `event_id`); its payload is in
+    #: `results`.
+    events: dict[str, Any] = field(default_factory=dict)
 
     def emit(
         self,
@@ -190,10 +195,19 @@ class Step:
     when: Condition | None = None
     concurrency: Concurrency | None = None
     workflow: str = ""
+    #: `task` (a function run by a worker), or a node that waits: `event`, `approval`, `sleep`.
+    kind: str = W.TASK
+    #: What a waiting node waits for (`orchestrator.waits`); None for a task.
+    wait: W.WaitSpec | None = None
 
     @property
     def max_attempts(self) -> int:
         return self.retries + 1
+
+    @property
+    def waits(self) -> bool:
+        """A node that holds no worker: it waits for an event, a decision or a timer."""
+        return self.kind != W.TASK
 
     def __call__(self, ctx: StepContext) -> Any:
         return self.fn(ctx)
@@ -306,6 +320,113 @@ class Workflow:
             return register(fn)
         return register
 
+    # -- nodes that wait (see `orchestrator.waits`) ------------------------------------
+
+    def wait_for_event(
+        self,
+        name: str,
+        *,
+        topic: str,
+        after: Step | str | Iterable[Step | str] | None = None,
+        match: Mapping[str, Any] | None = None,
+        correlate: Mapping[str, Any] | None = None,
+        timeout: float | str | None = None,
+        on_timeout: str = "fail",
+        lookback: float | str | None = None,
+    ) -> Step:
+        """A node that waits for a Kafka event on `topic` matching `match` (kafka_trigger's
+        operators) whose `correlate` paths hold the values computed from the run (constants
+        or functions of ctx). Its result is the event's payload. After `timeout` it fails
+        (`on_timeout="fail"`) or is skipped with what only it leads to (`"skip"`). With
+        `lookback`, a matching event recorded up to that long before the wait opened counts.
+        """
+        node = self._node_name("wait_for_event", name)
+        where = f"workflow {self.name!r}: wait {node!r}"
+        spec = W.EventWait(
+            topic=W.check_topic(where, topic),
+            match=W.check_match(where, match),
+            correlate=W.check_correlate(where, correlate),
+            timeout=None if timeout is None else W.seconds_of(where, "timeout", timeout),
+            on_timeout=W.check_on_timeout(where, on_timeout),
+            lookback=None if lookback is None else W.seconds_of(where, "lookback", lookback),
+        )
+        return self._add_node(node, after, spec)
+
+    def approval(
+        self,
+        name: str,
+        *,
+        after: Step | str | Iterable[Step | str] | None = None,
+        timeout: float | str | None = None,
+        on_timeout: str = "fail",
+    ) -> Step:
+        """A node that waits for a person: approve and it succeeds (its result holds the
+        decision, comment, who and when), reject and it fails with the comment as its
+        error. After `timeout` it fails (`on_timeout="fail"`) or is skipped (`"skip"`)."""
+        node = self._node_name("approval", name)
+        where = f"workflow {self.name!r}: approval {node!r}"
+        spec = W.ApprovalWait(
+            timeout=None if timeout is None else W.seconds_of(where, "timeout", timeout),
+            on_timeout=W.check_on_timeout(where, on_timeout),
+        )
+        return self._add_node(node, after, spec)
+
+    def sleep(
+        self,
+        name: str,
+        *,
+        after: Step | str | Iterable[Step | str] | None = None,
+        duration: float | str | None = None,
+        until: Callable[[StepContext], Any] | None = None,
+    ) -> Step:
+        """A durable timer: the node succeeds `duration` after it opens, or at `until(ctx)`
+        (an aware datetime; one in the past succeeds at once). The timer lives in the
+        database, so it survives restarts; one due while everything was down fires at the
+        next start."""
+        node = self._node_name("sleep", name)
+        where = f"workflow {self.name!r}: sleep {node!r}"
+        if (duration is None) == (until is None):
+            raise WorkflowDefinitionError(f"{where}: give exactly one of duration= or until=")
+        if until is not None and not callable(until):
+            raise WorkflowDefinitionError(
+                f"{where}: until={until!r}; pass a function of ctx returning an aware datetime"
+            )
+        spec = W.SleepWait(
+            duration=None if duration is None else W.seconds_of(where, "duration", duration),
+            until=until,
+        )
+        return self._add_node(node, after, spec)
+
+    def _node_name(self, what: str, name: Any) -> str:
+        if not isinstance(name, str):
+            raise WorkflowDefinitionError(
+                f"workflow {self.name!r}: {what}(name, ...) needs the node's name first, got {name!r}"
+            )
+        node = _check_name("step", name)
+        if node in self.steps:
+            raise WorkflowDefinitionError(
+                f"workflow {self.name!r}: duplicate step name {node!r}; give one of them another name"
+            )
+        return node
+
+    def _add_node(self, node: str, after: Any, spec: W.WaitSpec) -> Step:
+        step = Step(
+            name=node,
+            fn=_no_function(self.name, node, spec.kind),
+            after=self._resolve_after(node, after),
+            workflow=self.name,
+            kind=spec.kind,
+            wait=spec,
+        )
+        self.steps[node] = step
+        self._version = self.explicit_version  # the structure changed
+        return step
+
+    @property
+    def wait_topics(self) -> set[str]:
+        """Topics this workflow's `wait_for_event` nodes listen on."""
+        return {s.wait.topic for s in self.steps.values() if isinstance(s.wait, W.EventWait)}
+
     def _resolve_after(self, step_name: str, after: Any) -> tuple[str, ...]:
         if after is None:
             return ()
@@ -355,11 +476,14 @@ class Workflow:
 
     @property
     def queues(self) -> set[str]:
-        """Queues this workflow's steps use (shard queues are listed by `shard_queues`)."""
+        """Queues this workflow's steps use (shard queues are listed by `shard_queues`).
+
+        Nodes that wait use none: nothing of theirs goes to a worker."""
+        tasks = [s for s in self.steps.values() if not s.waits]
         if self.shards:
-            named = {s.queue for s in self.steps.values() if s.queue}
+            named = {s.queue for s in tasks if s.queue}
             return named | set(self.shard_queues)
-        return {s.queue or DEFAULT_QUEUE for s in self.steps.values()}
+        return {s.queue or DEFAULT_QUEUE for s in tasks}
 
     @property
     def shard_queues(self) -> tuple[str, ...]:
@@ -393,6 +517,8 @@ class Workflow:
                     "timeout": s.timeout,
                     "conditional": s.when is not None,
                     "concurrency": describe_concurrency(s.concurrency),
+                    "kind": s.kind,
+                    **({"wait": s.wait.describe()} if s.wait is not None else {}),
                 }
                 for s in self.steps.values()
             ],
@@ -404,11 +530,33 @@ class Workflow:
             "input_schema": self.input_schema,
         }
 
+    def upstream(self, step: str) -> tuple[str, ...]:
+        """Every step upstream of `step`: whose results its `ctx.results` holds."""
+        from .dag import ancestors
+
+        cache = self.__dict__.setdefault("_upstream", {})
+        if cache.get("_version") != len(self.steps):
+            cache.clear()
+            cache["_version"] = len(self.steps)
+        if step not in cache:
+            cache[step] = ancestors({s.name: s.after for s in self.steps.values()}, step)
+        return cache[step]
+
     def roots(self) -> list[str]:
         return [s.name for s in self.steps.values() if not s.after]
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name} steps={list(self.steps)}>"
+
+
+def _no_function(workflow: str, node: str, kind: str) -> Callable[[StepContext], Any]:
+    def waits(_ctx: StepContext) -> Any:
+        raise WorkflowDefinitionError(
+            f"workflow {workflow!r}: {node!r} is a {kind} node; it waits and has no function to run"
+        )
+
+    waits.__name__ = f"{kind}_{node}"
+    return waits
 
 
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,63}$")

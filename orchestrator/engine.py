@@ -24,19 +24,21 @@ from typing import Any
 import jsonschema
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from . import clock
 from . import concurrency as C
 from . import planner as P
 from . import skew as S
+from . import waiting as WT
+from . import waits as W
 from .db import versions as V
 from .db.hotpath import hot_path_for, succeeded_results
 from .db.models import Attempt, OutboxRow, Run, StepRun, WorkflowVersion
 from .dispatch import Dispatch, Dispatcher
 from .dsl import Concurrency, StepContext, Workflow
 from .emits import Emit, headers_json
-from .errors import DeploySkew, InvalidInput, RunNotFound, StepNotLoaded
+from .errors import DeploySkew, InvalidInput, NotWaiting, RunNotFound, StepNotLoaded
 from .jsonvalues import check_json as check_json  # executor and callers import it from here
 from .registry import Registry
 from .settings import Settings
@@ -104,6 +106,8 @@ class Claim:
     run_key: str | None = None
     #: The workflow version the run started with, which its planning follows.
     version: str | None = None
+    #: Where the events that completed upstream `wait_for_event` nodes came from.
+    events: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,6 +118,10 @@ class Decision:
     run_status: str | None = None
     run_error: str | None = None
     dispatches: list[Dispatch] = field(default_factory=list)
+    #: `waits` rows of the nodes this decision opens (see `orchestrator.waiting`).
+    opens: list[dict[str, Any]] = field(default_factory=list)
+    #: Nodes that were waiting and no longer are: their open waits are closed.
+    closes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -123,6 +131,8 @@ class PlannedRun:
     run: dict[str, Any]
     steps: list[dict[str, Any]]
     dispatches: list[Dispatch]
+    #: `waits` rows of the nodes it opens at once (callers pass them to `open_waits`).
+    waits: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -300,6 +310,7 @@ class WorkflowEngine:
             session.execute(insert(Run.__table__), [planned.run])
             session.execute(insert(StepRun.__table__), planned.steps)
             outbox.extend(planned.dispatches)
+            self.open_waits(session, outbox, planned.waits)
             self.admit_planned(session, outbox, [planned])
         return str(planned.run["id"])
 
@@ -369,7 +380,7 @@ class WorkflowEngine:
             steps.append(row)
         if decision.run_status is not None:  # every root skipped
             run.update(status=decision.run_status, finished_at=now, error=decision.run_error)
-        return PlannedRun(run=run, steps=steps, dispatches=decision.dispatches)
+        return PlannedRun(run=run, steps=steps, dispatches=decision.dispatches, waits=decision.opens)
 
     def admit_planned(self, session: Session, outbox: Outbox, planned: Iterable[PlannedRun]) -> None:
         """After inserting runs of limited workflows, admit those that have a free slot.
@@ -481,11 +492,21 @@ class WorkflowEngine:
         deps = {s.name: s.after for s in workflow.steps.values()}
         current = dict(statuses)
         changes: dict[str, dict[str, Any]] = {}
+        openings: dict[str, dict[str, Any]] = {}
         while True:
             plan = P.plan(deps, current)
             settled = True
             for name in plan.queue:
                 step = workflow.steps[name]
+                if step.waits and name not in openings:
+                    try:
+                        openings[name] = WT.opening(run_id, workflow, step, context_for(name), now)
+                    except Exception as exc:  # noqa: BLE001 - user code (correlate, until) or its result
+                        error = WT.opening_error(step, exc)
+                        changes[name] = {"status": P.FAILED, "error": error, "finished_at": now}
+                        current[name] = P.FAILED
+                        settled = False
+                        break
                 if step.when is None:
                     continue
                 try:
@@ -516,6 +537,10 @@ class WorkflowEngine:
         lease = now + timedelta(seconds=self.settings.redeliver_after)
         for name in plan.queue:
             step = workflow.steps[name]
+            if step.waits:  # holds no worker: a `waits` row, written by `open_waits`
+                changes[name] = {"status": P.WAITING, "queued_at": now, "started_at": now}
+                decision.opens.append(openings[name])
+                continue
             message = Dispatch(str(run_id), name, workflow.queue_of(step, partition), step.timeout)
             changes[name] = {
                 "status": P.QUEUED,
@@ -527,6 +552,7 @@ class WorkflowEngine:
         if plan.run_status == P.RUN_FAILED:
             failed = [n for n, s in current.items() if s == P.FAILED]
             decision.run_error = f"step {failed[0]!r} failed" if failed else "failed"
+        decision.closes = _closed(statuses, changes)
         return decision
 
     def _advance(
@@ -546,8 +572,8 @@ class WorkflowEngine:
             return
 
         def context_for(name: str) -> StepContext:
-            parents = workflow.steps[name].after
-            results = {p: steps[p].result for p in parents if steps[p].status == P.SUCCEEDED}
+            results = {p: steps[p].result for p in workflow.upstream(name)
+                       if p in steps and steps[p].status == P.SUCCEEDED}
             return StepContext(str(run.id), workflow.name, name, run.input, results, attempt=0)
 
         partition = run.concurrency_key if workflow.partition_by is not None else None
@@ -575,6 +601,149 @@ class WorkflowEngine:
             run.finished_at = now
             if decision.run_error and run.error is None:
                 run.error = decision.run_error
+        if decision.closes or decision.opens:
+            session = object_session(run)
+            assert session is not None
+            if decision.closes:
+                WT.close_waits(session, [run.id], decision.closes, now)
+            if decision.opens:
+                session.flush()
+                self.open_waits(session, outbox, decision.opens)  # type: ignore[arg-type]
+
+    # -- nodes that wait (see `orchestrator.waiting`) ---------------------------------
+
+    def open_waits(self, session: Session, outbox: Outbox, rows: list[dict[str, Any]]) -> None:
+        """Write the `waits` rows of nodes a decision set `waiting`, in its transaction.
+
+        An event wait with a lookback is completed at once by the earliest matching event
+        recorded within it; the advisory lock of its correlation orders this with the
+        intake recording such an event, so whichever commits second sees the other.
+        """
+        if not rows:
+            return
+        now = utcnow()
+        for wait_id, row in WT.insert_waits(session, rows):
+            if row["kind"] == W.EVENT and row["spec"].get("lookback"):
+                found = WT.lookback(session, row)
+                if found is not None:
+                    self.complete_event_wait(session, outbox, wait_id, row["run_id"], row["step"], found, now)
+
+    def complete_event_wait(
+        self, session: Session, outbox: Outbox, wait_id: int, run_id: uuid.UUID, step: str,
+        event: WT.MatchedEvent, now: datetime,
+    ) -> bool:
+        """An event matched an open wait: the node succeeds with the event's payload.
+
+        False when the wait was no longer open (another event won, it timed out, the run
+        was cancelled): the event is recorded as usual and nothing else happens.
+        """
+        run = self._lock_run(session, run_id)
+        if not WT.end_wait(session, wait_id, W.MATCHED, now, event_id=event.event_id):
+            return False
+        return self._settle_waiting(session, outbox, run, step, P.SUCCEEDED, now, result=event.payload)
+
+    def _settle_waiting(
+        self, session: Session, outbox: Outbox, run: Run, step: str, status: str, now: datetime, *,
+        result: Any = None, error: str | None = None, reason: str | None = None,
+    ) -> bool:
+        """End a locked run's waiting node with `status` and move the run on."""
+        row = next((r for r in run.steps if r.name == step), None)
+        if row is None or row.status != P.WAITING:
+            return False
+        row.status = status
+        row.result = result
+        row.error = error
+        row.reason = reason
+        row.finished_at = now
+        self._settled(session, outbox, run, self._definition_of(run, session), row, now)
+        return True
+
+    def decide(self, run_id: str, step: str, decision: str, comment: str | None = None,
+               by: str | None = None) -> dict[str, Any]:
+        """A person's decision on an approval node: approve (it succeeds, its result holds
+        the decision) or reject (it fails with the comment as its error).
+
+        Raises `RunNotFound`, or `NotWaiting` when the node is not an approval that is
+        waiting (already decided, timed out, cancelled, or not an approval).
+        """
+        if decision not in ("approve", "reject"):
+            raise ValueError("decision must be 'approve' or 'reject'")
+        now = utcnow()
+        rid = parse_run_id(run_id)
+        with self.transaction() as (session, outbox):
+            run = self._lock_run(session, rid)
+            wait = WT.open_wait_of(session, rid, step)
+            if wait is None or wait.kind != W.APPROVAL:
+                raise NotWaiting(WT.not_waiting(session, run, step))
+            outcome = {"decision": decision, "comment": comment, "by": by, "at": now.isoformat()}
+            WT.end_wait(session, wait.id, W.APPROVED if decision == "approve" else W.REJECTED, now,
+                        decision=decision, comment=comment, decided_by=by)
+            if decision == "approve":
+                self._settle_waiting(session, outbox, run, step, P.SUCCEEDED, now, result=outcome)
+            else:
+                who = f" by {by}" if by else ""
+                error = f"rejected{who}: {comment}" if comment else f"rejected{who}"
+                self._settle_waiting(session, outbox, run, step, P.FAILED, now, error=error)
+        return outcome
+
+    def fire_due(self, limit: int = 500) -> int:
+        """Fire the timers due now (sleeps end; waits and approvals time out), oldest first,
+        in one transaction per batch of at most `limit`. Returns how many fired.
+
+        The runs are locked with `SKIP LOCKED` (a run busy in another transaction is taken
+        at the next tick); each run is its own failure domain (a savepoint): one that cannot
+        be settled gets its node failed with the error in a transaction of its own.
+        """
+        now = utcnow()
+        fired = 0
+        broken: list[tuple[int, uuid.UUID, str, Exception]] = []
+        with self.transaction() as (session, outbox):
+            due = WT.due_waits(session, now, limit)
+            if not due:
+                return 0
+            runs = WT.lock_runs(session, {w.run_id for w in due}, skip_locked=True)
+            for wait in due:
+                run = runs.get(wait.run_id)
+                if run is None:
+                    continue
+                try:
+                    with session.begin_nested():
+                        if self._fire(session, outbox, run, wait, now):
+                            fired += 1
+                except (OperationalError, InterfaceError, DisconnectionError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
+                    broken.append((wait.id, wait.run_id, wait.step, exc))
+        for wait_id, rid, step, exc in broken:
+            log.exception("timer of %s/%s could not fire; failing the node", rid, step, exc_info=exc)
+            self._fail_wait(wait_id, rid, step, f"its timer could not fire: {type(exc).__name__}: {exc}")
+        return fired
+
+    def _fire(self, session: Session, outbox: Outbox, run: Run, wait: Any, now: datetime) -> bool:
+        spec = wait.spec or {}
+        if wait.kind == W.SLEEP:
+            if not WT.end_wait(session, wait.id, W.FIRED, now):
+                return False
+            result = {"slept_until": _aware(wait.due_at).isoformat(), "woke_at": now.isoformat()}
+            return self._settle_waiting(session, outbox, run, wait.step, P.SUCCEEDED, now, result=result)
+        if not WT.end_wait(session, wait.id, W.TIMED_OUT, now):
+            return False
+        why = WT.timed_out(wait)
+        if spec.get("on_timeout") == "skip":
+            return self._settle_waiting(session, outbox, run, wait.step, P.SKIPPED, now, reason=why)
+        return self._settle_waiting(session, outbox, run, wait.step, P.FAILED, now, error=why)
+
+    def _fail_wait(self, wait_id: int, rid: uuid.UUID, step: str, error: str) -> None:
+        now = utcnow()
+        try:
+            with self.transaction() as (session, outbox):
+                run = self._lock_run(session, rid)
+                if WT.end_wait(session, wait_id, W.TIMED_OUT, now):
+                    self._settle_waiting(session, outbox, run, step, P.FAILED, now, error=error)
+        except (OperationalError, InterfaceError, DisconnectionError):
+            raise
+        except Exception:  # noqa: BLE001 - logged; the next tick tries again
+            log.exception("could not fail the node %s/%s whose timer broke", rid, step)
 
     # -- executing a step (called by the Celery task) -----------------------------
 
@@ -623,12 +792,17 @@ class WorkflowEngine:
             run_key=row.run_key,
             version=row.version,
         )
-        own = self.claimed_definition(claim).steps[step_name].after
+        own = self.claimed_definition(claim).upstream(step_name)
         missing = [p for p in own if p not in row.results]
         if missing and row.version is not None:  # an older version's parents: read them too
             with self.sessions() as session:
                 row.results.update(succeeded_results(session, rid, missing))
         claim.results = {p: row.results[p] for p in own if p in row.results}
+        definition = self.claimed_definition(claim)
+        waited = [p for p in own if p in claim.results and definition.steps[p].kind == W.EVENT]
+        if waited:
+            with self.sessions() as session:
+                claim.events = WT.events_of(session, rid, waited)
         return claim
 
     def _check_loaded(self, session: Session, rid: uuid.UUID, step_name: str, worker: str | None) -> None:
@@ -822,7 +996,7 @@ class WorkflowEngine:
                     known["input"] = session.connection().scalar(_RUN_INPUT, {"p_rid": rid})
                     known["results"] = succeeded_results(session, rid)
                 done = known["results"]
-                results = {p: done[p] for p in workflow.steps[name].after if p in done}
+                results = {p: done[p] for p in workflow.upstream(name) if p in done}
                 return StepContext(claim.run_id, workflow.name, name, known["input"], results, attempt=0)
 
             partition = claim.run_key if workflow.partition_by is not None else None
@@ -835,11 +1009,15 @@ class WorkflowEngine:
             for columns, params in by_columns.items():  # one executemany per kind of change
                 session.connection().execute(_step_update(columns), params)
             outbox.extend(decision.dispatches)
+            if decision.closes:
+                WT.close_waits(session, [rid], decision.closes, now)
             if decision.run_status is not None:
                 session.connection().execute(_FINISH_RUN, {"p_rid": rid, "p_status": decision.run_status,
                                               "p_now": now, "p_error": decision.run_error})
                 if workflow.concurrency is not None and claim.run_key is not None:
                     self.admit(session, outbox, workflow, claim.run_key)
+            if decision.opens:
+                self.open_waits(session, outbox, decision.opens)
 
     def _lease_lost(self, session: Session, claim: Claim) -> None:
         """The recovery loop gave this attempt up while it ran: keep its record, drop its result."""
@@ -1093,9 +1271,11 @@ class WorkflowEngine:
                         )
                     )
                 )
+                WT.close_waits(session, live, None, now)
                 session.execute(
                     update(steps)
-                    .where(steps.c.run_id.in_(live), steps.c.status.in_((P.PENDING, P.QUEUED, P.RETRYING)))
+                    .where(steps.c.run_id.in_(live),
+                           steps.c.status.in_((P.PENDING, P.QUEUED, P.RETRYING, P.WAITING)))
                     .values(status=P.CANCELLED, finished_at=now, lease_expires_at=None, reason="cancelled")
                 )
                 session.execute(
@@ -1120,8 +1300,13 @@ class WorkflowEngine:
         run.status = P.RUN_CANCELLED
         run.finished_at = now
         run.error = reason
+        waiting = [row.name for row in run.steps if row.status == P.WAITING]
+        if waiting:
+            session = object_session(run)
+            assert session is not None
+            WT.close_waits(session, [run.id], waiting, now)
         for row in run.steps:
-            if row.status in (P.PENDING, P.QUEUED, P.RETRYING):
+            if row.status in (P.PENDING, P.QUEUED, P.RETRYING, P.WAITING):
                 if row.status != P.PENDING and row.task_id:
                     outbox.revoke.append(row.task_id)
                 row.status = P.CANCELLED
@@ -1271,13 +1456,20 @@ def _failed_now(statuses: Mapping[str, str], error: str, now: datetime) -> Decis
     """The run fails at once: its open steps are cancelled (running ones finish their
     attempt and schedule nothing). Needs no definition, so it also serves a run whose
     code is gone."""
-    open_steps = (P.PENDING, P.QUEUED, P.RETRYING)
+    open_steps = (P.PENDING, P.QUEUED, P.RETRYING, P.WAITING)
     changes: dict[str, dict[str, Any]] = {
         name: {"status": P.CANCELLED, "finished_at": now, "lease_expires_at": None, "reason": error}
         for name, status in statuses.items()
         if status in open_steps
     }
-    return Decision(changes=changes, run_status=P.RUN_FAILED, run_error=error)
+    return Decision(changes=changes, run_status=P.RUN_FAILED, run_error=error,
+                    closes=_closed(statuses, changes))
+
+
+def _closed(statuses: Mapping[str, str], changes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Nodes a decision takes out of `waiting` (their open waits are to be closed)."""
+    return [name for name, values in changes.items()
+            if statuses.get(name) == P.WAITING and values.get("status", P.WAITING) != P.WAITING]
 
 
 def _current_attempt(session: Session, row: StepRun) -> Attempt | None:

@@ -19,6 +19,11 @@ class RunNotFound(OrchestratorError):
     """No run has the given id."""
 
 
+class NotWaiting(OrchestratorError):
+    """The node is not waiting for what was asked of it (a decision on an approval that
+    was already decided, timed out or cancelled, or on a node that is not an approval)."""
+
+
 class EventNotFound(OrchestratorError):
     """No recorded event has the given id."""
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy import and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from . import clock
+from . import clock, waiting
 from .db.inserts import insert_all, insert_ignoring_conflicts
 from .db.models import Event, Run, StepRun
 from .dead_letters import DeadLetter
@@ -38,6 +38,8 @@ from .emits import EVENT_ID_HEADER
 from .engine import PlannedRun, WorkflowEngine
 from .errors import EventNotFound, OrchestratorError
 from .intake import (
+    IGNORED,
+    MATCHED,
     REJECTED,
     Assessment,
     Decision,
@@ -73,6 +75,8 @@ class BatchResult:
     #: Of `duplicates`, those at a new offset whose `orchestrator-event-id` was recorded
     #: (a relay sent the emit again).
     resent: int = 0
+    #: Events of the batch that completed at least one open wait (`wait_for_event`).
+    waits_completed: int = 0
 
 
 def _key(message: Message) -> tuple[str, int, int]:
@@ -214,6 +218,7 @@ def insert_runs(
     insert_all(session, StepRun.__table__, [row for p in kept for row in p.steps])
     for p in kept:
         outbox.extend(p.dispatches)
+    engine.open_waits(session, outbox, [row for p in kept for row in p.waits])
     engine.admit_planned(session, outbox, kept)
     return [str(p.run["id"]) for p in kept]
 
@@ -323,6 +328,19 @@ def record_batch(
         result.recorded = len(new_ids)
         result.duplicates += len(unique) - len(new_ids)
         result.run_ids = insert_runs(engine, session, outbox, to_insert)
+        fresh = [(new_ids[k], a.message, a.payload) for k, a in unique.items()
+                 if k in new_ids and a.payload is not None]
+        completed = waiting.match_events(engine, session, outbox, fresh,
+                                         engine.registry.wait_paths, clock.now())
+        if completed:
+            result.waits_completed = len(completed)
+            ignored = [new_ids[k] for k, a in unique.items()
+                       if k in new_ids and new_ids[k] in completed and a.outcome == IGNORED]
+            if ignored:  # an event that completed a wait was not ignored
+                session.execute(update(Event.__table__).where(Event.__table__.c.id.in_(ignored))
+                                .values(outcome=MATCHED))
+                result.outcomes[IGNORED] -= len(ignored)
+                result.outcomes[MATCHED] += len(ignored)
     return result
 
 

@@ -235,6 +235,7 @@ def execute(
         results=claim.results,
         attempt=claim.attempt,
         logger=logger,
+        events=claim.events,
     )
     heartbeats.add(claim)
     try:

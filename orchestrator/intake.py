@@ -115,6 +115,7 @@ class TriggerIndex:
 
     def __init__(self, workflows: Iterable[Workflow]) -> None:
         self._by_topic: dict[str, list[tuple[Workflow, list[KafkaTrigger]]]] = {}
+        self._wait_topics: set[str] = set()
         for workflow in workflows:
             per_topic: dict[str, list[KafkaTrigger]] = {}
             for trigger in workflow.triggers:
@@ -122,16 +123,18 @@ class TriggerIndex:
                     per_topic.setdefault(trigger.topic, []).append(trigger)
             for topic, triggers in per_topic.items():
                 self._by_topic.setdefault(topic, []).append((workflow, triggers))
+            self._wait_topics.update(workflow.wait_topics)
 
     @property
     def topics(self) -> list[str]:
-        return sorted(self._by_topic)
+        """Every topic a trigger or a `wait_for_event` node names (what the consumer reads)."""
+        return sorted(set(self._by_topic) | self._wait_topics)
 
     def for_topic(self, topic: str) -> list[tuple[Workflow, list[KafkaTrigger]]]:
         return self._by_topic.get(topic, [])
 
     def __bool__(self) -> bool:
-        return bool(self._by_topic)
+        return bool(self._by_topic or self._wait_topics)
 
 
 # -- decoding --------------------------------------------------------------------------

@@ -19,8 +19,10 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 SKIPPED = "skipped"
 CANCELLED = "cancelled"
+#: A node that waits (for an event, a decision or a timer) is open: it holds no worker.
+WAITING = "waiting"
 
-STEP_STATUSES = (PENDING, QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, SKIPPED, CANCELLED)
+STEP_STATUSES = (PENDING, QUEUED, RUNNING, RETRYING, WAITING, SUCCEEDED, FAILED, SKIPPED, CANCELLED)
 STEP_FINAL = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED})
 STEP_ACTIVE = frozenset({QUEUED, RUNNING, RETRYING})
 #: A child may start once every parent is in one of these.
@@ -51,8 +53,8 @@ def plan(deps: Mapping[str, Sequence[str]], statuses: Mapping[str, str]) -> Plan
 
     * A pending step whose parents all succeeded or were skipped is queued, unless every
       parent was skipped: then it is skipped too (a branch whose condition was false).
-    * Once any step has failed, nothing new starts: pending steps are cancelled and the
-      run fails when the steps still active have finished.
+    * Once any step has failed, nothing new starts: pending steps and waiting nodes are
+      cancelled and the run fails when the steps still active have finished.
     * The run succeeds when every step is succeeded or skipped.
     """
     current = dict(statuses)
@@ -60,7 +62,7 @@ def plan(deps: Mapping[str, Sequence[str]], statuses: Mapping[str, str]) -> Plan
     failed = any(s == FAILED for s in current.values())
     if failed:
         for name, status in current.items():
-            if status == PENDING:
+            if status in (PENDING, WAITING):
                 result.cancel.append(name)
                 current[name] = CANCELLED
     else:

@@ -34,8 +34,40 @@ BATCH = 500
 CONNECTION_ERRORS = (OperationalError, InterfaceError, DisconnectionError)
 
 
+def fire_timers(engine: WorkflowEngine) -> int:
+    """Fire every due timer (sleeps end, waits and approvals time out), in batches of
+    `BATCH`, under the sweeper's advisory lock: many hosts may run this, each timer fires
+    once (`WorkflowEngine.fire_due` is conditional besides). Returns how many fired."""
+    db = engine.sessions.kw["bind"]
+    postgres = db.dialect.name == "postgresql"
+    fired = 0
+    with db.connect() as conn:
+        if postgres:
+            if not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}):
+                conn.rollback()
+                return 0
+            conn.commit()
+        try:
+            fired = _fire_all(engine)
+        finally:
+            if postgres:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                conn.commit()
+    return fired
+
+
+def _fire_all(engine: WorkflowEngine) -> int:
+    fired = 0
+    while True:
+        done = engine.fire_due(BATCH)
+        fired += done
+        if done < BATCH:
+            return fired
+
+
 def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
-    """One pass: expire lapsed leases, re-send stale queued steps. Returns counts.
+    """One pass: expire lapsed leases, re-send stale queued steps, fire due timers.
+    Returns counts.
 
     `expire_leases=False` leaves running steps alone (see `OutageGrace`). Each step is
     its own failure domain: one that cannot be settled is logged with its run and failed
@@ -43,7 +75,7 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
     (`CONNECTION_ERRORS`) ends the sweep.
     """
     now = datetime.now(UTC)
-    counts = {"expired": 0, "redelivered": 0, "admitted": 0, "abandoned": 0}
+    counts = {"expired": 0, "redelivered": 0, "admitted": 0, "abandoned": 0, "timers": 0}
     _report_versions(engine)
     db = engine.sessions.kw["bind"]
     postgres = db.dialect.name == "postgresql"
@@ -80,6 +112,7 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
                 counts["redelivered"] = _redeliver(engine, stale)
             counts["admitted"] = engine.admit_waiting()
             counts["abandoned"] = engine.fail_abandoned()
+            counts["timers"] = _fire_all(engine)
         finally:
             if postgres:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
@@ -87,7 +120,8 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
     if any(counts.values()):
         log.info(
             "recovery: %(expired)d lapsed lease(s), %(redelivered)d message(s) re-sent, "
-            "%(admitted)d waiting run(s) admitted, %(abandoned)d run(s) of removed workflows failed",
+            "%(admitted)d waiting run(s) admitted, %(abandoned)d run(s) of removed workflows failed, "
+            "%(timers)d timer(s) fired",
             counts,
         )
     return counts
@@ -251,12 +285,19 @@ def _recovery_main(settings: Settings, parent: int) -> None:
     failing = False
     broken: str | None = None  # the last unexpected error, logged once
     grace = OutageGrace(settings.step_lease)
+    tick = min(settings.recovery_interval, settings.timer_interval)
+    last_sweep = time.monotonic()
     try:
-        while not stop.wait(settings.recovery_interval):
+        while not stop.wait(tick):
             if os.getppid() != parent:
                 log.warning("recovery loop: the worker that started it is gone; stopping")
                 return
             try:
+                if time.monotonic() - last_sweep < settings.recovery_interval:
+                    if fire_timers(rt.engine):  # between sweeps: only timers, so they are on time
+                        log.debug("recovery loop: timers fired")
+                    continue
+                last_sweep = time.monotonic()
                 sweep(rt.engine, expire_leases=grace.expire_leases)
                 grace.reachable()
                 if failing:

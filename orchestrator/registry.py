@@ -19,6 +19,7 @@ class Registry:
         self._workflows: dict[str, Workflow] = {}
         self._parents: dict[str, tuple[str, ...]] = {}
         self._defining: dict[str, tuple[str, ...]] = {}
+        self._wait_paths: dict[str, set[str]] | None = None
         for workflow in workflows:
             self.add(workflow)
 
@@ -32,16 +33,32 @@ class Registry:
         self._workflows[workflow.name] = workflow
         self._parents.clear()
         self._defining.clear()
+        self._wait_paths = None
+
+    @property
+    def wait_paths(self) -> dict[str, set[str]]:
+        """For each topic a loaded `wait_for_event` node names, its sets of correlation
+        paths (what the intake probes open waits by, besides `wait_keys`)."""
+        if self._wait_paths is None:
+            found: dict[str, set[str]] = {}
+            for workflow in self._workflows.values():
+                for step in workflow.steps.values():
+                    spec = step.wait
+                    if spec is not None and getattr(spec, "topic", None):
+                        found.setdefault(spec.topic, set()).add(spec.paths)
+            self._wait_paths = found
+        return self._wait_paths
 
     def parent_names(self, step: str) -> tuple[str, ...]:
-        """Every parent name a step called `step` has in any loaded workflow.
+        """Every upstream step name (parents, theirs...) a step called `step` has in any
+        loaded workflow.
 
         Lets a worker fetch upstream results in the same statement that claims the step,
         before it knows the run's workflow; the engine then keeps the real parents only.
         """
         cached = self._parents.get(step)
         if cached is None:
-            names = {p for w in self._workflows.values() if step in w.steps for p in w.steps[step].after}
+            names = {p for w in self._workflows.values() if step in w.steps for p in w.upstream(step)}
             cached = self._parents[step] = tuple(sorted(names))
         return cached
 

@@ -29,6 +29,8 @@ DEFAULT_STEP_LEASE = 60.0
 DEFAULT_REDELIVER_AFTER = 300.0
 #: Seconds between two sweeps of the recovery loop.
 DEFAULT_RECOVERY_INTERVAL = 5.0
+#: Seconds between two looks for due timers (sleeps, wait and approval timeouts).
+DEFAULT_TIMER_INTERVAL = 0.25
 #: Interface `orchestrator web` listens on when ORCHESTRATOR_WEB_HOST is unset.
 DEFAULT_WEB_HOST = "127.0.0.1"
 #: Port `orchestrator web` listens on when ORCHESTRATOR_WEB_PORT is unset.
@@ -144,6 +146,8 @@ class Settings:
     step_lease: float = DEFAULT_STEP_LEASE
     redeliver_after: float = DEFAULT_REDELIVER_AFTER
     recovery_interval: float = DEFAULT_RECOVERY_INTERVAL
+    #: ORCHESTRATOR_TIMER_INTERVAL: how often the recovery process fires due timers.
+    timer_interval: float = DEFAULT_TIMER_INTERVAL
     #: Bearer token every mutating API call and the dashboard login must present; None
     #: refuses them all (`orchestrator dev` generates one).
     api_token: str | None = field(default=None, repr=False)
@@ -193,6 +197,7 @@ class Settings:
             recovery_interval=_float(
                 env, "ORCHESTRATOR_RECOVERY_INTERVAL", DEFAULT_RECOVERY_INTERVAL
             ),
+            timer_interval=_float(env, "ORCHESTRATOR_TIMER_INTERVAL", DEFAULT_TIMER_INTERVAL),
             api_token=env.get("ORCHESTRATOR_API_TOKEN") or None,
             web_host=env.get("ORCHESTRATOR_WEB_HOST") or DEFAULT_WEB_HOST,
             web_port=_port(env, "ORCHESTRATOR_WEB_PORT", DEFAULT_WEB_PORT),

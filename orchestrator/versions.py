@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import waits as W
 from .dsl import Concurrency, Step, StepContext, Workflow
 from .dsl import describe_concurrency as _limit  # one JSON form of a limit
 from .errors import StepNotLoaded
@@ -37,6 +38,8 @@ def structure(workflow: Workflow) -> dict[str, Any]:
                 "timeout": s.timeout,
                 "conditional": s.when is not None,
                 "concurrency": _limit(s.concurrency),
+                # Only nodes that wait say their kind: a task-only workflow keeps its hash.
+                **({"kind": s.kind, "wait": s.wait.describe()} if s.wait is not None else {}),
             }
             for s in workflow.steps.values()
         ],
@@ -111,7 +114,16 @@ def planning_view(
             when = code.when if code is not None and code.when is not None else _missing(
                 name, item["name"], version, deployed, "the condition of step"
             )
+        kind = item.get("kind", W.TASK)
+        wait = None
+        if kind != W.TASK:
+            wait = (code.wait if code is not None and code.kind == kind and code.wait is not None
+                    and code.wait.describe() == item.get("wait")
+                    else _restore_wait(kind, item.get("wait") or {},
+                                       _missing(name, item["name"], version, deployed, f"the {kind} node")))
         view.steps[item["name"]] = Step(
+            kind=kind,
+            wait=wait,
             name=item["name"],
             fn=code.fn if code is not None else _missing(name, item["name"], version, deployed, "step"),
             after=tuple(item.get("after", ())),
@@ -125,6 +137,21 @@ def planning_view(
             workflow=name,
         )
     return view
+
+
+def _restore_wait(kind: str, spec: Mapping[str, Any], missing: Callable[[StepContext], Any]) -> W.WaitSpec:
+    """A stored node's wait, for a run of a version whose code is gone: what needs code
+    (correlation values, `until`) raises `StepNotLoaded`, which fails the node as it opens."""
+    if kind == W.EVENT:
+        return W.EventWait(topic=spec.get("topic", ""), match=spec.get("match") or {},
+                           correlate=dict.fromkeys(spec.get("correlate") or (), missing),
+                           timeout=spec.get("timeout"), on_timeout=spec.get("on_timeout", "fail"),
+                           lookback=spec.get("lookback"))
+    if kind == W.APPROVAL:
+        return W.ApprovalWait(timeout=spec.get("timeout"), on_timeout=spec.get("on_timeout", "fail"))
+    if spec.get("until"):
+        return W.SleepWait(until=missing)
+    return W.SleepWait(duration=spec.get("duration"))
 
 
 def _restore_limit(value: Mapping[str, Any] | None) -> Concurrency | None:

@@ -91,8 +91,13 @@ SCHEMAS: dict[str, Any] = {
             "timeout": {"type": ["number", "null"]},
             "conditional": {"type": "boolean"},
             "concurrency": CONCURRENCY,
+            "kind": {"type": "string", "enum": ["task", "event", "approval", "sleep"],
+                     "description": "a task runs a function on a worker; the others wait"},
+            "wait": {"type": "object", "description": "what a waiting node waits for "
+                     "(topic, match, correlate paths, timeout, on_timeout, lookback; or "
+                     "duration/until of a sleep)"},
         },
-        required=["name", "after", "queue", "retries", "backoff", "timeout", "conditional"],
+        required=["name", "after", "queue", "retries", "backoff", "timeout", "conditional", "kind"],
     ),
     "Trigger": {
         "type": "object",

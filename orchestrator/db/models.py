@@ -54,6 +54,8 @@ class Event(Base):
         UniqueConstraint("source_event_id"),
         Index("ix_events_received", "received_at", "id"),
         Index("ix_events_topic_outcome", "topic", "outcome", "id"),
+        # A wait's lookback: recorded events of a topic since a moment.
+        Index("ix_events_topic_received", "topic", "received_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -167,6 +169,13 @@ class StepRun(Base):
             "id",
             postgresql_where=text("status = 'queued' AND task_id IS NULL AND concurrency_key IS NOT NULL"),
             sqlite_where=text("status = 'queued' AND task_id IS NULL AND concurrency_key IS NOT NULL"),
+        ),
+        # Runs with a node waiting (`/runs?status=waiting`).
+        Index(
+            "ix_steps_waiting",
+            "run_id",
+            postgresql_where=text("status = 'waiting'"),
+            sqlite_where=text("status = 'waiting'"),
         ),
     )
 
@@ -296,3 +305,64 @@ class OutboxRow(Base):
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class Wait(Base):
+    """An open (or ended) wait of a node: for a Kafka event, a decision, or a timer.
+
+    One row each time the node opens (a retry opens a new one; the old stays as history).
+    `due_at` is its timer: a sleep's wake-up, a wait's or an approval's timeout, fired by
+    the recovery process. An event wait is found by (topic, paths, correlation): `paths`
+    names its correlation paths, `correlation` is the hash of the values they must hold.
+    """
+
+    __tablename__ = "waits"
+    __table_args__ = (
+        # The intake's lookup: one indexed probe per (topic, paths) of an event.
+        Index(
+            "ix_waits_open_correlation",
+            "topic",
+            "paths",
+            "correlation",
+            postgresql_where=text("status = 'open'"),
+            sqlite_where=text("status = 'open'"),
+        ),
+        # The timer sweep: open waits by due time.
+        Index(
+            "ix_waits_open_due",
+            "due_at",
+            postgresql_where=text("status = 'open' AND due_at IS NOT NULL"),
+            sqlite_where=text("status = 'open' AND due_at IS NOT NULL"),
+        ),
+        Index("ix_waits_run", "run_id", "step"),
+        Index("ix_waits_event", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    topic: Mapped[str | None] = mapped_column(String(255))
+    paths: Mapped[str | None] = mapped_column(Text)
+    correlation: Mapped[str | None] = mapped_column(String(64))
+    #: What it waits for, for people and for the matcher: match, correlation values, options.
+    spec: Mapped[Any] = mapped_column(Json, default=dict)
+    opened_at: Mapped[datetime] = mapped_column(Timestamp)
+    due_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    closed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: The event that completed it (not a foreign key: pruning events keeps the history).
+    event_id: Mapped[int | None] = mapped_column(BigInteger)
+    decision: Mapped[str | None] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(Text)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class WaitKey(Base):
+    """Each (topic, set of correlation paths) any wait has used: what the intake probes
+    `waits` by, so the cost per event is one lookup per distinct set on its topic."""
+
+    __tablename__ = "wait_keys"
+
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    paths: Mapped[str] = mapped_column(Text, primary_key=True)

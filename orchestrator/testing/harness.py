@@ -32,7 +32,7 @@ from kafka.structs import TopicPartition
 from sqlalchemy import select
 from sqlalchemy.orm import configure_mappers
 
-from .. import clock
+from .. import clock, waiting
 from ..db.models import Event, Run
 from ..db.session import session_factory
 from ..dsl import Workflow
@@ -242,10 +242,10 @@ class Harness:
         partition, unless `offset` repeats an earlier one (a redelivery). `fail` as for
         `start`, for every run the event starts.
         """
-        if not self.consumer.index.for_topic(topic):
+        if topic not in self.consumer.index.topics:
             topics = ", ".join(self.consumer.index.topics) or "none"
-            raise HarnessError(f"no loaded workflow has a trigger on topic {topic!r}, so the consumer "
-                               f"would not read it (trigger topics: {topics})")
+            raise HarnessError(f"no loaded workflow has a trigger or a wait_for_event node on topic "
+                               f"{topic!r}, so the consumer would not read it (topics it reads: {topics})")
         if offset is None:
             offset = self._offsets[(topic, partition)]
         self._offsets[(topic, partition)] = max(self._offsets[(topic, partition)], offset + 1)
@@ -286,7 +286,10 @@ class Harness:
         """Move the clock forward by `duration` ("25h", "90s", "10m", "2d", seconds, a
         timedelta), running in due order every message that falls due on the way, each at
         its due time. Returns how many step messages ran."""
-        target = self.clock.current + timedelta(seconds=seconds_of(duration))
+        # From the last moment the engine was told (a few microseconds past `current` when
+        # it asked several times in one instant): a 2 h sleep opened "now" ends in `advance("2h")`.
+        start = max(self.clock.current, self.clock._last or self.clock.current)
+        target = start + timedelta(seconds=seconds_of(duration))
         ran = self._run_until(target)
         self.clock.move_to(target)
         return ran
@@ -307,6 +310,14 @@ class Harness:
         done = self.engine.cancel_run(_id(run))
         self.run_due()
         return done
+
+    def approve(self, run: RunResult | str, step: str, *, reject: bool = False,
+                comment: str | None = None, by: str | None = "harness") -> dict[str, Any]:
+        """`orchestrator approve`: decide an approval node that is waiting (raises
+        `NotWaiting` when it is not); runs what the decision makes due."""
+        outcome = self.engine.decide(_id(run), step, "reject" if reject else "approve", comment, by)
+        self.run_due()
+        return outcome
 
     def retry(self, run: RunResult | str) -> bool:
         """`orchestrator retry`: re-run a finished run's failed steps (with the bodies it
@@ -361,8 +372,22 @@ class Harness:
     # -- running messages -------------------------------------------------------------------
 
     def _run_until(self, until: datetime) -> int:
+        """Run due messages and fire due timers (sleeps, wait and approval timeouts) in due
+        order, each at its due time, as the workers and the recovery process would."""
         ran = 0
-        while (item := self.dispatcher.pop_due(max(until, self.clock.current))) is not None:
+        limit = max(until, self.clock.current)
+        while True:
+            with self.sessions() as session:
+                timer = waiting.next_due(session)
+            upcoming = self.dispatcher.pending
+            message_due = upcoming[0].due if upcoming else None
+            if timer is not None and timer <= limit and (message_due is None or timer < message_due):
+                self.clock.move_to(max(timer, self.clock.current))
+                self.engine.fire_due()
+                continue
+            item = self.dispatcher.pop_due(limit)
+            if item is None:
+                return ran
             ran += 1
             if ran > MAX_ATTEMPTS_PER_CALL:
                 raise HarnessError(
@@ -371,7 +396,6 @@ class Harness:
                 )
             self.clock.move_to(item.due)
             self._execute(item)
-        return ran
 
     def _execute(self, item: Queued) -> None:
         """What the Celery task `run_step` does with one message."""

@@ -217,7 +217,7 @@ def test_an_event_with_a_dedupe_value_already_seen_starts_nothing(orchestrator_t
 
 
 def test_publishing_to_a_topic_no_trigger_reads_is_a_mistake(orchestrator_test):
-    with pytest.raises(HarnessError, match="trigger topics: things"):
+    with pytest.raises(HarnessError, match="topics it reads: things"):
         orchestrator_test.publish("thingz", {"type": "thing.happened"})
 
 
