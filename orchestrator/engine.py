@@ -380,6 +380,8 @@ class WorkflowEngine:
             steps.append(row)
         if decision.run_status is not None:  # every root skipped
             run.update(status=decision.run_status, finished_at=now, error=decision.run_error)
+        elif decision.opens:  # a first node that waits: the run is under way (no claim will say so)
+            run.update(status=P.RUN_RUNNING, started_at=now)
         return PlannedRun(run=run, steps=steps, dispatches=decision.dispatches, waits=decision.opens)
 
     def admit_planned(self, session: Session, outbox: Outbox, planned: Iterable[PlannedRun]) -> None:

@@ -178,7 +178,10 @@ def check_correlate(node: str, correlate: Any) -> dict[str, Any]:
                 f"{node}: correlate key {path!r} must be a dotted path into the event"
             )
         if not callable(value):
-            canonical(node, path, value)  # a constant must be a JSON value now
+            try:
+                canonical(node, path, value)  # a constant must be a JSON value now
+            except ValueError as exc:
+                raise WorkflowDefinitionError(str(exc)) from None
         checked[path] = value
     return checked
 

@@ -376,12 +376,14 @@ class Harness:
         order, each at its due time, as the workers and the recovery process would."""
         ran = 0
         limit = max(until, self.clock.current)
+        # A timer due "now" is due at the engine's last (nudged) moment, just past `current`.
+        timers_until = max(limit, self.clock._last or limit)
         while True:
             with self.sessions() as session:
                 timer = waiting.next_due(session)
             upcoming = self.dispatcher.pending
             message_due = upcoming[0].due if upcoming else None
-            if timer is not None and timer <= limit and (message_due is None or timer < message_due):
+            if timer is not None and timer <= timers_until and (message_due is None or timer < message_due):
                 self.clock.move_to(max(timer, self.clock.current))
                 self.engine.fire_due()
                 continue

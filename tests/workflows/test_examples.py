@@ -168,3 +168,59 @@ def test_report_requests_start_reports_and_bad_ones_are_rejected(orchestrator_te
     assert good.runs[0].steps["publish"].result["sum"] == 3.0
     bad = orchestrator_test.publish("reports", {"type": "report.requested", "sales": ["a lot"]})
     assert bad.rejected and "'a lot' is not of type 'number'" in bad.reason
+
+
+# -- checkout (every node that waits, and emits) ------------------------------------------
+
+
+def checkout(order_id: str = "C-1") -> dict:
+    return {"type": "checkout.started", "checkout": {"order_id": order_id, "items": [TEA]}}
+
+
+def test_checkout_waits_for_payment_approval_and_cool_off_then_ships(orchestrator_test):
+    run = orchestrator_test.publish("checkouts", checkout()).runs[0]
+    assert run.steps["reserve"].status == "succeeded"
+    assert run.steps["payment"].status == "waiting"
+    assert [e.value["type"] for e in orchestrator_test.emitted] == ["stock.reserved"]
+
+    other = orchestrator_test.publish("payments", {"type": "payment.confirmed", "order_id": "C-2"})
+    assert other.ignored and run.steps["payment"].status == "waiting"
+    paid = orchestrator_test.publish("payments", {"type": "payment.confirmed", "order_id": "C-1",
+                                                  "amount": 9.0})
+    assert paid.matched
+    assert run.steps["payment"].result["amount"] == 9.0
+    assert run.steps["manager-approval"].status == "waiting"
+
+    orchestrator_test.approve(run, "manager-approval", comment="fine", by="ann")
+    assert run.steps["cool-off"].status == "waiting"
+    orchestrator_test.advance("59s")
+    assert run.steps["cool-off"].status == "waiting"
+    orchestrator_test.advance("1s")
+    assert run.status == "succeeded"
+    assert run.steps["ship"].result == {"shipped": True, "paid": 9.0, "approved_by": "ann",
+                                        "payment_offset": paid.offset}
+    assert [e.value["type"] for e in orchestrator_test.emitted] == ["stock.reserved", "shipment.created"]
+
+
+def test_checkout_payment_that_came_first_counts_within_the_lookback(orchestrator_test):
+    orchestrator_test.publish("payments", {"type": "payment.confirmed", "order_id": "C-9", "amount": 1})
+    orchestrator_test.advance("10m")
+    run = orchestrator_test.publish("checkouts", checkout("C-9")).runs[0]
+    assert run.steps["payment"].status == "succeeded"
+    assert run.steps["manager-approval"].status == "waiting"
+
+
+def test_checkout_rejected_by_the_manager_fails_with_the_comment(orchestrator_test):
+    run = orchestrator_test.publish("checkouts", checkout()).runs[0]
+    orchestrator_test.publish("payments", {"type": "payment.confirmed", "order_id": "C-1"})
+    orchestrator_test.approve(run, "manager-approval", reject=True, comment="fraud risk", by="bob")
+    assert run.status == "failed"
+    assert run.steps["manager-approval"].error == "rejected by bob: fraud risk"
+    assert run.steps["cool-off"].status == "cancelled"
+
+
+def test_checkout_without_payment_fails_after_a_day(orchestrator_test):
+    run = orchestrator_test.publish("checkouts", checkout()).runs[0]
+    orchestrator_test.advance("24h")
+    assert run.status == "failed"
+    assert run.steps["payment"].error == "timed out: no matching event on 'payments' within 1d"
