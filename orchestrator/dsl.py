@@ -63,8 +63,8 @@ def _check_name(kind: str, name: str) -> str:
 class StepContext:
     """What a step function receives.
 
-    `input` is the run's input, `results` maps each succeeded upstream step (parents,
-    their parents, ...) to its JSON result (skipped steps are absent), `attempt` counts from 1, lines written to
+    `input` is the run's input, `results` maps each succeeded parent, and each node that
+    waits anywhere upstream, to its JSON result (skipped steps are absent), `attempt` counts from 1, lines written to
     `logger` are stored with the attempt, and `emit` publishes events if the attempt
     succeeds.
     """
@@ -531,15 +531,21 @@ class Workflow:
         }
 
     def upstream(self, step: str) -> tuple[str, ...]:
-        """Every step upstream of `step`: whose results its `ctx.results` holds."""
+        """The steps whose results `ctx.results` of `step` holds: its parents, and every
+        node upstream that waits (an event's payload, a decision, is wanted far downstream).
+        Task ancestors beyond the parents are left out, as they always were."""
         from .dag import ancestors
 
         cache = self.__dict__.setdefault("_upstream", {})
-        if cache.get("_version") != len(self.steps):
+        if cache.get("_size") != len(self.steps):
             cache.clear()
-            cache["_version"] = len(self.steps)
+            cache["_size"] = len(self.steps)
         if step not in cache:
-            cache[step] = ancestors({s.name: s.after for s in self.steps.values()}, step)
+            parents = set(self.steps[step].after)
+            cache[step] = tuple(
+                name for name in ancestors({s.name: s.after for s in self.steps.values()}, step)
+                if name in parents or self.steps[name].waits
+            )
         return cache[step]
 
     def roots(self) -> list[str]:

@@ -50,8 +50,8 @@ class Registry:
         return self._wait_paths
 
     def parent_names(self, step: str) -> tuple[str, ...]:
-        """Every upstream step name (parents, theirs...) a step called `step` has in any
-        loaded workflow.
+        """Every name whose result a step called `step` sees (`Workflow.upstream`: its parents
+        and the waiting nodes upstream) in any loaded workflow.
 
         Lets a worker fetch upstream results in the same statement that claims the step,
         before it knows the run's workflow; the engine then keeps the real parents only.
