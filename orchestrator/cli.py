@@ -153,6 +153,9 @@ def workflows(as_json: bool) -> None:
                 click.echo(f"  version {version['version']}{current}: {_active(version['active_runs'])}")
         for step in item["steps"]:
             after = f" after {', '.join(step['after'])}" if step["after"] else ""
+            if step.get("wait") is not None:
+                click.echo(f"  {step['kind']} {step['name']}{after} ({_wait_line(step['wait'])})")
+                continue
             extras = [f"queue={step['queue']}"]
             if step["retries"]:
                 extras.append(f"retries={step['retries']}")
@@ -169,8 +172,27 @@ def workflows(as_json: bool) -> None:
         for version in r.live:
             click.echo(f"  version {version.version}: {_active(version.active_runs)}")
     if items:
-        queues = sorted({s["queue"] for i in items for s in i["steps"]})
+        queues = sorted({s["queue"] for i in items for s in i["steps"] if s.get("wait") is None})
         click.echo(f"queues to serve: {', '.join(queues)}")
+
+
+def _wait_line(wait: dict[str, Any]) -> str:
+    """What a waiting node waits for, as `orchestrator workflows` shows it."""
+    parts = []
+    if wait.get("topic"):
+        parts.append(f"topic={wait['topic']}")
+        if wait.get("match"):
+            parts.append(f"match={json.dumps(wait['match'])}")
+        if wait.get("correlate"):
+            parts.append(f"correlate={','.join(wait['correlate'])}")
+    for option in ("duration", "timeout", "lookback"):
+        if wait.get(option):
+            parts.append(f"{option}={wait[option]:g}s")
+    if wait.get("until"):
+        parts.append("until=<function>")
+    if wait.get("timeout") and wait.get("on_timeout"):
+        parts.append(f"on_timeout={wait['on_timeout']}")
+    return ", ".join(parts) or "waits for a decision"
 
 
 def _active(count: int) -> str:
