@@ -178,6 +178,8 @@ def workflows(as_json: bool) -> None:
 
 def _wait_line(wait: dict[str, Any]) -> str:
     """What a waiting node waits for, as `orchestrator workflows` shows it."""
+    from .waiting import span
+
     parts = []
     if wait.get("topic"):
         parts.append(f"topic={wait['topic']}")
@@ -187,7 +189,7 @@ def _wait_line(wait: dict[str, Any]) -> str:
             parts.append(f"correlate={','.join(wait['correlate'])}")
     for option in ("duration", "timeout", "lookback"):
         if wait.get(option):
-            parts.append(f"{option}={wait[option]:g}s")
+            parts.append(f"{option}={span(wait[option])}")
     if wait.get("until"):
         parts.append("until=<function>")
     if wait.get("timeout") and wait.get("on_timeout"):

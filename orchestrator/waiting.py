@@ -179,14 +179,15 @@ def not_waiting(session: Session, run: Run, step: str) -> str:
 def timed_out(wait: Any) -> str:
     spec = wait.spec or {}
     seconds = spec.get("timeout")
-    span = _span(seconds) if seconds else "its timeout"
+    span_text = span(seconds) if seconds else "its timeout"
     if wait.kind == W.APPROVAL:
-        return f"timed out: no decision on approval {wait.step!r} within {span}"
+        return f"timed out: no decision on approval {wait.step!r} within {span_text}"
     where = f" on {wait.topic!r}" if wait.topic else ""
-    return f"timed out: no matching event{where} within {span}"
+    return f"timed out: no matching event{where} within {span_text}"
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
+    """`1d`, `15m`, `90s`: a duration as the definitions write it."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
