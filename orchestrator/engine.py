@@ -669,7 +669,12 @@ class WorkflowEngine:
         waiting (already decided, timed out, cancelled, or not an approval).
         """
         if decision not in ("approve", "reject"):
-            raise ValueError("decision must be 'approve' or 'reject'")
+            raise InvalidInput(f"decision={decision!r}: use 'approve' or 'reject'")
+        for what, text in (("comment", comment), ("by", by)):
+            if text is not None and (not isinstance(text, str) or len(text) > W.MAX_COMMENT_CHARS
+                                     or "\x00" in text):
+                raise InvalidInput(f"{what} must be text of at most {W.MAX_COMMENT_CHARS} characters "
+                                   "(no NUL)")
         now = utcnow()
         rid = parse_run_id(run_id)
         with self.transaction() as (session, outbox):
