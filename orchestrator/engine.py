@@ -688,8 +688,8 @@ class WorkflowEngine:
             if decision == "approve":
                 self._settle_waiting(session, outbox, run, step, P.SUCCEEDED, now, result=outcome)
             else:
-                who = f" by {by}" if by else ""
-                error = f"rejected{who}: {comment}" if comment else f"rejected{who}"
+                # The comment is the error, as the person wrote it (who and when are stored apart).
+                error = comment or (f"rejected by {by}" if by else "rejected")
                 self._settle_waiting(session, outbox, run, step, P.FAILED, now, error=error)
         return outcome
 
