@@ -627,8 +627,10 @@ class WorkflowEngine:
         for wait_id, row in WT.insert_waits(session, rows):
             if row["kind"] == W.EVENT and row["spec"].get("lookback"):
                 found = WT.lookback(session, row)
-                if found is not None:
-                    self.complete_event_wait(session, outbox, wait_id, row["run_id"], row["step"], found, now)
+                if found is not None and self.complete_event_wait(
+                    session, outbox, wait_id, row["run_id"], row["step"], found, now
+                ):
+                    WT.mark_matched(session, found.event_id)
 
     def complete_event_wait(
         self, session: Session, outbox: Outbox, wait_id: int, run_id: uuid.UUID, step: str,
