@@ -179,18 +179,11 @@ def not_waiting(session: Session, run: Run, step: str) -> str:
 def timed_out(wait: Any) -> str:
     spec = wait.spec or {}
     seconds = spec.get("timeout")
-    span = _span(seconds) if seconds else "its timeout"
+    span = W.span(seconds) if seconds else "its timeout"
     if wait.kind == W.APPROVAL:
         return f"timed out: no decision on approval {wait.step!r} within {span}"
     where = f" on {wait.topic!r}" if wait.topic else ""
     return f"timed out: no matching event{where} within {span}"
-
-
-def _span(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
 
 
 # -- timers ---------------------------------------------------------------------------
