@@ -160,8 +160,9 @@ def open_wait_of(session: Session, run_id: uuid.UUID, step: str) -> Any:
     ).first()
 
 
-def not_waiting(session: Session, run: Run, step: str) -> str:
-    """Why a decision on `step` of `run` is refused (HTTP 409, a CLI error line)."""
+def not_waiting(session: Session, run: Run, step: str, kind: str | None = None) -> str:
+    """Why a decision on `step` of `run` is refused (HTTP 409, a CLI error line); `kind` is
+    the node's kind in the run's definition, when that is loaded."""
     row = next((r for r in run.steps if r.name == step), None)
     if row is None:
         return f"run {run.id} has no step {step!r}"
@@ -169,7 +170,9 @@ def not_waiting(session: Session, run: Run, step: str) -> str:
         select(_WAITS.c.kind, _WAITS.c.status, _WAITS.c.decision)
         .where(_WAITS.c.run_id == run.id, _WAITS.c.step == step).order_by(_WAITS.c.id.desc())
     ).first()
-    if last is not None and last.kind != W.APPROVAL or last is None and row.status != "pending":
+    if kind is None:
+        kind = last.kind if last is not None else None if row.status == "pending" else W.TASK
+    if kind is not None and kind != W.APPROVAL:
         return f"step {step!r} of run {run.id} is not an approval"
     if last is not None and last.decision:
         return f"approval {step!r} of run {run.id} was already decided: {last.decision} (step is {row.status})"

@@ -51,7 +51,7 @@ def test_approve_a_waiting_approval_and_watch_the_run_go_on(page, server, runtim
     approval.locator("textarea[name=comment]").fill("numbers check out")
     approval.locator("button[value=approve]").click()
     expect(page.locator(".flash")).to_contain_text("Approved manager.")
-    expect(page.locator("#run-approvals")).to_have_count(0)
+    expect(page.locator("#run-approvals")).to_be_hidden()
     decision = page.locator("#run-steps article[data-step=manager] .wait-decision")
     expect(decision).to_contain_text("approved by dashboard at")
     expect(decision.locator(".wait-comment")).to_have_text("numbers check out")
@@ -59,6 +59,30 @@ def test_approve_a_waiting_approval_and_watch_the_run_go_on(page, server, runtim
     expect(page.locator("#run-dag g.node.s-succeeded")).to_have_count(2)
     expect(page.locator("#run-steps article[data-step=publish] pre.result")).to_contain_text('"published_after": "approve"')
     shot(page, tmp_path, "approval-approved")
+
+
+def test_an_approval_that_opens_while_the_page_is_open_gets_its_buttons_live(
+    page, server, runtime, start_worker, side_channel
+):
+    run_id = runtime.engine.start_run("review", {})
+    log_in(page, server, f"/runs/{run_id}")
+    page.evaluate("window.__sameDocument = true")
+    expect(page.locator("#run-approvals")).to_be_hidden()
+    start_worker(concurrency=2)  # notify holds one slot until the test lets it go
+    expect(page.locator("#run-dag g.node[data-node=review]")).to_have_class("node s-waiting", timeout=30_000)
+    approval = page.locator("#run-approvals .approval[data-step=review]")
+    expect(approval).to_be_visible()
+    assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+    approval.locator("textarea[name=comment]").fill("typed while the run moves on")
+    side_channel.rpush(f"go:{run_id}", 1)
+    expect(page.locator("#run-dag g.node[data-node=notify]")).to_have_class("node s-succeeded", timeout=30_000)
+    # The parallel step finishing refreshed the page's live sections but kept this form.
+    expect(approval.locator("textarea[name=comment]")).to_have_value("typed while the run moves on")
+    approval.locator("button[value=approve]").click()
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    expect(page.locator("#run-steps article[data-step=review] .wait-comment")).to_have_text(
+        "typed while the run moves on"
+    )
 
 
 def test_reject_a_waiting_approval_with_a_comment(page, server, runtime, tmp_path):
@@ -87,5 +111,5 @@ def test_a_waiting_event_node_says_what_it_waits_for(page, server, runtime, tmp_
     expect(wait.locator(".wait-match")).to_have_text('{"type": "payment.confirmed"}')
     expect(wait.locator(".wait-correlate")).to_have_text("order.id = 7")
     expect(wait.locator(".wait-due")).to_contain_text("(on timeout it fails)")
-    expect(page.locator("#run-approvals")).to_have_count(0)
+    expect(page.locator("#run-approvals")).to_be_hidden()
     shot(page, tmp_path, "event-waiting")

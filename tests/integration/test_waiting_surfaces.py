@@ -139,9 +139,13 @@ def test_decisions_on_unknown_runs_or_steps_are_404_and_on_other_nodes_409(clien
         response = decide(client, target, {"decision": "approve"}, step=step)
         assert_documented(response, APPROVE.format(run_id="{run_id}", step="{step}"), "post")
         assert response.status_code == 404, (target, step)
-    pending = decide(client, run_id, {"decision": "approve"}, step="publish")
-    assert pending.status_code == 409
-    assert pending.get_json()["error"] == f"approval 'publish' of run {run_id} is not waiting (step is pending)"
+    task = decide(client, run_id, {"decision": "approve"}, step="publish")
+    assert task.status_code == 409
+    assert task.get_json()["error"] == f"step 'publish' of run {run_id} is not an approval"
+    reviewing = waiting_run(runtime, "review")  # its approval opens after a task
+    early = decide(client, reviewing, {"decision": "approve"}, step="review")
+    assert early.status_code == 409
+    assert early.get_json()["error"] == f"approval 'review' of run {reviewing} is not waiting (step is pending)"
     paying = waiting_run(runtime, "payment", {"order_id": 1})
     event_wait = decide(client, paying, {"decision": "approve"}, step="paid")
     assert event_wait.status_code == 409
@@ -231,7 +235,8 @@ def test_the_run_page_says_what_each_waiting_node_waits_for(client, runtime):
     assert re.search(r'<dd class="wait-due">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC', html)
     signing = waiting_run(runtime)
     page = client.get(f"/runs/{signing}").get_data(as_text=True)
-    assert 'id="run-approvals"' in page and "to approve or reject" in page  # not logged in: no buttons
+    assert 'id="run-approvals" data-live data-steps="manager">' in page
+    assert "to approve or reject" in page  # not logged in: no buttons
     assert 'name="decision"' not in page
     assert '<option value="waiting" >waiting</option>' in client.get("/runs").get_data(as_text=True)
     filtered = client.get("/runs?status=waiting").get_data(as_text=True)
@@ -256,7 +261,7 @@ def test_approve_and_reject_on_the_run_page_need_a_login_and_the_csrf_token(clie
     assert "Rejected manager." in page
     assert re.search(r'<dd class="wait-decision" data-decision="reject">rejected by dashboard at '
                      r'[\d :-]+: <q class="wait-comment">not &lt;yet&gt;</q>', page)
-    assert 'id="run-approvals"' not in page
+    assert 'id="run-approvals" data-live data-steps="" hidden>' in page
     again = client.post(url, data={"decision": "approve", "csrf_token": token})
     assert again.status_code == 302
     assert "was already decided: reject" in client.get(f"/runs/{run_id}").get_data(as_text=True)
@@ -330,14 +335,15 @@ def test_approve_and_reject_from_the_command_line(env, runtime, client):
     [
         (("00000000-0000-0000-0000-000000000000", "manager"), "no run 00000000-0000-0000-0000-000000000000"),
         (("not-a-uuid", "manager"), "no run 'not-a-uuid': run ids are UUIDs"),
-        (("{run}", "publish"), "approval 'publish' of run {run} is not waiting (step is pending)"),
+        (("{run}", "publish"), "step 'publish' of run {run} is not an approval"),
         (("{run}", "nope"), "run {run} has no step 'nope'"),
+        (("{review}", "review"), "approval 'review' of run {review} is not waiting (step is pending)"),
     ],
-    ids=["unknown-run", "bad-id", "not-waiting", "unknown-step"],
+    ids=["unknown-run", "bad-id", "a-task", "unknown-step", "not-waiting-yet"],
 )
 def test_approve_errors_are_one_line_and_exit_non_zero(env, runtime, args, message):
-    run_id = waiting_run(runtime)
-    out = cli(env, "approve", *(a.format(run=run_id) for a in args))
+    ids = {"run": waiting_run(runtime), "review": waiting_run(runtime, "review")}
+    out = cli(env, "approve", *(a.format(**ids) for a in args))
     assert out.returncode == 1
-    assert out.stderr == f"Error: {message.format(run=run_id)}\n"
+    assert out.stderr == f"Error: {message.format(**ids)}\n"
     assert "Traceback" not in out.stderr and out.stdout == ""
