@@ -220,14 +220,15 @@ def trigger(name: str, input_json: str) -> None:
 @friendly_errors
 def runs(workflow: str | None, status: str | None, version: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first, with the version each is on."""
-    from .db.queries import list_runs, run_dict
+    from .db.queries import list_runs, run_dict, waits_of_runs
 
     rt = _runtime()
     with rt.sessions() as session:
         found = list_runs(
             session, workflow=workflow, status=status, version=version, limit=limit, with_steps=as_json
         )
-        items = [run_dict(r, with_steps=as_json) for r in found]
+        waits = waits_of_runs(session, [r.id for r in found]) if as_json else {}
+        items = [run_dict(r, with_steps=as_json, waits=waits.get(r.id)) for r in found]
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return

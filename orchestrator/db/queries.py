@@ -66,8 +66,16 @@ def wait_dict(wait: Wait) -> dict[str, Any]:
 
 def waits_of_run(session: Session, run_id: uuid.UUID) -> dict[str, Wait]:
     """Each node's latest wait (a retry opens a new one; the older ones are history)."""
-    rows = session.scalars(select(Wait).where(Wait.run_id == run_id).order_by(Wait.id))
-    return {w.step: w for w in rows}
+    return waits_of_runs(session, [run_id])[run_id]
+
+
+def waits_of_runs(session: Session, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Wait]]:
+    """`waits_of_run` for several runs in one query (`ix_waits_run`)."""
+    found: dict[uuid.UUID, dict[str, Wait]] = {run_id: {} for run_id in run_ids}
+    if run_ids:
+        for wait in session.scalars(select(Wait).where(Wait.run_id.in_(run_ids)).order_by(Wait.id)):
+            found[wait.run_id][wait.step] = wait
+    return found
 
 
 def step_dict(step: StepRun, with_attempts: bool = True, wait: Wait | None = None) -> dict[str, Any]:

@@ -314,6 +314,8 @@ def test_approve_and_reject_from_the_command_line(env, runtime, client):
     listed = cli(env, "runs", "--status", "waiting")
     assert listed.returncode == 0, listed.stderr
     assert approved in listed.stdout and rejected in listed.stdout
+    as_json = json.loads(cli(env, "runs", "--status", "waiting", "--json").stdout)
+    assert {r["id"]: r["steps"][0]["wait"]["status"] for r in as_json} == {approved: "open", rejected: "open"}
     shown = cli(env, "run", approved)
     assert "step manager: waiting" in shown.stdout and "open: waits for a decision until" in shown.stdout
 
