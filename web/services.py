@@ -151,7 +151,7 @@ def retry_run(run_id: str, current_version: bool = False) -> None:
         raise Conflict(f"run {run_id} is still running or has nothing to retry")
 
 
-#: Longest comment a decision on an approval may carry.
+#: Longest comment a decision on an approval may carry, and the decisions there are.
 MAX_COMMENT = 2000
 DECISIONS = ("approve", "reject")
 
@@ -168,7 +168,7 @@ def decision_body(body: dict[str, Any]) -> tuple[str, str | None]:
     if comment is not None and len(comment) > MAX_COMMENT:
         raise BadRequest(f"comment is {len(comment)} characters long; at most {MAX_COMMENT} are kept")
     params.check_storable(comment, "comment")
-    return decision, (comment.strip() or None) if comment is not None else None
+    return decision, (comment or "").strip() or None
 
 
 def decide(run_id: str, step: str, body: dict[str, Any], by: str) -> dict[str, Any]:
