@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from . import planner as P
+from .db.queries import LIST_STATUSES
 from .errors import ConfigurationError, OrchestratorError
 from .runtime import Runtime, install
 from .settings import Settings
@@ -178,7 +178,7 @@ def workflows(as_json: bool) -> None:
 
 def _wait_line(wait: dict[str, Any]) -> str:
     """What a waiting node waits for, as `orchestrator workflows` shows it."""
-    from .waiting import span
+    from .waits import span
 
     parts = []
     if wait.get("topic"):
@@ -235,7 +235,8 @@ def trigger(name: str, input_json: str) -> None:
 
 @main.command()
 @click.option("--workflow", default=None, help="Only runs of this workflow.")
-@click.option("--status", type=click.Choice(P.RUN_STATUSES), default=None)
+@click.option("--status", type=click.Choice(LIST_STATUSES), default=None,
+              help="Only runs in this status; `waiting`: live runs with a node waiting.")
 @click.option("--version", "version", default=None, metavar="V",
               help="Only runs on this workflow version (see `orchestrator workflows`).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
@@ -243,14 +244,15 @@ def trigger(name: str, input_json: str) -> None:
 @friendly_errors
 def runs(workflow: str | None, status: str | None, version: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first, with the version each is on."""
-    from .db.queries import list_runs, run_dict
+    from .db.queries import list_runs, run_dict, waits_of_runs
 
     rt = _runtime()
     with rt.sessions() as session:
         found = list_runs(
             session, workflow=workflow, status=status, version=version, limit=limit, with_steps=as_json
         )
-        items = [run_dict(r, with_steps=as_json) for r in found]
+        waits = waits_of_runs(session, [r.id for r in found]) if as_json else {}
+        items = [run_dict(r, with_steps=as_json, waits=waits.get(r.id)) for r in found]
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
@@ -268,12 +270,13 @@ def runs(workflow: str | None, status: str | None, version: str | None, limit: i
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @friendly_errors
 def show_run(run_id: str, as_json: bool) -> None:
-    """Show one run with its steps and their attempts."""
-    from .db.queries import get_run, run_dict
+    """Show one run with its steps, their attempts and what waiting nodes wait for."""
+    from .db.queries import get_run, run_dict, waits_of_run
 
     rt = _runtime()
     with rt.sessions() as session:
-        item = run_dict(get_run(session, run_id))
+        run = get_run(session, run_id)
+        item = run_dict(run, waits=waits_of_run(session, run.id))
     if as_json:
         click.echo(json.dumps(item, indent=2))
         return
@@ -289,12 +292,55 @@ def show_run(run_id: str, as_json: bool) -> None:
             click.echo(f"    result: {json.dumps(step['result'])}")
         if step["error"]:
             click.echo(f"    error: {step['error']}")
+        if step["wait"]:
+            click.echo(f"    {_describe_wait(step['wait'])}")
         for attempt in step["attempts"]:
             click.echo(
                 f"    attempt {attempt['number']} {attempt['status']} on {attempt['worker']} "
                 f"{attempt['started_at']} -> {attempt['finished_at']}"
                 + (f": {attempt['error']}" if attempt["error"] else "")
             )
+
+
+def _describe_wait(wait: dict[str, Any]) -> str:
+    """One line: what a waiting node waits for and how it ended."""
+    if wait["kind"] == "event":
+        what = f"event on {wait['topic']} matching {json.dumps(wait['match'] or {})}"
+        if wait["correlate"]:
+            what += f" with {json.dumps(wait['correlate'])}"
+    elif wait["kind"] == "approval":
+        what = "a decision"
+    else:
+        what = "its timer"
+    line = f"{wait['status']}: waits for {what}"
+    if wait["due_at"]:
+        line += f" until {wait['due_at']}"
+    if wait["event_id"] is not None:
+        line += f"; completed by event {wait['event_id']}"
+    if wait["decision"]:
+        line += f"; decided by {wait['decided_by'] or '?'} at {wait['closed_at']}"
+        if wait["comment"]:
+            line += f": {wait['comment']}"
+    return line
+
+
+#: Who a decision made on the command line is recorded as.
+CLI_DECIDER = "cli"
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("step")
+@click.option("--reject", is_flag=True, help="Reject (the node fails with the comment as its error).")
+@click.option("--comment", default=None, help="Why; stored and shown with the decision.")
+@friendly_errors
+def approve(run_id: str, step: str, reject: bool, comment: str | None) -> None:
+    """Approve (or --reject) the waiting approval STEP of run RUN_ID."""
+    decision = "reject" if reject else "approve"
+    outcome = _runtime().engine.decide(run_id, step, decision, comment, CLI_DECIDER)
+    said = f": {outcome['comment']}" if outcome["comment"] else ""
+    verb = "rejected" if reject else "approved"
+    click.echo(f"{verb} {step} of run {run_id}{said}")
 
 
 @main.command()

@@ -683,7 +683,9 @@ class WorkflowEngine:
             run = self._lock_run(session, rid)
             wait = WT.open_wait_of(session, rid, step)
             if wait is None or wait.kind != W.APPROVAL:
-                raise NotWaiting(WT.not_waiting(session, run, step))
+                definition = self._definition_of(run, session)
+                node = definition.steps.get(step) if definition is not None else None
+                raise NotWaiting(WT.not_waiting(session, run, step, node.kind if node is not None else None))
             outcome = {"decision": decision, "comment": comment, "by": by, "at": now.isoformat()}
             WT.end_wait(session, wait.id, W.APPROVED if decision == "approve" else W.REJECTED, now,
                         decision=decision, comment=comment, decided_by=by)

@@ -167,8 +167,9 @@ def open_wait_of(session: Session, run_id: uuid.UUID, step: str) -> Any:
     ).first()
 
 
-def not_waiting(session: Session, run: Run, step: str) -> str:
-    """Why a decision on `step` of `run` is refused (HTTP 409, a CLI error line)."""
+def not_waiting(session: Session, run: Run, step: str, kind: str | None = None) -> str:
+    """Why a decision on `step` of `run` is refused (HTTP 409, a CLI error line); `kind` is
+    the node's kind in the run's definition, when that is loaded."""
     row = next((r for r in run.steps if r.name == step), None)
     if row is None:
         return f"run {run.id} has no step {step!r}"
@@ -176,7 +177,9 @@ def not_waiting(session: Session, run: Run, step: str) -> str:
         select(_WAITS.c.kind, _WAITS.c.status, _WAITS.c.decision)
         .where(_WAITS.c.run_id == run.id, _WAITS.c.step == step).order_by(_WAITS.c.id.desc())
     ).first()
-    if last is not None and last.kind != W.APPROVAL or last is None and row.status != "pending":
+    if kind is None:
+        kind = last.kind if last is not None else None if row.status == "pending" else W.TASK
+    if kind is not None and kind != W.APPROVAL:
         return f"step {step!r} of run {run.id} is not an approval"
     if last is not None and last.decision:
         return f"approval {step!r} of run {run.id} was already decided: {last.decision} (step is {row.status})"
@@ -186,19 +189,11 @@ def not_waiting(session: Session, run: Run, step: str) -> str:
 def timed_out(wait: Any) -> str:
     spec = wait.spec or {}
     seconds = spec.get("timeout")
-    span_text = span(seconds) if seconds else "its timeout"
+    span_text = W.span(seconds) if seconds else "its timeout"
     if wait.kind == W.APPROVAL:
         return f"timed out: no decision on approval {wait.step!r} within {span_text}"
     where = f" on {wait.topic!r}" if wait.topic else ""
     return f"timed out: no matching event{where} within {span_text}"
-
-
-def span(seconds: float) -> str:
-    """`1d`, `15m`, `90s`: a duration as the definitions write it."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
 
 
 # -- timers ---------------------------------------------------------------------------

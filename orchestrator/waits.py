@@ -142,6 +142,14 @@ WaitSpec = EventWait | ApprovalWait | SleepWait
 _TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
+def span(seconds: float) -> str:
+    """Seconds as people write them in a definition: `24h`, `3d`, `90s`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def check_topic(node: str, topic: Any) -> str:
     if (
         not isinstance(topic, str)

@@ -17,6 +17,9 @@ from .openapi import document
 
 bp = Blueprint("api", __name__)
 
+#: Who a decision made through the API is recorded as (the token names nobody in particular).
+API_DECIDER = "api"
+
 
 # -- views -----------------------------------------------------------------------------------
 
@@ -82,6 +85,14 @@ def retry_run(run_id: str) -> Any:
     return jsonify(services.run_json(run_id))
 
 
+@bp.post("/runs/<run_id>/steps/<step>/approve")
+@require_token
+def decide(run_id: str, step: str) -> Any:
+    """Approve or reject a waiting approval: `{"decision": "approve"|"reject", "comment": "..."}`;
+    409 when it is not waiting. Answers the stored decision."""
+    return jsonify(services.decide(run_id, step, params.json_body(request.get_data()), by=API_DECIDER))
+
+
 @bp.post("/runs/retry")
 @require_token
 def bulk_retry() -> Any:
@@ -104,7 +115,8 @@ def list_events() -> Any:
 
 @bp.get("/events/<int:event_id>")
 def show_event(event_id: int) -> Any:
-    """One recorded event with its payload, outcome, reason and the runs it started."""
+    """One recorded event with its payload, outcome, reason, the runs it started and the
+    waiting nodes it completed."""
     return jsonify(services.event_json(event_id))
 
 

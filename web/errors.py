@@ -18,6 +18,7 @@ from orchestrator.errors import (
     ConfigurationError,
     DeploySkew,
     EventNotFound,
+    NotWaiting,
     OrchestratorError,
     RunNotFound,
     WorkflowNotFound,
@@ -61,7 +62,7 @@ def status_of(exc: OrchestratorError) -> int:
 
     if isinstance(exc, (WorkflowNotFound, RunNotFound, EventNotFound)):
         return 404
-    if isinstance(exc, (EventNotReplayable, DeploySkew)):
+    if isinstance(exc, (EventNotReplayable, DeploySkew, NotWaiting)):
         return 409
     if isinstance(exc, ConfigurationError):
         return 503

@@ -7,6 +7,9 @@ so any number of web processes report the same figures:
 * `orchestrator_events_total` by outcome;
 * `orchestrator_outbox_backlog` (events steps emitted that the relay has not yet sent) and
   `orchestrator_relay_lag_seconds` (age of the oldest of them; 0 when there is none);
+* `orchestrator_waits_open` by kind (event, approval, sleep: nodes waiting now) and
+  `orchestrator_timers_due` (open waits whose timer is due but not yet fired: a growing
+  figure means no recovery process is firing timers);
 * `orchestrator_consumer_lag` per topic and partition, from Kafka's end offsets and the
   consumer group's committed offsets (only when ORCHESTRATOR_KAFKA_BOOTSTRAP is set);
 * three histograms, so an operator sees where time goes: event to run (Kafka timestamp
@@ -43,6 +46,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from orchestrator import waits as W
 from orchestrator.db import stats
 from orchestrator.runtime import Runtime
 
@@ -61,6 +65,9 @@ EXECUTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900
 SETTLE_SECONDS = 30.0
 #: Seconds the per-workflow step counts are reused between scrapes.
 STEP_COUNTS_TTL = 30.0
+
+#: Kinds of waiting node, each reported by `orchestrator_waits_open` (0 when none is open).
+WAIT_KINDS = (W.EVENT, W.APPROVAL, W.SLEEP)
 
 HistogramQuery = Callable[..., stats.Histogram]
 #: (metric name, help, buckets, query) of the three latency histograms.
@@ -160,6 +167,16 @@ class StateCollector(Collector):
                 "Age of the oldest emitted event not yet sent to Kafka (0: none waiting)",
                 value=lag,
             )
+            by_kind, due = stats.open_waits(session, datetime.now(UTC))
+            waits_open = GaugeMetricFamily(
+                "orchestrator_waits_open", "Nodes waiting for an event, a decision or a timer, by kind",
+                labels=["kind"],
+            )
+            for kind in WAIT_KINDS:
+                waits_open.add_metric([kind], by_kind.get(kind, 0))
+            timers_due = GaugeMetricFamily(
+                "orchestrator_timers_due", "Open waits whose timer is due and not yet fired", value=due,
+            )
             until = datetime.now(UTC) - self.settle
             added = {
                 name: query(session, bounds, until=until, after=self._counted_until)
@@ -175,6 +192,8 @@ class StateCollector(Collector):
                 events,
                 backlog,
                 relay_lag,
+                waits_open,
+                timers_due,
                 *(_histogram(name, doc, self._histograms[name]) for name, doc, _, _ in HISTOGRAMS),
             ]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator import planner as P
+from orchestrator.db.queries import LIST_STATUSES
 
 from .openapi_schemas import SCHEMAS, obj, ref
 from .params import DEFAULT_PAGE, MAX_PAGE, OUTCOMES
@@ -111,7 +111,9 @@ PATHS: dict[str, Any] = {
             "summary": "Runs, newest first, keyset paged",
             "parameters": [
                 _query("workflow", "Only runs of this workflow", {"type": "string"}),
-                _query("status", "Only runs in this status", {"type": "string", "enum": list(P.RUN_STATUSES)}),
+                _query("status", "Only runs in this status; `waiting`: live runs (pending or "
+                       "running) with a node waiting for an event, a timer or a decision",
+                       {"type": "string", "enum": list(LIST_STATUSES)}),
                 _query("version", "Only runs that started with (or were retried onto) this workflow "
                        "version", {"type": "string"}),
                 SINCE,
@@ -162,6 +164,27 @@ PATHS: dict[str, Any] = {
                 "404": _error("No such run"),
                 "409": _error("The run is still running or has nothing to retry, or the code it "
                               "needs is not loaded (deploy skew)"),
+            },
+        }
+    },
+    "/api/runs/{run_id}/steps/{step}/approve": {
+        "post": {
+            "summary": "Approve or reject a waiting approval",
+            "description": "Approve: the node succeeds (its result holds the decision) and the run "
+            "goes on. Reject: the node fails with the comment as its error. The decision, comment, "
+            "who (`api`) and when are stored with the wait and shown in the run.",
+            "security": SECURED,
+            "parameters": [RUN_ID, _path("step", "Name of the approval node", {"type": "string"})],
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": ref("DecisionRequest")}}},
+            "responses": {
+                "200": _json(ref("Decision"), "The stored decision"),
+                "400": _error("A bad body: decision missing or not approve/reject, comment not a "
+                              "string or over 2000 characters"),
+                "401": UNAUTHORIZED,
+                "404": _error("No such run, or the run has no such step"),
+                "409": _error("The node is not an approval that is waiting (already decided, "
+                              "timed out, cancelled, or not an approval)"),
             },
         }
     },

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator import planner as P
+from orchestrator.waits import WAIT_STATUSES
 
 from .params import OUTCOMES
 
@@ -172,7 +173,60 @@ SCHEMAS: dict[str, Any] = {
             "queued_at": NULLABLE_TIME,
             "started_at": NULLABLE_TIME,
             "finished_at": NULLABLE_TIME,
+            "wait": {"oneOf": [ref("Wait"), {"type": "null"}],
+                     "description": "A wait, approval or sleep node's latest wait; null for a task "
+                     "or a node that has not opened yet"},
             "attempts": {"type": "array", "items": ref("Attempt")},
+        }
+    ),
+    "Wait": obj(
+        {
+            "kind": {"type": "string", "enum": ["event", "approval", "sleep"]},
+            "status": {"type": "string", "enum": list(WAIT_STATUSES),
+                       "description": "open while the node is waiting; then how it ended"},
+            "topic": {**NULLABLE_STRING, "description": "The topic an event wait listens to"},
+            "match": {"type": ["object", "null"], "description": "What the event must match"},
+            "correlate": {"type": ["object", "null"],
+                          "description": "Event dotted path -> the value this run expects there"},
+            "timeout": {"type": ["number", "null"], "description": "Seconds before it times out"},
+            "on_timeout": {"type": ["string", "null"], "enum": ["fail", "skip", None]},
+            "lookback": {"type": ["number", "null"],
+                         "description": "Seconds before opening whose matching events count"},
+            "duration": {"type": ["number", "null"], "description": "A sleep's seconds (null: until=)"},
+            "opened_at": TIME,
+            "due_at": {**NULLABLE_TIME, "description": "When its timer fires: a sleep ends, a wait "
+                       "or approval times out (null: no timer)"},
+            "closed_at": NULLABLE_TIME,
+            "event_id": {"type": ["integer", "null"], "description": "The event that completed it"},
+            "decision": {"type": ["string", "null"], "enum": ["approve", "reject", None]},
+            "comment": NULLABLE_STRING,
+            "decided_by": NULLABLE_STRING,
+        }
+    ),
+    "WaitRef": obj(
+        {
+            "run_id": {"type": "string", "format": "uuid"},
+            "step": {"type": "string"},
+            "workflow": {"type": "string"},
+            "status": {"type": "string", "enum": list(P.RUN_STATUSES)},
+        }
+    ),
+    "DecisionRequest": obj(
+        {
+            "decision": {"type": "string", "enum": ["approve", "reject"]},
+            "comment": {"type": ["string", "null"], "maxLength": 2000,
+                        "description": "Why; a rejection fails the node with it as its error"},
+        },
+        required=["decision"],
+    ),
+    "Decision": obj(
+        {
+            "run_id": {"type": "string", "format": "uuid"},
+            "step": {"type": "string"},
+            "decision": {"type": "string", "enum": ["approve", "reject"]},
+            "comment": NULLABLE_STRING,
+            "by": {"type": "string", "description": "Who decided (`api` for the JSON API)"},
+            "at": TIME,
         }
     ),
     "EventRef": obj(
@@ -220,6 +274,8 @@ SCHEMAS: dict[str, Any] = {
             "outcome": {"type": "string", "enum": list(OUTCOMES)},
             "reason": NULLABLE_STRING,
             "runs": {"type": "array", "items": ref("RunRef")},
+            "waits": {"type": "array", "items": ref("WaitRef"),
+                      "description": "The waiting nodes this event completed"},
         }
     ),
     "RunPage": obj(

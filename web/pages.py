@@ -1,7 +1,7 @@
 """The dashboard: server-rendered pages, with small static scripts for live updates.
 
 Reading is open, like the API's GETs, unless ORCHESTRATOR_WEB_READ_AUTH=1. Every action
-(start, retry, cancel, bulk, replay) is a form POST that needs a logged-in session and the
+(start, retry, cancel, bulk, replay, approve) is a form POST that needs a logged-in session and the
 form's CSRF token (see `auth`).
 """
 
@@ -16,7 +16,9 @@ from flask import Blueprint, Flask, flash, redirect, render_template, request, u
 from werkzeug.exceptions import BadRequest, Conflict
 
 from orchestrator import planner as P
-from orchestrator.errors import DeploySkew, InvalidInput
+from orchestrator import waits as W
+from orchestrator.db.queries import LIST_STATUSES
+from orchestrator.errors import DeploySkew, InvalidInput, NotWaiting
 
 from . import context, params, services
 from .auth import csrf_token, require_login, shown_logged_in
@@ -24,6 +26,8 @@ from .auth import csrf_token, require_login, shown_logged_in
 bp = Blueprint("pages", __name__)
 
 FILTERS = ("workflow", "status", "version", "since")
+#: Who a decision made on the dashboard is recorded as (a login is the token, not a person).
+DASHBOARD_DECIDER = "dashboard"
 #: The bulk form's actions: its two retry buttons and cancel.
 BULK_ACTIONS = {"retry": ("retry", False), "retry_current": ("retry", True), "cancel": ("cancel", False)}
 
@@ -84,7 +88,7 @@ def runs() -> Any:
         "runs.html",
         page=page,
         filters=filters,
-        statuses=P.RUN_STATUSES,
+        statuses=LIST_STATUSES,
         workflow_names=names,
         paged=bool(request.args.get("cursor")),
         limit=params.limit_arg(request.args),
@@ -156,6 +160,21 @@ def cancel(run_id: str) -> Any:
     return _act(run_id, services.cancel_run, "Cancelled the run.")
 
 
+@bp.post("/runs/<run_id>/steps/<step>/approve")
+@require_login
+def approve(run_id: str, step: str) -> Any:
+    """Approve or reject (the button pressed) this waiting approval, with the form's comment."""
+    body = {"decision": request.form.get("decision", ""), "comment": request.form.get("comment", "")}
+    try:
+        outcome = services.decide(run_id, step, body, by=DASHBOARD_DECIDER)
+    except (BadRequest, NotWaiting) as exc:
+        flash((exc.description if isinstance(exc, BadRequest) else str(exc)) or "Refused.", "error")
+    else:
+        verb = "Approved" if outcome["decision"] == "approve" else "Rejected"
+        flash(f"{verb} {step}.", "info")
+    return redirect(url_for(".run", run_id=run_id))
+
+
 @bp.get("/events")
 def events() -> Any:
     """The event log, filterable by topic and outcome, each event with its runs."""
@@ -193,6 +212,11 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
 
 
+def _compact(value: Any) -> str:
+    """JSON on one line, for a match or a correlation value in a sentence."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
 def _when(value: str | None) -> str:
     """An ISO time as `YYYY-MM-DD HH:MM:SS` UTC."""
     if not value:
@@ -214,6 +238,8 @@ def _took(start: str | None, end: str | None) -> str:
 def init_app(app: Flask) -> None:
     app.jinja_env.filters["pretty"] = _pretty
     app.jinja_env.filters["when"] = _when
+    app.jinja_env.filters["compact"] = _compact
+    app.jinja_env.filters["span"] = W.span
     app.jinja_env.globals["took"] = _took
     app.jinja_env.globals["final_statuses"] = sorted(P.RUN_FINAL)
     # Globals (not a context processor) so that imported macros see them too.

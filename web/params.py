@@ -100,10 +100,11 @@ def body_flag(body: Mapping[str, Any], name: str) -> bool:
     raise BadRequest(f"{name} must be true or false (a JSON boolean), got {value!r}")
 
 
-def status_arg(args: Mapping[str, Any]) -> str | None:
+def status_arg(args: Mapping[str, Any], statuses: tuple[str, ...] = P.RUN_STATUSES) -> str | None:
+    """A run status among `statuses` (a runs list also accepts `waiting`)."""
     value = _text(args, "status")
-    if value is not None and value not in P.RUN_STATUSES:
-        raise BadRequest(f"status must be one of {', '.join(P.RUN_STATUSES)}; got {value!r}")
+    if value is not None and value not in statuses:
+        raise BadRequest(f"status must be one of {', '.join(statuses)}; got {value!r}")
     return value
 
 

@@ -38,7 +38,7 @@ def _run_and_version(run_id: str) -> tuple[dict[str, Any], V.RunVersion]:
     session = context.db()
     run = Q.get_run(session, run_id)
     versions = V.of_run(session, run.workflow, run.version, context.registry().find(run.workflow))
-    data = Q.run_dict(run)
+    data = Q.run_dict(run, waits=Q.waits_of_run(session, run.id))
     data["event"] = Q.event_ref(run.event)
     data["current_version"] = versions.current
     data["version_diff"] = versions.diff
@@ -51,7 +51,7 @@ def runs_page(args: Any) -> dict[str, Any]:
     found = Q.list_runs(
         context.db(),
         workflow=params.workflow_arg(args),
-        status=params.status_arg(args),
+        status=params.status_arg(args, Q.LIST_STATUSES),
         version=params.version_arg(args),
         since=params.since_arg(args),
         before=params.run_cursor_arg(args),
@@ -79,9 +79,10 @@ def events_page(args: Any) -> dict[str, Any]:
     )
     more = len(found) > limit
     found = found[:limit]
-    lineage = Q.runs_of_events(session, [e.id for e in found])
+    ids = [e.id for e in found]
+    lineage, completed = Q.runs_of_events(session, ids), Q.waits_of_events(session, ids)
     return {
-        "events": [Q.event_dict(e, lineage[e.id]) for e in found],
+        "events": [Q.event_dict(e, lineage[e.id], completed[e.id]) for e in found],
         "next_cursor": params.event_cursor(found[-1].id) if more and found else None,
     }
 
@@ -121,7 +122,9 @@ def event_json(event_id: int) -> dict[str, Any]:
         raise NotFound(f"no event {event_id}")
     session = context.db()
     event = Q.get_event(session, event_id)
-    return Q.event_dict(event, Q.runs_of_events(session, [event.id])[event.id])
+    return Q.event_dict(
+        event, Q.runs_of_events(session, [event.id])[event.id], Q.waits_of_events(session, [event.id])[event.id]
+    )
 
 
 def start_run(name: str, body: dict[str, Any]) -> str:
@@ -146,6 +149,40 @@ def retry_run(run_id: str, current_version: bool = False) -> None:
     one; `Conflict` if it is still running or has nothing to retry."""
     if not context.engine().retry_run(run_id, current_version=current_version):
         raise Conflict(f"run {run_id} is still running or has nothing to retry")
+
+
+#: Longest comment a decision on an approval may carry, and the decisions there are.
+MAX_COMMENT = 2000
+DECISIONS = ("approve", "reject")
+
+
+def decision_body(body: dict[str, Any]) -> tuple[str, str | None]:
+    """Check an approval decision `{"decision": "approve"|"reject", "comment": "..."}`."""
+    params.check_fields(body, {"decision", "comment"})
+    decision = body.get("decision")
+    if decision not in DECISIONS:
+        raise BadRequest(f"decision must be one of {', '.join(DECISIONS)}; got {decision!r}")
+    comment = body.get("comment")
+    if comment is not None and not isinstance(comment, str):
+        raise BadRequest(f"comment must be a string, got {type(comment).__name__}")
+    if comment is not None and len(comment) > MAX_COMMENT:
+        raise BadRequest(f"comment is {len(comment)} characters long; at most {MAX_COMMENT} are kept")
+    params.check_storable(comment, "comment")
+    return decision, (comment or "").strip() or None
+
+
+def decide(run_id: str, step: str, body: dict[str, Any], by: str) -> dict[str, Any]:
+    """Check a decision body and record it on a waiting approval; returns the stored
+    decision. `NotFound` for an unknown run or step (before the body is looked at),
+    `BadRequest` for a bad body, `NotWaiting` (409) when the node is not waiting."""
+    session = context.db()
+    run = Q.get_run(session, run_id)
+    if step not in {s.name for s in run.steps}:
+        raise NotFound(f"run {run_id} has no step {step!r}")
+    decision, comment = decision_body(body)
+    session.rollback()  # end this read; the engine locks the run in a transaction of its own
+    outcome = context.engine().decide(str(run.id), step, decision, comment, by)
+    return {"run_id": str(run.id), "step": step, **outcome}
 
 
 def retry_options(args: Any, body: dict[str, Any]) -> bool:

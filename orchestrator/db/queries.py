@@ -6,11 +6,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import exists, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
+from .. import planner as P
 from ..errors import EventNotFound, RunNotFound
-from .models import Attempt, Event, Run, StepRun
+from .models import Attempt, Event, Run, StepRun, Wait
+
+#: The runs-list filter `waiting`: live runs (pending or running) with a node waiting.
+WAITING = P.WAITING
+#: Statuses a runs list can filter by: every run status, and `waiting`.
+LIST_STATUSES = (*P.RUN_STATUSES, WAITING)
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -35,7 +41,44 @@ def attempt_dict(attempt: Attempt) -> dict[str, Any]:
     }
 
 
-def step_dict(step: StepRun, with_attempts: bool = True) -> dict[str, Any]:
+def wait_dict(wait: Wait) -> dict[str, Any]:
+    """What a node waits (or waited) for, and how it ended: a decision, an event, a timer."""
+    spec = wait.spec or {}
+    return {
+        "kind": wait.kind,
+        "status": wait.status,
+        "topic": wait.topic,
+        "match": spec.get("match"),
+        "correlate": spec.get("correlate") if isinstance(spec.get("correlate"), dict) else None,
+        "timeout": spec.get("timeout"),
+        "on_timeout": spec.get("on_timeout"),
+        "lookback": spec.get("lookback"),
+        "duration": spec.get("duration"),
+        "opened_at": iso(wait.opened_at),
+        "due_at": iso(wait.due_at),
+        "closed_at": iso(wait.closed_at),
+        "event_id": wait.event_id,
+        "decision": wait.decision,
+        "comment": wait.comment,
+        "decided_by": wait.decided_by,
+    }
+
+
+def waits_of_run(session: Session, run_id: uuid.UUID) -> dict[str, Wait]:
+    """Each node's latest wait (a retry opens a new one; the older ones are history)."""
+    return waits_of_runs(session, [run_id])[run_id]
+
+
+def waits_of_runs(session: Session, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Wait]]:
+    """`waits_of_run` for several runs in one query (`ix_waits_run`)."""
+    found: dict[uuid.UUID, dict[str, Wait]] = {run_id: {} for run_id in run_ids}
+    if run_ids:
+        for wait in session.scalars(select(Wait).where(Wait.run_id.in_(run_ids)).order_by(Wait.id)):
+            found[wait.run_id][wait.step] = wait
+    return found
+
+
+def step_dict(step: StepRun, with_attempts: bool = True, wait: Wait | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "name": step.name,
         "status": step.status,
@@ -46,6 +89,7 @@ def step_dict(step: StepRun, with_attempts: bool = True) -> dict[str, Any]:
         "queued_at": iso(step.queued_at),
         "started_at": iso(step.started_at),
         "finished_at": iso(step.finished_at),
+        "wait": wait_dict(wait) if wait is not None else None,
     }
     if with_attempts:
         data["attempts"] = [attempt_dict(a) for a in step.attempt_rows]
@@ -64,7 +108,8 @@ def event_ref(event: Event | None) -> dict[str, Any] | None:
     }
 
 
-def run_dict(run: Run, with_steps: bool = True) -> dict[str, Any]:
+def run_dict(run: Run, with_steps: bool = True, waits: dict[str, Wait] | None = None) -> dict[str, Any]:
+    """A run; with its steps, each with its latest wait from `waits` (`waits_of_run`)."""
     data: dict[str, Any] = {
         "id": str(run.id),
         "workflow": run.workflow,
@@ -78,7 +123,7 @@ def run_dict(run: Run, with_steps: bool = True) -> dict[str, Any]:
         "event_id": run.event_id,
     }
     if with_steps:
-        data["steps"] = [step_dict(s) for s in run.steps]
+        data["steps"] = [step_dict(s, wait=(waits or {}).get(s.name)) for s in run.steps]
     return data
 
 
@@ -111,13 +156,23 @@ def list_runs(
     limit: int = 50,
     with_steps: bool = False,
 ) -> list[Run]:
-    """Runs newest first; `before` is a keyset cursor (created_at, id), never an OFFSET."""
+    """Runs newest first; `before` is a keyset cursor (created_at, id), never an OFFSET.
+
+    `status="waiting"` selects the live runs with a node waiting (`ix_steps_waiting`); a
+    run whose first node waits is still `pending` (no step has been claimed), later ones
+    are `running`.
+    """
     query = select(Run)
     if workflow:
         query = query.where(Run.workflow == workflow)
     if version:
         query = query.where(Run.version == version)
-    if status:
+    if status == WAITING:
+        query = query.where(
+            Run.status.in_((P.RUN_PENDING, P.RUN_RUNNING)),
+            exists().where(StepRun.run_id == Run.id, StepRun.status == P.WAITING),
+        )
+    elif status:
         query = query.where(Run.status == status)
     if since is not None:
         query = query.where(Run.created_at >= since)
@@ -157,8 +212,11 @@ def run_ids_matching(
 # -- events ---------------------------------------------------------------------------
 
 
-def event_dict(event: Event, runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """An event as the API shows it; `raw` is the message value decoded as UTF-8 (lossy)."""
+def event_dict(
+    event: Event, runs: list[dict[str, Any]] | None = None, waits: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """An event as the API shows it, with the runs it started and the waiting nodes it
+    completed; `raw` is the message value decoded as UTF-8 (lossy)."""
     return {
         "id": event.id,
         "topic": event.topic,
@@ -173,6 +231,7 @@ def event_dict(event: Event, runs: list[dict[str, Any]] | None = None) -> dict[s
         "outcome": event.outcome,
         "reason": event.reason,
         "runs": runs if runs is not None else [],
+        "waits": waits if waits is not None else [],
     }
 
 
@@ -218,3 +277,19 @@ def runs_of_events(session: Session, event_ids: list[int]) -> dict[int, list[dic
         )
     return found
 
+
+
+def waits_of_events(session: Session, event_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The waiting nodes each event completed, as (run, step) references, by event id."""
+    found: dict[int, list[dict[str, Any]]] = {event_id: [] for event_id in event_ids}
+    if not event_ids:
+        return found
+    rows = session.execute(
+        select(Wait.event_id, Wait.run_id, Wait.step, Run.workflow, Run.status)
+        .join(Run, Run.id == Wait.run_id)
+        .where(Wait.event_id.in_(event_ids))
+        .order_by(Wait.id)
+    )
+    for event_id, run_id, step, workflow, status in rows:
+        found[event_id].append({"run_id": str(run_id), "step": step, "workflow": workflow, "status": status})
+    return found

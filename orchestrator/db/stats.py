@@ -17,7 +17,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from .models import Attempt, Event, OutboxRow, Run, StepRun
+from .models import Attempt, Event, OutboxRow, Run, StepRun, Wait
 
 
 def _postgres(session: Session) -> bool:
@@ -97,6 +97,20 @@ def outbox_backlog(session: Session) -> tuple[int, datetime | None]:
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)  # SQLite hands back naive datetimes, written in UTC
     return int(count or 0), oldest
+
+
+def open_waits(session: Session, now: datetime) -> tuple[dict[str, int], int]:
+    """Open waits by kind, and how many of them have a timer due (`due_at <= now`) that the
+    recovery process has not fired yet; both read the partial indexes on open waits."""
+    table = Wait.__table__
+    is_open = table.c.status == "open"
+    by_kind = {kind: count for kind, count in session.execute(
+        select(table.c.kind, func.count()).where(is_open).group_by(table.c.kind)
+    )}
+    due = session.scalar(
+        select(func.count()).where(is_open, table.c.due_at.is_not(None), table.c.due_at <= now)
+    )
+    return by_kind, int(due or 0)
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,7 @@ MUTATING = [
     "/api/workflows/diamond/runs",
     "/api/runs/00000000-0000-0000-0000-000000000000/cancel",
     "/api/runs/00000000-0000-0000-0000-000000000000/retry",
+    "/api/runs/00000000-0000-0000-0000-000000000000/steps/manager/approve",
     "/api/runs/retry",
     "/api/runs/cancel",
     "/api/events/1/replay",

@@ -42,19 +42,23 @@ ACTIONS: dict[str, dict[str, Any]] = {
     "pages.retry": {},
     "pages.cancel": {},
     "pages.replay": {},
+    "pages.approve": {"decision": "approve", "comment": "ok"},
 }
 
 
 @pytest.fixture
 def world(client, runtime) -> dict[str, Any]:
-    """A pending run, a finished one and a replayable event: things an action would change."""
+    """A pending run, a finished one, a replayable event and a waiting approval: things an
+    action would change."""
     runs = []
     for _ in range(2):
         response = client.post("/api/workflows/diamond/runs", json={"input": {}}, headers=AUTH)
         runs.append(response.get_json()["id"])
     client.post(f"/api/runs/{runs[1]}/cancel", headers=AUTH)
     event = add_event(runtime, {"type": "user.signed_up", "user": {"email": "a@b.c"}})
-    return {"run_id": runs[0], "finished": runs[1], "event_id": event, "name": "diamond"}
+    waiting = runtime.engine.start_run("sign-off", {})
+    return {"run_id": runs[0], "finished": runs[1], "event_id": event, "name": "diamond",
+            "waiting": waiting, "step": "manager"}
 
 
 def snapshot(runtime: Any) -> list[Any]:
@@ -64,6 +68,7 @@ def snapshot(runtime: Any) -> list[Any]:
             conn.execute(text("SELECT id, status FROM runs ORDER BY id")).all(),
             conn.execute(text("SELECT id, status, attempts, task_id FROM steps ORDER BY id")).all(),
             conn.execute(text("SELECT id, outcome, reason FROM events ORDER BY id")).all(),
+            conn.execute(text("SELECT id, status, decision FROM waits ORDER BY id")).all(),
         ]
 
 
@@ -91,7 +96,7 @@ MUTATING_OPERATIONS = [path for path, ops in document()["paths"].items() if "pos
 
 @pytest.mark.parametrize("path", MUTATING_OPERATIONS)
 def test_every_mutating_operation_refuses_a_missing_or_wrong_token(client, runtime, world, path):
-    url = path.format(**{k: world[k] for k in ("run_id", "event_id", "name")})
+    url = path.format(**world)
     before = snapshot(runtime)
     bodies = {"/api/runs/retry": {"status": "cancelled"}, "/api/runs/cancel": {"status": "pending"}}
     for name, headers in BAD_AUTH.items():
@@ -114,7 +119,7 @@ def test_the_app_has_no_mutating_api_route_the_document_does_not_list(app):
 def test_a_server_without_a_token_refuses_every_mutating_call_and_every_login(runtime, world):
     client = make_app(runtime, API_TOKEN=None).test_client()
     for path in MUTATING_OPERATIONS:
-        url = path.format(**{k: world[k] for k in ("run_id", "event_id", "name")})
+        url = path.format(**world)
         for headers in ({"Authorization": "Bearer None"}, {"Authorization": "Bearer "}, AUTH):
             assert client.post(url, json={}, headers=headers).status_code == 401
     refused = client.post("/login", data={"token": "None", "csrf_token": csrf_of(client)})
@@ -135,6 +140,8 @@ def test_every_dashboard_action_needs_its_sessions_csrf_token_and_a_login(app, r
     url = build(app, endpoint, world)
     if endpoint == "pages.retry":
         url = build(app, endpoint, {**world, "run_id": world["finished"]})
+    if endpoint == "pages.approve":
+        url = build(app, endpoint, {**world, "run_id": world["waiting"]})
     fields = dict(ACTIONS[endpoint])
     if endpoint == "pages.bulk":
         fields["ids"] = [world["run_id"]]

@@ -42,6 +42,8 @@ AUTH = {
 }
 #: Workflows whose names the fuzzer uses beside generated ones.
 KNOWN_WORKFLOWS = ["diamond", "signup", "hostile-text", "branches"]
+#: Step names the fuzzer uses beside generated ones: an approval and tasks.
+KNOWN_STEPS = ["manager", "publish", "a"]
 
 
 def _negatable(operation: dict[str, Any]) -> bool:
@@ -72,13 +74,14 @@ def known(client, runtime) -> dict[str, list[Any]]:
         assert response.status_code == 201, response.get_json()
         runs.append(response.get_json()["id"])
     client.post(f"/api/runs/{runs[0]}/cancel", headers=AUTH["valid"])
+    runs += [runtime.engine.start_run("sign-off", {}) for _ in range(3)]
     events = [
         add_event(runtime, {"type": "user.signed_up", "user": {"email": "e@f.g"}}),
         add_event(runtime, {"type": "other"}, outcome="ignored", reason=None),
         add_event(runtime, None, raw=b"\xff not json", reason="not JSON"),
         add_event(runtime, {"type": "user.signed_up"}, keep_raw=False, reason="no user"),
     ]
-    return {"run_id": runs, "event_id": events, "name": KNOWN_WORKFLOWS}
+    return {"run_id": runs, "event_id": events, "name": KNOWN_WORKFLOWS, "step": KNOWN_STEPS}
 
 
 def _path_names(path: str, method: str) -> list[str]:

@@ -29,7 +29,10 @@ document.addEventListener("DOMContentLoaded", function () {
     const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
     document.querySelectorAll("[data-live]").forEach(function (section) {
       const replacement = fresh.getElementById(section.id);
-      if (replacement) section.replaceWith(document.importNode(replacement, true));
+      if (!replacement) return;
+      // The same approvals still waiting: keep their forms (and a comment being typed).
+      if (section.dataset.steps !== undefined && section.dataset.steps === replacement.dataset.steps) return;
+      section.replaceWith(document.importNode(replacement, true));
     });
   }
 
