@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dag import validate_dag
 from . import waits as W
+from .dag import validate_dag
 from .emits import MAX_EMITS_PER_ATTEMPT, Emit, InvalidEmit, make_emit
 from .errors import WorkflowDefinitionError
 
