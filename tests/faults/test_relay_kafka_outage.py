@@ -246,7 +246,7 @@ def readers(runtime) -> int:
 
 
 #: Emits per emitter run, runs before and during the Kafka outage, rows per relay batch.
-PER_RUN, BEFORE, DURING, RELAY_BATCH = 10, 30, 20, 50
+PER_RUN, BEFORE, DURING, RELAY_BATCH = 10, 30, 30, 50
 
 
 @pytest.mark.timeout(240)

@@ -208,7 +208,7 @@ def test_two_recovery_processes_fire_each_timer_due_at_one_moment_once(
     workers = [start_worker(concurrency=2) for _ in range(2)]
     start_consumer()
     began = now()
-    wake_at = (now() + timedelta(seconds=8)).isoformat()
+    wake_at = (now() + timedelta(seconds=10)).isoformat()
     load.start(TIMERS, rate=200, make=lambda n: (load.event(n, flow="napper", wake_at=wake_at), None)).join()
     wait_for(lambda: waiting_steps(runtime) == TIMERS or ended_waits(runtime), 60, 0.1,
              f"{TIMERS} runs asleep until {wake_at}")
