@@ -88,8 +88,14 @@ def make_load(settings: Settings, topic_prefix: str) -> Iterator[Callable[..., L
 
 
 @pytest.fixture
-def start_worker(start_worker: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
-    """The root fixture's worker processes, SIGKILLed (whole process group) after the test."""
+def start_worker(start_worker: Callable[..., Any], topic_prefix: str,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+    """The root fixture's worker processes, SIGKILLed (whole process group) after the test.
+
+    They get the test's topic prefix, as the consumers do: a wait's topic is part of its
+    workflow's version, which must be the same in both (else the worker sees a deploy skew).
+    """
+    monkeypatch.setenv("ORCHESTRATOR_TEST_TOPIC_PREFIX", topic_prefix)
     started: list[Any] = []
 
     def start(*args: Any, **kwargs: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 from orchestrator import Concurrency, StepContext, Workflow, kafka_trigger
 from tests.flows import side_channel
@@ -219,3 +220,42 @@ limited = Workflow(
     concurrency=Concurrency(key="region", limit=2),
 )
 limited.step(_work, name="call", retries=3, backoff=0.2)
+
+
+# -- waits: sleeps and timeouts across restarts (test_wait_faults.py) ---------------------------
+#: Load events {"flow": "<workflow>"} on it start the waiting workflows below.
+WAITS_TOPIC = f"{PREFIX}waits"
+#: The topic `impatient` waits on; nobody publishes the reply, so its timeout fires.
+REPLIES_TOPIC = f"{PREFIX}replies"
+
+
+def waiting(name: str) -> Workflow:
+    return Workflow(name, triggers=[kafka_trigger(WAITS_TOPIC, match={"type": "load", "flow": name})])
+
+
+def _wake_at(ctx: StepContext) -> datetime:
+    """At `wake_at` (ISO time: many runs due at one moment), or `nap` seconds after the node
+    opens: inputs, so each test picks its sleep."""
+    if "wake_at" in ctx.input:
+        return datetime.fromisoformat(ctx.input["wake_at"])
+    return datetime.now(UTC) + timedelta(seconds=float(ctx.input["nap"]))
+
+
+#: A task, a durable sleep, a task.
+napper = waiting("napper")
+napper.step(_work, name="before", retries=3, backoff=0.2)
+napper.sleep("nap", after="before", until=_wake_at)
+napper.step(_work, name="after", after="nap", retries=3, backoff=0.2)
+
+#: A task, a wait for a reply that never comes (skipped after 5 s), a task skipped with it.
+impatient = waiting("impatient")
+impatient.step(_work, name="before", retries=3, backoff=0.2)
+impatient.wait_for_event("reply", after="before", topic=REPLIES_TOPIC, match={"type": "reply"},
+                         correlate={"id": lambda ctx: ctx.input["id"]}, timeout="5s", on_timeout="skip")
+impatient.step(_work, name="answered", after="reply", retries=3, backoff=0.2)
+
+#: A task and an approval nobody gives: the run fails 5 s after it opens.
+unsigned = waiting("unsigned")
+unsigned.step(_work, name="before", retries=3, backoff=0.2)
+unsigned.approval("sign-off", after="before", timeout="5s", on_timeout="fail")
+unsigned.step(_work, name="after", after="sign-off", retries=3, backoff=0.2)

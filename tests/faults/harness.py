@@ -9,6 +9,10 @@ the promises every fault test makes, whatever the fault:
 - no attempt of a step ran twice, and nothing ran after a step's success was recorded
   (from the side channel of `tests.faults.flows`, compared with the attempts in the database);
 - no offset committed in Kafka is ahead of the events recorded in the database;
+- waits agree with their steps and runs: a step is `waiting` exactly when it has one open
+  wait, no final run has an open wait or a waiting step, every ended wait says how it
+  ended, and no timer is overdue (`audit_waits`);
+- no emitted event is left unsent in the outbox for long (`audit_outbox`);
 - the API (`/api/runs`, `/api/events`, `/metrics`) reports what the database holds.
 
 It returns the figures of the test (`Figures`), which the suite prints and collects.
@@ -40,6 +44,12 @@ from tests.faults.flows import EXECUTIONS, RETURNED
 FINAL = ("succeeded", "failed", "cancelled")
 #: Whether the long soak variants run (./scripts/test --long).
 LONG = os.environ.get("ORCHESTRATOR_TEST_LONG") == "1"
+
+#: Timer ticks (ORCHESTRATOR_TIMER_INTERVAL) an open timer may be past due on a quiet system:
+#: a few, as a busy 2-core machine delays the recovery process's ticks.
+TIMER_SLACK_TICKS = 20
+#: Seconds an emitted event may stay unsent while Kafka is reachable and a relay runs.
+OUTBOX_SLACK = 30.0
 
 
 def now() -> datetime:
@@ -295,8 +305,12 @@ def audit(
     group: str | None = None,
     bootstrap: str | None = None,
     must_succeed: Callable[[str], bool] = lambda workflow: True,
+    unsent_within: float = OUTBOX_SLACK,
 ) -> Figures:
-    """Check every promise (module docstring) and fill in `figures`; raises on a broken one."""
+    """Check every promise (module docstring) and fill in `figures`; raises on a broken one.
+
+    `unsent_within`: seconds an emitted event may stay unsent (Kafka reachable, a relay running).
+    """
     published = list(published)
     assert len(set(published)) == len(published), "the load published an id twice"
     figures.events_in = len(published)
@@ -341,7 +355,9 @@ def audit(
         SELECT s.run_id, s.name, s.status, s.attempts,
                coalesce(array_agg(a.number ORDER BY a.number) FILTER (WHERE a.id IS NOT NULL), '{}'),
                coalesce(array_agg(a.status ORDER BY a.number) FILTER (WHERE a.id IS NOT NULL), '{}'),
-               coalesce(array_agg(a.error ORDER BY a.number) FILTER (WHERE a.id IS NOT NULL), '{}')
+               coalesce(array_agg(a.error ORDER BY a.number) FILTER (WHERE a.id IS NOT NULL), '{}'),
+               (SELECT w.status FROM waits w WHERE w.run_id = s.run_id AND w.step = s.name
+                 ORDER BY w.id DESC LIMIT 1)
           FROM steps s LEFT JOIN attempts a ON a.step_id = s.id
          GROUP BY s.id""")
     executions: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
@@ -353,9 +369,14 @@ def audit(
         run_id, step, _attempt = raw_key.decode().rsplit("|", 2)
         finished_runs[(run_id, step)] += int(raw_count)
     reruns = returned_again = 0
-    for run_id, name, status, attempts, numbers, statuses, errors in steps:
+    for run_id, name, status, attempts, numbers, statuses, errors, wait in steps:
         key = (str(run_id), name)
         ran = executions.get(key, {})
+        if wait is not None:  # a node that waits: no attempts; its wait ended it (`audit_waits`)
+            assert attempts == 0 and not numbers and not ran, f"waiting node {key} ran attempts {numbers} {ran}"
+            assert status != "succeeded" or wait in ("matched", "approved", "fired"), (
+                f"waiting node {key} succeeded but its last wait is {wait}")
+            continue
         assert list(numbers) == list(range(1, attempts + 1)), (key, numbers, attempts)
         twice = {n: c for n, c in ran.items() if c > 1}
         assert not twice, f"step {key} ran attempt(s) {twice} more than once"
@@ -376,6 +397,12 @@ def audit(
     if returned_again:
         figures.notes.append(f"{returned_again} step(s) ran to the end twice: the first outcome was never recorded")
 
+    # Waits agree with steps and runs; timers fired; emits relayed.
+    ended = audit_waits(runtime, overdue_after=TIMER_SLACK_TICKS * runtime.settings.timer_interval)
+    if ended:
+        figures.notes.append("waits " + ", ".join(f"{s} {n}" for s, n in sorted(ended.items())))
+    audit_outbox(runtime, unsent_within)
+
     # Kafka never holds a committed offset whose event is not in the database.
     if group and bootstrap:
         assert_committed_offsets_recorded(runtime, bootstrap, group)
@@ -391,6 +418,62 @@ def audit(
         before = [r[5] for r in runs if r[4] <= fault_at and r[5] is not None]
         figures.recover_s = max(0.0, max(((f - fault_at).total_seconds() for f in before), default=0.0))
     return figures
+
+
+def audit_waits(runtime: Any, overdue_after: float | None) -> Counter[str]:
+    """Check the waits against their steps and runs; returns the ended waits per status.
+
+    `overdue_after`: seconds an open timer may be past due (None: not checked, for a moment
+    when no recovery process runs).
+    """
+    orphans = rows(runtime, """
+        SELECT w.run_id, w.step, w.kind, s.status FROM waits w
+          LEFT JOIN steps s ON s.run_id = w.run_id AND s.name = w.step
+         WHERE w.status = 'open' AND s.status IS DISTINCT FROM 'waiting' LIMIT 5""")
+    assert not orphans, f"open waits whose step is not waiting (run, step, kind, step status): {orphans}"
+    unmatched = rows(runtime, """
+        SELECT s.run_id, s.name, count(w.id) FROM steps s
+          LEFT JOIN waits w ON w.run_id = s.run_id AND w.step = s.name AND w.status = 'open'
+         WHERE s.status = 'waiting' GROUP BY 1, 2 HAVING count(w.id) <> 1 LIMIT 5""")
+    assert not unmatched, f"waiting steps without exactly one open wait (run, step, open waits): {unmatched}"
+    final = rows(runtime, """
+        SELECT r.id, r.status, s.name, s.status,
+               (SELECT count(*) FROM waits w WHERE w.run_id = r.id AND w.step = s.name AND w.status = 'open')
+          FROM runs r JOIN steps s ON s.run_id = r.id
+         WHERE r.status IN ('succeeded', 'failed', 'cancelled')
+           AND (s.status = 'waiting' OR EXISTS (SELECT 1 FROM waits w WHERE w.run_id = r.id
+                                                 AND w.step = s.name AND w.status = 'open'))
+         LIMIT 5""")
+    assert not final, f"final runs with a waiting step or an open wait (run, status, step, step status, open): {final}"
+    # How each ended wait ended is on its row: a time, and the event or decision that ended it.
+    muddled = rows(runtime, """
+        SELECT id, run_id, step, kind, status, closed_at, event_id, decision FROM waits
+         WHERE (status = 'open') = (closed_at IS NOT NULL)
+            OR (status = 'matched') <> (event_id IS NOT NULL)
+            OR (status IN ('approved', 'rejected')) <> (decision IS NOT NULL)
+            OR (status = 'fired' AND kind <> 'sleep')
+            OR (status IN ('matched', 'timed_out') AND kind = 'sleep')
+            OR (status = 'timed_out' AND (due_at IS NULL OR closed_at < due_at))
+            OR (status = 'fired' AND closed_at < due_at)
+         LIMIT 5""")
+    assert not muddled, f"ended waits whose row contradicts how they ended: {muddled}"
+    if overdue_after is not None:
+        overdue = rows(runtime, """
+            SELECT run_id, step, kind, due_at, now() - due_at FROM waits
+             WHERE status = 'open' AND due_at < now() - make_interval(secs => :slack)
+             ORDER BY due_at LIMIT 5""", slack=overdue_after)
+        assert not overdue, f"open timers more than {overdue_after:g}s past due (run, step, kind, due, late): {overdue}"
+    return Counter(dict(rows(runtime, "SELECT status, count(*) FROM waits WHERE status <> 'open' GROUP BY 1")))
+
+
+def audit_outbox(runtime: Any, unsent_within: float) -> int:
+    """No emitted event unsent for longer than `unsent_within` seconds; returns how many are unsent."""
+    stale = rows(runtime, """
+        SELECT id, run_id, step, topic, created_at FROM outbox
+         WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => :slack)
+         ORDER BY id LIMIT 5""", slack=unsent_within)
+    assert not stale, f"emitted events unsent for more than {unsent_within:g}s (id, run, step, topic, created): {stale}"
+    return int(scalar(runtime, "SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
 
 
 def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
@@ -472,3 +555,7 @@ def assert_api_matches_database(runtime: Any) -> None:
     assert +runs_metric == +stored_runs, f"/metrics orchestrator_runs {dict(runs_metric)} != {dict(stored_runs)}"
     stored_outcomes = Counter(dict(rows(runtime, "SELECT outcome, count(*) FROM events GROUP BY 1")))
     assert +events_metric == +stored_outcomes, f"/metrics events {dict(events_metric)} != {dict(stored_outcomes)}"
+    backlog = next(float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("orchestrator_outbox_backlog "))
+    unsent = int(scalar(runtime, "SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+    assert int(backlog) == unsent, f"/metrics orchestrator_outbox_backlog {backlog:g} != {unsent} unsent outbox rows"
