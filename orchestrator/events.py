@@ -238,18 +238,51 @@ def recorded_events(engine: WorkflowEngine, messages: Iterable[Message]) -> dict
         spans[(topic, partition)] = (min(low, offset), max(high, offset))
     table = Event.__table__
     query = select(table.c.topic, table.c.partition, table.c.offset, table.c.id,
-                   table.c.outcome, table.c.reason).where(or_(*(
+                   table.c.outcome, table.c.reason, table.c.kafka_timestamp).where(or_(*(
                        and_(table.c.topic == topic, table.c.partition == partition,
                             table.c.offset.between(low, high))
                        for (topic, partition), (low, high) in spans.items()
                    )))
     with engine.sessions() as session:
-        found = session.execute(query).all()
+        found = [row for row in session.execute(query).all() if _key_of_row(row) in wanted]
+    for row in found:
+        _warn_if_reused(row, wanted[_key_of_row(row)])
     return {
         (t, p, o): Assessment(wanted[(t, p, o)], outcome, reason, event_id=event_id)
-        for t, p, o, event_id, outcome, reason in found
-        if (t, p, o) in wanted
+        for t, p, o, event_id, outcome, reason, _ in found
     }
+
+
+def _key_of_row(row: Any) -> tuple[str, int, int]:
+    return (row.topic, row.partition, row.offset)
+
+
+#: Topic partitions already warned about (`_warn_if_reused`), once per process each.
+_REUSED: set[tuple[str, int]] = set()
+
+
+def _warn_if_reused(row: Any, message: Message) -> None:
+    """A message at a recorded offset whose Kafka timestamp differs is not a redelivery: the
+    topic was created again (or `orchestrator dev` restarted its in-memory broker while the
+    database kept its events). It is still skipped, as its offset is recorded: say so once."""
+    recorded, now = row.kafka_timestamp, _timestamp(message.timestamp_ms)
+    if recorded is None or now is None or (message.topic, message.partition) in _REUSED:
+        return
+    if abs((_aware(recorded) - now).total_seconds()) < 0.001:
+        return
+    _REUSED.add((message.topic, message.partition))
+    log.warning(
+        "event %s/%s/%s: this offset is recorded already, for a message of %s; this one is of %s. "
+        "The topic was deleted and created again (or the embedded broker of `orchestrator dev` "
+        "restarted while its database kept the events), so messages at recorded offsets are "
+        "skipped as duplicates. Start from an empty database (in dev: remove .orchestrator/) "
+        "or use a new topic.",
+        message.topic, message.partition, message.offset, _aware(recorded).isoformat(), now.isoformat(),
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # -- services ---------------------------------------------------------------------------

@@ -210,6 +210,21 @@ def test_messages_get_successive_offsets_and_a_repeated_offset_is_a_redelivery(o
     assert len(orchestrator_test.runs()) == 2
 
 
+def test_a_recorded_offset_reused_by_a_newer_message_is_skipped_and_said(orchestrator_test, caplog):
+    """A topic created again (or dev's in-memory broker restarted) reuses offsets: the
+    message is still taken for recorded, but the log says why, once."""
+    first = orchestrator_test.publish("things", {"type": "thing.happened", "thing": {"n": 1}}, partition=7)
+    orchestrator_test.advance("1h")
+    with caplog.at_level("WARNING", logger="orchestrator.events"):
+        again = orchestrator_test.publish("things", {"type": "thing.happened", "thing": {"n": 9}},
+                                          partition=7, offset=first.offset)
+        orchestrator_test.publish("things", {"type": "thing.happened", "thing": {"n": 8}},
+                                  partition=7, offset=first.offset)
+    assert again.redelivered and again.event_id == first.event_id
+    warnings = [r.getMessage() for r in caplog.records if "this offset is recorded already" in r.getMessage()]
+    assert len(warnings) == 1 and "created again" in warnings[0]
+
+
 def test_an_event_with_a_dedupe_value_already_seen_starts_nothing(orchestrator_test):
     orchestrator_test.publish("things", {"type": "thing.happened", "thing": {"n": 1}})
     twin = orchestrator_test.publish("things", {"type": "thing.happened", "thing": {"n": 1}})
