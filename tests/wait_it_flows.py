@@ -58,7 +58,7 @@ def ship(ctx: StepContext) -> dict:
     if ctx.attempt == 1 and ctx.input.get("fail_ship"):
         raise RuntimeError("ship fails its first attempt after emitting")
     return {"payment": ctx.results["payment"], "event": ctx.events["payment"],
-            "reserve": ctx.results["reserve"]}
+            "seen": sorted(ctx.results)}
 
 
 # -- lookback: the wait is the root, so it opens in start_run ------------------------------

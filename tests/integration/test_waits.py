@@ -121,7 +121,7 @@ def test_a_later_event_completes_the_wait_and_the_successor_reads_it(
     assert step_of(run, "payment")["result"] == payload
     shipped = step_of(run, "ship")["result"]
     assert shipped["payment"] == payload
-    assert shipped["reserve"] == {"reserved": order}  # a grandparent's result too
+    assert shipped["seen"] == ["payment"]  # its parent's; a task grandparent's stays out
     assert shipped["event"] == {
         "event_id": event.id, "topic": F.PAYMENTS, "partition": 0, "offset": event.offset,
         "key": order, "timestamp": event.kafka_timestamp.isoformat(),
