@@ -644,9 +644,9 @@ class WorkflowEngine:
         run = self._lock_run(session, run_id)
         if not WT.end_wait(session, wait_id, W.MATCHED, now, event_id=event.event_id):
             return False
-        return self._settle_waiting(session, outbox, run, step, P.SUCCEEDED, now, result=event.payload)
+        return self.settle_waiting(session, outbox, run, step, P.SUCCEEDED, now, result=event.payload)
 
-    def _settle_waiting(
+    def settle_waiting(
         self, session: Session, outbox: Outbox, run: Run, step: str, status: str, now: datetime, *,
         result: Any = None, error: str | None = None, reason: str | None = None,
     ) -> bool:
@@ -690,11 +690,11 @@ class WorkflowEngine:
             WT.end_wait(session, wait.id, W.APPROVED if decision == "approve" else W.REJECTED, now,
                         decision=decision, comment=comment, decided_by=by)
             if decision == "approve":
-                self._settle_waiting(session, outbox, run, step, P.SUCCEEDED, now, result=outcome)
+                self.settle_waiting(session, outbox, run, step, P.SUCCEEDED, now, result=outcome)
             else:
                 # The comment is the error, as the person wrote it (who and when are stored apart).
                 error = comment or (f"rejected by {by}" if by else "rejected")
-                self._settle_waiting(session, outbox, run, step, P.FAILED, now, error=error)
+                self.settle_waiting(session, outbox, run, step, P.FAILED, now, error=error)
         return outcome
 
     def fire_due(self, limit: int = 500) -> int:
@@ -736,13 +736,13 @@ class WorkflowEngine:
             if not WT.end_wait(session, wait.id, W.FIRED, now):
                 return False
             result = {"slept_until": _aware(wait.due_at).isoformat(), "woke_at": now.isoformat()}
-            return self._settle_waiting(session, outbox, run, wait.step, P.SUCCEEDED, now, result=result)
+            return self.settle_waiting(session, outbox, run, wait.step, P.SUCCEEDED, now, result=result)
         if not WT.end_wait(session, wait.id, W.TIMED_OUT, now):
             return False
         why = WT.timed_out(wait)
         if spec.get("on_timeout") == "skip":
-            return self._settle_waiting(session, outbox, run, wait.step, P.SKIPPED, now, reason=why)
-        return self._settle_waiting(session, outbox, run, wait.step, P.FAILED, now, error=why)
+            return self.settle_waiting(session, outbox, run, wait.step, P.SKIPPED, now, reason=why)
+        return self.settle_waiting(session, outbox, run, wait.step, P.FAILED, now, error=why)
 
     def _fail_wait(self, wait_id: int, rid: uuid.UUID, step: str, error: str) -> None:
         now = utcnow()
@@ -750,7 +750,7 @@ class WorkflowEngine:
             with self.transaction() as (session, outbox):
                 run = self._lock_run(session, rid)
                 if WT.end_wait(session, wait_id, W.TIMED_OUT, now):
-                    self._settle_waiting(session, outbox, run, step, P.FAILED, now, error=error)
+                    self.settle_waiting(session, outbox, run, step, P.FAILED, now, error=error)
         except (OperationalError, InterfaceError, DisconnectionError):
             raise
         except Exception:  # noqa: BLE001 - logged; the next tick tries again

@@ -330,7 +330,7 @@ def _fail_matched(engine: WorkflowEngine, session: Session, outbox: Outbox, row:
         with session.begin_nested():
             run = session.get(Run, row.run_id, populate_existing=True)
             if run is not None and end_wait(session, row.id, W.MATCHED, now, event_id=event.event_id):
-                engine._settle_waiting(session, outbox, run, row.step, "failed", now, error=error[:2000])
+                engine.settle_waiting(session, outbox, run, row.step, "failed", now, error=error[:2000])
     except Exception:  # noqa: BLE001 - logged; the wait stays open for its timer
         log.exception("could not fail wait %s of run %s either", row.step, row.run_id)
 
