@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from . import concurrency as C
 from . import waits as W
@@ -150,6 +150,17 @@ def end_wait(session: Session, wait_id: int, status: str, now: datetime, **colum
     return done.rowcount == 1
 
 
+def end_waits(session: Session, wait_ids: Sequence[int], status: str, now: datetime) -> set[int]:
+    """`end_wait` for many in one statement; returns the ids of those that were open."""
+    if not wait_ids:
+        return set()
+    done = session.execute(
+        update(_WAITS).where(_WAITS.c.id.in_(list(wait_ids)), _WAITS.c.status == W.OPEN)
+        .values(status=status, closed_at=now).returning(_WAITS.c.id)
+    )
+    return set(done.scalars())
+
+
 def close_waits(session: Session, run_ids: Iterable[uuid.UUID], steps: Iterable[str] | None, now: datetime) -> None:
     """Close the open waits of these runs (of these nodes only, when given)."""
     ids = list(run_ids)
@@ -239,9 +250,11 @@ def lock_all(session: Session, names: Iterable[str]) -> None:
     ).all()
 
 
-def lock_runs(session: Session, run_ids: Iterable[uuid.UUID], *, skip_locked: bool = False) -> dict[uuid.UUID, Run]:
+def lock_runs(session: Session, run_ids: Iterable[uuid.UUID], *, skip_locked: bool = False,
+              with_steps: bool = False) -> dict[uuid.UUID, Run]:
     """Lock several runs in the global order: their concurrency keys sorted, then the rows
-    by id. With `skip_locked`, runs another transaction holds are left out."""
+    by id. With `skip_locked`, runs another transaction holds are left out; `with_steps`
+    loads their steps too, in one more query (not one per run)."""
     ids = sorted(set(run_ids))
     if not ids:
         return {}
@@ -252,6 +265,8 @@ def lock_runs(session: Session, run_ids: Iterable[uuid.UUID], *, skip_locked: bo
     for workflow, key in keys:
         C.lock_key(session, C.run_scope(workflow), key)
     query = select(Run).where(Run.id.in_(ids)).order_by(Run.id).with_for_update(skip_locked=skip_locked)
+    if with_steps:
+        query = query.options(selectinload(Run.steps))
     return {run.id: run for run in session.scalars(query)}
 
 
@@ -308,7 +323,7 @@ def match_events(
                 chosen.append((row, event))
     if not chosen:
         return set()
-    lock_runs(session, {row.run_id for row, _ in chosen})
+    lock_runs(session, {row.run_id for row, _ in chosen}, with_steps=True)
     completed: set[int] = set()
     for row, event in sorted(chosen, key=lambda c: c[0].id):
         try:
