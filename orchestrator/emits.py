@@ -26,6 +26,9 @@ EVENT_ID_HEADER = "orchestrator-event-id"
 RUN_ID_HEADER = "orchestrator-run-id"
 #: Header holding the name of the step that emitted the message.
 STEP_HEADER = "orchestrator-step"
+#: PostgreSQL channel a success with emits notifies at its commit: the relay listens, so
+#: it publishes at once rather than at its next look (ORCHESTRATOR_RELAY_INTERVAL).
+OUTBOX_CHANNEL = "orchestrator_outbox"
 #: Header names a step may not set itself: the relay's own, present and future.
 RESERVED_HEADER_PREFIX = "orchestrator-"
 #: Most emits one attempt may make; each becomes an outbox row in the success's transaction.

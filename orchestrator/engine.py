@@ -37,7 +37,7 @@ from .db.hotpath import hot_path_for, succeeded_results
 from .db.models import Attempt, OutboxRow, Run, StepRun, WorkflowVersion
 from .dispatch import Dispatch, Dispatcher
 from .dsl import Concurrency, StepContext, Workflow
-from .emits import Emit, headers_json
+from .emits import OUTBOX_CHANNEL, Emit, headers_json
 from .errors import DeploySkew, InvalidInput, NotWaiting, RunNotFound, StepNotLoaded
 from .jsonvalues import check_json as check_json  # executor and callers import it from here
 from .registry import Registry
@@ -651,14 +651,9 @@ class WorkflowEngine:
         result: Any = None, error: str | None = None, reason: str | None = None,
     ) -> bool:
         """End a locked run's waiting node with `status` and move the run on."""
-        row = next((r for r in run.steps if r.name == step), None)
-        if row is None or row.status != P.WAITING:
+        row = _end_waiting_step(run, step, status, now, result=result, error=error, reason=reason)
+        if row is None:
             return False
-        row.status = status
-        row.result = result
-        row.error = error
-        row.reason = reason
-        row.finished_at = now
         self._settled(session, outbox, run, self._definition_of(run, session), row, now)
         return True
 
@@ -752,28 +747,26 @@ class WorkflowEngine:
         closed = WT.end_waits(session, sleeps, W.FIRED, now) | WT.end_waits(
             session, [w.id for w in due if w.kind != W.SLEEP], W.TIMED_OUT, now
         )
-        fired = 0
+        # The nodes first, then what follows them: each flush then writes rows changed
+        # alike together (a statement per kind, not two per timer).
+        ended = []
         for wait in due:
-            if wait.id in closed and self._settle_fired(session, outbox, runs[wait.run_id], wait, now):
-                fired += 1
+            if wait.id in closed:
+                status, outcome = _timer_outcome(wait, now)
+                row = _end_waiting_step(runs[wait.run_id], wait.step, status, now, **outcome)
+                if row is not None:
+                    ended.append((runs[wait.run_id], row))
         session.flush()
-        return fired
+        for run, row in ended:
+            self._settled(session, outbox, run, self._definition_of(run, session), row, now)
+        session.flush()
+        return len(ended)
 
     def _fire(self, session: Session, outbox: Outbox, run: Run, wait: Any, now: datetime) -> bool:
         if not WT.end_wait(session, wait.id, W.FIRED if wait.kind == W.SLEEP else W.TIMED_OUT, now):
             return False
-        return self._settle_fired(session, outbox, run, wait, now)
-
-    def _settle_fired(self, session: Session, outbox: Outbox, run: Run, wait: Any, now: datetime) -> bool:
-        """A timer's wait was closed: the sleep succeeds; a wait or approval times out."""
-        spec = wait.spec or {}
-        if wait.kind == W.SLEEP:
-            result = {"slept_until": _aware(wait.due_at).isoformat(), "woke_at": now.isoformat()}
-            return self.settle_waiting(session, outbox, run, wait.step, P.SUCCEEDED, now, result=result)
-        why = WT.timed_out(wait)
-        if spec.get("on_timeout") == "skip":
-            return self.settle_waiting(session, outbox, run, wait.step, P.SKIPPED, now, reason=why)
-        return self.settle_waiting(session, outbox, run, wait.step, P.FAILED, now, error=why)
+        status, outcome = _timer_outcome(wait, now)
+        return self.settle_waiting(session, outbox, run, wait.step, status, now, **outcome)
 
     def _fail_wait(self, wait_id: int, rid: uuid.UUID, step: str, error: str) -> None:
         now = utcnow()
@@ -1021,9 +1014,10 @@ class WorkflowEngine:
                 self._lease_lost(session, claim)
                 return
             if outcome.emits:
-                session.connection().execute(
-                    _INSERT_OUTBOX, outbox_rows(claim, outcome.emits, now)
-                )
+                conn = session.connection()
+                conn.execute(_INSERT_OUTBOX, outbox_rows(claim, outcome.emits, now))
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"NOTIFY {OUTBOX_CHANNEL}")  # delivered at the commit
             step = workflow.steps.get(claim.step)
             if step is not None and step.concurrency is not None:
                 key = session.scalar(select(steps.c.concurrency_key).where(steps.c.id == claim.step_id))
@@ -1528,6 +1522,31 @@ def _fail_running_attempt(session: Session, row: StepRun, error: str, now: datet
         attempt.status = P.FAILED
         attempt.error = error
         attempt.finished_at = now
+
+
+def _end_waiting_step(run: Run, step: str, status: str, now: datetime, *, result: Any = None,
+                      error: str | None = None, reason: str | None = None) -> StepRun | None:
+    """Set a locked run's waiting node to `status`; None if it is not waiting."""
+    row = next((r for r in run.steps if r.name == step), None)
+    if row is None or row.status != P.WAITING:
+        return None
+    row.status = status
+    row.result = result
+    row.error = error
+    row.reason = reason
+    row.finished_at = now
+    return row
+
+
+def _timer_outcome(wait: Any, now: datetime) -> tuple[str, dict[str, Any]]:
+    """How a node ends when its timer fires: a sleep succeeds; a wait or an approval times
+    out, failing or (`on_timeout="skip"`) skipped."""
+    if wait.kind == W.SLEEP:
+        return P.SUCCEEDED, {"result": {"slept_until": _aware(wait.due_at).isoformat(), "woke_at": now.isoformat()}}
+    why = WT.timed_out(wait)
+    if (wait.spec or {}).get("on_timeout") == "skip":
+        return P.SKIPPED, {"reason": why}
+    return P.FAILED, {"error": why}
 
 
 def _aware(moment: datetime) -> datetime:

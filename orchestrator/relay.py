@@ -22,6 +22,11 @@ Guarantees:
   within `ORCHESTRATOR_RELAY_INTERVAL` when the active one dies (its transaction, and so its
   locks, end with its connection). On SQLite run one relay: a second one only causes
   duplicates, which readers drop.
+* **Publishes at once.** A success with emits notifies `OUTBOX_CHANNEL` at its commit
+  (PostgreSQL `NOTIFY`); an idle relay listens on it (`OutboxListener`) and so starts its
+  next batch as soon as the rows are visible. It also looks every
+  `ORCHESTRATOR_RELAY_INTERVAL` seconds, which is all it does on SQLite or while its
+  listening connection is away.
 * **Never stops its host.** Inside `orchestrator consume` it is a thread of its own
   (`RelayThread`): Kafka or the database being away, or anything else going wrong, is
   logged once and retried with a growing pause; meanwhile steps keep writing, so the outbox
@@ -47,7 +52,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import clock
 from .db.models import OutboxRow
-from .emits import EVENT_ID_HEADER, RUN_ID_HEADER, STEP_HEADER, headers_of_json
+from .emits import EVENT_ID_HEADER, OUTBOX_CHANNEL, RUN_ID_HEADER, STEP_HEADER, headers_of_json
 from .kafka import create_producer, quiet_client_logs
 from .settings import Settings
 
@@ -155,6 +160,51 @@ def relay_batch(db: Engine, producer: Any, limit: int) -> BatchOutcome:
     return outcome
 
 
+class OutboxListener:
+    """A connection of its own listening on `OUTBOX_CHANNEL`: `wait(seconds)` returns when
+    a success with emits commits, or after `seconds`. Off PostgreSQL (psycopg), or while it
+    cannot connect, it only sleeps, and the relay polls."""
+
+    def __init__(self, db: Engine, stopping: threading.Event) -> None:
+        self.enabled = db.dialect.name == "postgresql" and db.dialect.driver == "psycopg"
+        self.conninfo = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.stopping = stopping
+        self._conn: Any = None
+
+    def wait(self, seconds: float) -> None:
+        conn = self._connect()
+        if conn is None:
+            self.stopping.wait(seconds)
+            return
+        try:
+            for _ in conn.notifies(timeout=seconds, stop_after=1):
+                pass
+        except Exception:  # noqa: BLE001 - the database went away: poll until it is back
+            log.debug("relay: lost the connection listening for new emits", exc_info=True)
+            self.close()
+            self.stopping.wait(seconds)
+
+    def _connect(self) -> Any:
+        if self._conn is None and self.enabled:
+            import psycopg
+
+            try:
+                self._conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+                self._conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            except Exception:  # noqa: BLE001 - polled meanwhile; tried again next time
+                log.debug("relay: cannot listen for new emits", exc_info=True)
+                self.close()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - closing a connection that is gone
+                log.debug("error closing the relay's listening connection", exc_info=True)
+            self._conn = None
+
+
 class Relay:
     """The relay service: `run()` publishes the outbox until `stop()`; it never raises."""
 
@@ -168,6 +218,7 @@ class Relay:
         self.settings = settings
         self.producer_factory = producer_factory
         self.stopping = threading.Event()
+        self.listener = OutboxListener(db, self.stopping)
         self.sent = 0
         self._producer: Any = None
         self._failures = 0
@@ -183,9 +234,12 @@ class Relay:
         try:
             while not self.stopping.is_set():
                 pause = self.tick()
-                if pause:
-                    self.stopping.wait(pause)
+                if pause and self._down_since is None:
+                    self.listener.wait(pause)  # idle: the next commit with emits wakes it
+                elif pause:
+                    self.stopping.wait(pause)  # failing: back off, whatever commits
         finally:
+            self.listener.close()
             self._close()
             log.info("relay stopped; %d event(s) relayed", self.sent)
 

@@ -52,7 +52,8 @@ DEFAULT_KAFKA_BATCH_SIZE = 500
 #: rolling deploy may still have it) before it fails; also how long a workflow version no
 #: worker reports any more is still counted as deployed.
 DEFAULT_VERSION_GRACE = 600.0
-#: Seconds the outbox relay waits, when the outbox is empty, before looking again.
+#: Seconds the outbox relay waits, when the outbox is empty, before looking again (on
+#: PostgreSQL a commit with emits wakes it sooner: `emits.OUTBOX_CHANNEL`).
 DEFAULT_RELAY_INTERVAL = 0.5
 #: Most outbox rows one relay transaction publishes.
 DEFAULT_RELAY_BATCH_SIZE = 500
