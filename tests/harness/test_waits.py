@@ -135,6 +135,21 @@ def test_sleep_until_a_moment_and_one_in_the_past(orchestrator_test):
     assert past.status == "succeeded"
 
 
+def test_timers_due_at_one_moment_fire_together_each_as_it_would_alone(orchestrator_test):
+    h = orchestrator_test
+    moment = (h.now + timedelta(minutes=10)).isoformat()
+    sleepers = [h.start("wait-sleepy", {"until": moment}) for _ in range(3)]
+    both = h.start("wait-two-naps", {"until": moment})  # two nodes of one run in one batch
+    optional = h.start("wait-optional", {"user": "u2"})  # its 10m timeout: skip
+    h.advance("10m")
+    assert [r.status for r in sleepers] == ["succeeded"] * 3
+    assert both.status == "succeeded"
+    assert both.steps["join"].result == ["nap-a", "nap-b"]
+    assert (both.steps["nap-a"].status, both.steps["nap-b"].status) == ("succeeded", "succeeded")
+    assert optional.status == "succeeded" and optional.steps["bonus"].status == "skipped"
+    assert waits_of(h, both) == [("nap-a", "fired"), ("nap-b", "fired")]
+
+
 def test_sleep_until_a_naive_datetime_fails_the_node(orchestrator_test):
     run = orchestrator_test.start("wait-sleepy", {"until": "2030-01-01T00:00:00"})
     assert run.status == "failed"

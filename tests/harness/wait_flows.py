@@ -66,6 +66,16 @@ def wake(ctx):
     return ctx.results["nap"]
 
 
+naps = Workflow("wait-two-naps")
+nap_a = naps.sleep("nap-a", until=lambda ctx: datetime.fromisoformat(ctx.input["until"]))
+nap_b = naps.sleep("nap-b", until=lambda ctx: datetime.fromisoformat(ctx.input["until"]))
+
+
+@naps.step(after=[nap_a, nap_b])
+def join(ctx):
+    return sorted(ctx.results)
+
+
 broken = Workflow("wait-broken")
 broken.wait_for_event("never", topic="w-payments", correlate={"order.id": lambda ctx: ctx.input["missing"]})
 
