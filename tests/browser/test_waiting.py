@@ -95,7 +95,7 @@ def test_reject_a_waiting_approval_with_a_comment(page, server, runtime, tmp_pat
     expect(page.locator("#run-status")).to_have_attribute("data-status", "failed")
     expect(page.locator("#run-dag g.node[data-node=manager]")).to_have_class("node s-failed")
     step = page.locator("#run-steps article[data-step=manager]")
-    expect(step.locator("pre.error-text")).to_contain_text("rejected by dashboard: budget <frozen>")
+    expect(step.locator("pre.error-text")).to_have_text("budget <frozen>")
     expect(step.locator(".wait-decision")).to_contain_text("rejected by dashboard at")
     expect(step.locator(".wait-comment")).to_have_text("budget <frozen>")
     expect(step.locator(".wait-end")).to_contain_text("rejected at")
