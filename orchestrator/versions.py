@@ -117,9 +117,9 @@ def planning_view(
         kind = item.get("kind", W.TASK)
         wait = None
         if kind != W.TASK:
-            wait = (code.wait if code is not None and code.kind == kind and code.wait is not None
-                    and code.wait.describe() == item.get("wait")
-                    else _restore_wait(kind, item.get("wait") or {},
+            same_kind = code.wait if code is not None and code.kind == kind else None
+            wait = (same_kind if same_kind is not None and same_kind.describe() == item.get("wait")
+                    else _restore_wait(kind, item.get("wait") or {}, same_kind,
                                        _missing(name, item["name"], version, deployed, f"the {kind} node")))
         view.steps[item["name"]] = Step(
             kind=kind,
@@ -139,18 +139,22 @@ def planning_view(
     return view
 
 
-def _restore_wait(kind: str, spec: Mapping[str, Any], missing: Callable[[StepContext], Any]) -> W.WaitSpec:
-    """A stored node's wait, for a run of a version whose code is gone: what needs code
-    (correlation values, `until`) raises `StepNotLoaded`, which fails the node as it opens."""
+def _restore_wait(kind: str, spec: Mapping[str, Any], loaded: W.WaitSpec | None,
+                  missing: Callable[[StepContext], Any]) -> W.WaitSpec:
+    """A stored node's wait, with the version's options and the loaded code's functions
+    (correlation values by path, `until`) where the loaded node of that name has them; a
+    function it lacks raises `StepNotLoaded`, which fails the node as it opens."""
     if kind == W.EVENT:
+        code = loaded.correlate if isinstance(loaded, W.EventWait) else {}
         return W.EventWait(topic=spec.get("topic", ""), match=spec.get("match") or {},
-                           correlate=dict.fromkeys(spec.get("correlate") or (), missing),
+                           correlate={p: code.get(p, missing) for p in spec.get("correlate") or ()},
                            timeout=spec.get("timeout"), on_timeout=spec.get("on_timeout", "fail"),
                            lookback=spec.get("lookback"))
     if kind == W.APPROVAL:
         return W.ApprovalWait(timeout=spec.get("timeout"), on_timeout=spec.get("on_timeout", "fail"))
     if spec.get("until"):
-        return W.SleepWait(until=missing)
+        until = loaded.until if isinstance(loaded, W.SleepWait) and loaded.until else missing
+        return W.SleepWait(until=until)
     return W.SleepWait(duration=spec.get("duration"))
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator import Workflow
 from orchestrator import waits as W
-from orchestrator.errors import WorkflowDefinitionError
+from orchestrator.errors import StepNotLoaded, WorkflowDefinitionError
 from orchestrator.versions import planning_view, structure, structure_hash
 
 
@@ -115,3 +115,18 @@ def test_waiting_nodes_use_no_queue_and_their_topics_are_known():
     assert f.queues == set()
     assert f.wait_topics == {"payments"}
     assert f.describe()["steps"][0]["wait"]["topic"] == "payments"
+
+
+def test_a_run_of_an_older_version_reopens_its_wait_with_the_loaded_correlate_function():
+    old = flow()
+    old.wait_for_event("paid", topic="payments", correlate={"order.id": lambda ctx: 1}, timeout="1h")
+    shape = structure(old)
+    new = flow()
+    new.wait_for_event("paid", topic="payments", correlate={"order.id": lambda ctx: 7}, timeout="2h")
+    view = planning_view("w", "old", shape, new)
+    wait = view.steps["paid"].wait
+    assert wait.timeout == 3600  # the version's option
+    assert wait.correlate["order.id"](None) == 7  # the loaded code's function
+    gone = planning_view("w", "old", shape, None).steps["paid"].wait
+    with pytest.raises(StepNotLoaded, match="the event node 'paid'"):
+        gone.correlate["order.id"](None)
