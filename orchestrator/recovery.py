@@ -12,11 +12,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from sqlalchemy import select, text
+from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import planner as P
@@ -34,26 +35,34 @@ BATCH = 500
 CONNECTION_ERRORS = (OperationalError, InterfaceError, DisconnectionError)
 
 
-def fire_timers(engine: WorkflowEngine) -> int:
-    """Fire every due timer (sleeps end, waits and approvals time out), in batches of
-    `BATCH`, under the sweeper's advisory lock: many hosts may run this, each timer fires
-    once (`WorkflowEngine.fire_due` is conditional besides). Returns how many fired."""
+@contextmanager
+def sweeper_lock(engine: WorkflowEngine) -> Iterator[Connection | None]:
+    """Hold the sweeper's advisory lock for the block: yields a dedicated connection (a
+    session-level advisory lock belongs to its connection), or None when another node
+    holds the lock and this one is to skip its round. Off PostgreSQL there is no lock."""
     db = engine.sessions.kw["bind"]
     postgres = db.dialect.name == "postgresql"
-    fired = 0
     with db.connect() as conn:
         if postgres:
             if not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}):
                 conn.rollback()
-                return 0
+                yield None
+                return
             conn.commit()
         try:
-            fired = _fire_all(engine)
+            yield conn
         finally:
             if postgres:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
                 conn.commit()
-    return fired
+
+
+def fire_timers(engine: WorkflowEngine) -> int:
+    """Fire every due timer (sleeps end, waits and approvals time out), in batches of
+    `BATCH`, under the sweeper's advisory lock: many hosts may run this, each timer fires
+    once (`WorkflowEngine.fire_due` is conditional besides). Returns how many fired."""
+    with sweeper_lock(engine) as conn:
+        return 0 if conn is None else _fire_all(engine)
 
 
 def _fire_all(engine: WorkflowEngine) -> int:
@@ -77,46 +86,35 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
     now = datetime.now(UTC)
     counts = {"expired": 0, "redelivered": 0, "admitted": 0, "abandoned": 0, "timers": 0}
     _report_versions(engine)
-    db = engine.sessions.kw["bind"]
-    postgres = db.dialect.name == "postgresql"
-    # A dedicated connection: a session-level advisory lock belongs to its connection.
-    with db.connect() as conn:
-        if postgres:
-            if not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}):
-                conn.rollback()
-                return counts
-            conn.commit()
-        try:
-            expired = conn.scalars(
-                select(StepRun.id)
-                .where(StepRun.status == P.RUNNING, StepRun.lease_expires_at < now)
-                .limit(BATCH)
-            ).all() if expire_leases else []
-            stale = conn.scalars(
-                select(StepRun.id)
-                .where(
-                    StepRun.status.in_((P.QUEUED, P.RETRYING)), StepRun.lease_expires_at < now
-                )
-                .limit(BATCH)
-            ).all()
-            conn.rollback()
-            for step_id in expired:
-                try:
-                    if engine.expire_lease(step_id):
-                        counts["expired"] += 1
-                except CONNECTION_ERRORS:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one bad step must not stop the sweep
-                    _give_up(engine, step_id, "settle the lapsed lease of", exc)
-            if stale:
-                counts["redelivered"] = _redeliver(engine, stale)
-            counts["admitted"] = engine.admit_waiting()
-            counts["abandoned"] = engine.fail_abandoned()
-            counts["timers"] = _fire_all(engine)
-        finally:
-            if postgres:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
-                conn.commit()
+    with sweeper_lock(engine) as conn:
+        if conn is None:
+            return counts
+        expired = conn.scalars(
+            select(StepRun.id)
+            .where(StepRun.status == P.RUNNING, StepRun.lease_expires_at < now)
+            .limit(BATCH)
+        ).all() if expire_leases else []
+        stale = conn.scalars(
+            select(StepRun.id)
+            .where(
+                StepRun.status.in_((P.QUEUED, P.RETRYING)), StepRun.lease_expires_at < now
+            )
+            .limit(BATCH)
+        ).all()
+        conn.rollback()
+        for step_id in expired:
+            try:
+                if engine.expire_lease(step_id):
+                    counts["expired"] += 1
+            except CONNECTION_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad step must not stop the sweep
+                _give_up(engine, step_id, "settle the lapsed lease of", exc)
+        if stale:
+            counts["redelivered"] = _redeliver(engine, stale)
+        counts["admitted"] = engine.admit_waiting()
+        counts["abandoned"] = engine.fail_abandoned()
+        counts["timers"] = _fire_all(engine)
     if any(counts.values()):
         log.info(
             "recovery: %(expired)d lapsed lease(s), %(redelivered)d message(s) re-sent, "
