@@ -665,7 +665,7 @@ class WorkflowEngine:
         Raises `RunNotFound`, or `NotWaiting` when the node is not an approval that is
         waiting (already decided, timed out, cancelled, or not an approval).
         """
-        if decision not in ("approve", "reject"):
+        if decision not in W.DECISIONS:
             raise InvalidInput(f"decision={decision!r}: use 'approve' or 'reject'")
         for what, text in (("comment", comment), ("by", by)):
             if text is not None and (not isinstance(text, str) or len(text) > W.MAX_COMMENT_CHARS

@@ -46,6 +46,8 @@ ON_TIMEOUT = ("fail", "skip")
 
 #: Longest wait, sleep or lookback (a run can wait a month, and then some).
 MAX_WAIT_SECONDS = 366 * 24 * 3600
+#: The decisions a person can take on an approval.
+DECISIONS = ("approve", "reject")
 #: Longest comment (or name of who decided) an approval's decision stores.
 MAX_COMMENT_CHARS = 2000
 #: Recorded events a lookback reads at most (oldest first within its window).

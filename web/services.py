@@ -13,6 +13,7 @@ from typing import Any
 
 from werkzeug.exceptions import BadRequest, Conflict, NotFound
 
+from orchestrator import waits as W
 from orchestrator.bulk import MAX_BULK_LIMIT, RunFilter, bulk_action
 from orchestrator.db import queries as Q
 from orchestrator.db import stats
@@ -151,22 +152,17 @@ def retry_run(run_id: str, current_version: bool = False) -> None:
         raise Conflict(f"run {run_id} is still running or has nothing to retry")
 
 
-#: Longest comment a decision on an approval may carry, and the decisions there are.
-MAX_COMMENT = 2000
-DECISIONS = ("approve", "reject")
-
-
 def decision_body(body: dict[str, Any]) -> tuple[str, str | None]:
     """Check an approval decision `{"decision": "approve"|"reject", "comment": "..."}`."""
     params.check_fields(body, {"decision", "comment"})
     decision = body.get("decision")
-    if decision not in DECISIONS:
-        raise BadRequest(f"decision must be one of {', '.join(DECISIONS)}; got {decision!r}")
+    if decision not in W.DECISIONS:
+        raise BadRequest(f"decision must be one of {', '.join(W.DECISIONS)}; got {decision!r}")
     comment = body.get("comment")
     if comment is not None and not isinstance(comment, str):
         raise BadRequest(f"comment must be a string, got {type(comment).__name__}")
-    if comment is not None and len(comment) > MAX_COMMENT:
-        raise BadRequest(f"comment is {len(comment)} characters long; at most {MAX_COMMENT} are kept")
+    if comment is not None and len(comment) > W.MAX_COMMENT_CHARS:
+        raise BadRequest(f"comment is {len(comment)} characters long; at most {W.MAX_COMMENT_CHARS} are kept")
     params.check_storable(comment, "comment")
     return decision, (comment or "").strip() or None
 
