@@ -630,7 +630,7 @@ class WorkflowEngine:
                 if found is not None and self.complete_event_wait(
                     session, outbox, wait_id, row["run_id"], row["step"], found, now
                 ):
-                    WT.mark_matched(session, found.event_id)
+                    WT.mark_matched(session, [found.event_id])
 
     def complete_event_wait(
         self, session: Session, outbox: Outbox, wait_id: int, run_id: uuid.UUID, step: str,
@@ -827,13 +827,13 @@ class WorkflowEngine:
             run_key=row.run_key,
             version=row.version,
         )
-        own = self.claimed_definition(claim).upstream(step_name)
+        definition = self.claimed_definition(claim)
+        own = definition.upstream(step_name)
         missing = [p for p in own if p not in row.results]
         if missing and row.version is not None:  # an older version's parents: read them too
             with self.sessions() as session:
                 row.results.update(succeeded_results(session, rid, missing))
         claim.results = {p: row.results[p] for p in own if p in row.results}
-        definition = self.claimed_definition(claim)
         waited = [p for p in own if p in claim.results and definition.steps[p].kind == W.EVENT]
         if waited:
             with self.sessions() as session:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from . import clock, waiting
@@ -370,8 +370,7 @@ def record_batch(
             ignored = [new_ids[k] for k, a in unique.items()
                        if k in new_ids and new_ids[k] in completed and a.outcome == IGNORED]
             if ignored:  # an event that completed a wait was not ignored
-                session.execute(update(Event.__table__).where(Event.__table__.c.id.in_(ignored))
-                                .values(outcome=MATCHED))
+                waiting.mark_matched(session, ignored)
                 result.outcomes[IGNORED] -= len(ignored)
                 result.outcomes[MATCHED] += len(ignored)
     return result

@@ -131,10 +131,10 @@ def lookback(session: Session, row: Mapping[str, Any]) -> MatchedEvent | None:
     return None
 
 
-def mark_matched(session: Session, event_id: int) -> None:
-    """An event a lookback found completed a wait: `matched` now, as the intake marks one
-    that completes a wait as it is recorded (the outcomes of `orchestrator.intake`)."""
-    session.execute(update(_EVENTS).where(_EVENTS.c.id == event_id, _EVENTS.c.outcome == "ignored")
+def mark_matched(session: Session, event_ids: Sequence[int]) -> None:
+    """Events that completed a wait (as they were recorded, or found by a lookback later)
+    were not ignored: `matched` now (the outcomes of `orchestrator.intake`)."""
+    session.execute(update(_EVENTS).where(_EVENTS.c.id.in_(list(event_ids)), _EVENTS.c.outcome == "ignored")
                     .values(outcome="matched"))
 
 
