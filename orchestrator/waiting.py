@@ -71,13 +71,10 @@ def opening(run_id: uuid.UUID, workflow: Workflow, step: Step, ctx: StepContext,
             value = expected(ctx) if callable(expected) else expected
             values[path] = W.canonical(where, path, value)
         row.update(topic=spec.topic, paths=spec.paths,
-                   correlation=W.correlation_hash([values[p] for p in sorted(values)]))
+                   correlation=W.correlation_hash(list(values.values())))  # in path order
         row["spec"]["correlate"] = values
-        if spec.timeout is not None:
-            row["due_at"] = now + timedelta(seconds=spec.timeout)
-    elif isinstance(spec, W.ApprovalWait):
-        if spec.timeout is not None:
-            row["due_at"] = now + timedelta(seconds=spec.timeout)
+    if isinstance(spec, (W.EventWait, W.ApprovalWait)) and spec.timeout is not None:
+        row["due_at"] = now + timedelta(seconds=spec.timeout)
     elif isinstance(spec, W.SleepWait):
         if spec.until is not None:
             until = spec.until(ctx)

@@ -256,18 +256,13 @@ def event_correlation(payload: Any, paths: str) -> str | None:
     values: list[Any] = []
     for path in paths.split("\x1f") if paths else ():
         value = lookup(payload, path)
-        if value is _MISSING or value is None:
+        if value is _MISSING:
             return None
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                return None
-            if value.is_integer():
-                value = int(value)
-        values.append(value)
-    try:
-        return correlation_hash(values)
-    except (TypeError, ValueError):
-        return None
+        try:
+            values.append(canonical("event", path, value))  # as the opener canonicalised its own
+        except ValueError:
+            return None
+    return correlation_hash(values)
 
 
 def lock_name(topic: str, paths: str, correlation: str) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from .. import waits as W
 from .models import Attempt, Event, OutboxRow, Run, StepRun, Wait
 
 
@@ -103,7 +104,7 @@ def open_waits(session: Session, now: datetime) -> tuple[dict[str, int], int]:
     """Open waits by kind, and how many of them have a timer due (`due_at <= now`) that the
     recovery process has not fired yet; both read the partial indexes on open waits."""
     table = Wait.__table__
-    is_open = table.c.status == "open"
+    is_open = table.c.status == W.OPEN
     by_kind = {kind: count for kind, count in session.execute(
         select(table.c.kind, func.count()).where(is_open).group_by(table.c.kind)
     )}
