@@ -46,6 +46,22 @@ def lock_key(session: Session, scope: str, key: str) -> None:
     )
 
 
+def lock_keys_of_runs(session: Session, run_ids: Sequence[uuid.UUID]) -> list[tuple[str, str]]:
+    """Take the locks of these runs' concurrency keys, sorted: the first half of the lock
+    order of a transaction that locks several runs (their rows by id come next). Returns
+    the (workflow, key) pairs locked."""
+    keys = sorted(
+        session.execute(
+            select(Run.workflow, Run.concurrency_key)
+            .where(Run.id.in_(list(run_ids)), Run.concurrency_key.is_not(None))
+            .distinct()
+        ).all()
+    )
+    for workflow, key in keys:
+        lock_key(session, run_scope(workflow), key)
+    return [(workflow, key) for workflow, key in keys]
+
+
 def run_scope(workflow: str) -> str:
     return f"run:{workflow}"
 

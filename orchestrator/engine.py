@@ -1281,15 +1281,7 @@ class WorkflowEngine:
         runs, steps = Run.__table__, StepRun.__table__
         now = utcnow()
         with self.transaction() as (session, outbox):
-            keys = sorted(
-                session.execute(
-                    select(runs.c.workflow, runs.c.concurrency_key)
-                    .where(runs.c.id.in_(ids), runs.c.concurrency_key.is_not(None))
-                    .distinct()
-                ).all()
-            )
-            for workflow_name, key in keys:
-                C.lock_key(session, C.run_scope(workflow_name), key)
+            keys = C.lock_keys_of_runs(session, ids)
             found = dict(
                 session.execute(
                     select(runs.c.id, runs.c.status).where(runs.c.id.in_(ids)).order_by(runs.c.id).with_for_update()

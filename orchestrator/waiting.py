@@ -255,12 +255,7 @@ def lock_runs(session: Session, run_ids: Iterable[uuid.UUID], *, skip_locked: bo
     ids = sorted(set(run_ids))
     if not ids:
         return {}
-    keys = sorted(set(session.execute(
-        select(Run.workflow, Run.concurrency_key)
-        .where(Run.id.in_(ids), Run.concurrency_key.is_not(None))
-    ).all()))
-    for workflow, key in keys:
-        C.lock_key(session, C.run_scope(workflow), key)
+    C.lock_keys_of_runs(session, ids)
     query = select(Run).where(Run.id.in_(ids)).order_by(Run.id).with_for_update(skip_locked=skip_locked)
     if with_steps:
         query = query.options(selectinload(Run.steps))
