@@ -235,6 +235,8 @@ class Workflow:
         #: The version the user gave, if any; else `version` is a hash of the structure.
         self.explicit_version = None if version is None else _check_version(name, version)
         self._version: str | None = self.explicit_version
+        #: What `upstream` found, by step; emptied whenever a step is added.
+        self._upstream: dict[str, tuple[str, ...]] = {}
         self.concurrency = _concurrency(f"workflow {name!r}", concurrency)
         self.partition_by = partition_by
         self.shards = shards
@@ -313,7 +315,7 @@ class Workflow:
                 workflow=self.name,
             )
             self.steps[step_name] = step
-            self._version = self.explicit_version  # the structure changed
+            self._structure_changed()
             return step
 
         if fn is not None:
@@ -419,7 +421,7 @@ class Workflow:
             wait=spec,
         )
         self.steps[node] = step
-        self._version = self.explicit_version  # the structure changed
+        self._structure_changed()
         return step
 
     @property
@@ -536,17 +538,19 @@ class Workflow:
         Task ancestors beyond the parents are left out, as they always were."""
         from .dag import ancestors
 
-        cache = self.__dict__.setdefault("_upstream", {})
-        if cache.get("_size") != len(self.steps):
-            cache.clear()
-            cache["_size"] = len(self.steps)
-        if step not in cache:
+        found = self._upstream.get(step)
+        if found is None:
             parents = set(self.steps[step].after)
-            cache[step] = tuple(
+            found = self._upstream[step] = tuple(
                 name for name in ancestors({s.name: s.after for s in self.steps.values()}, step)
                 if name in parents or self.steps[name].waits
             )
-        return cache[step]
+        return found
+
+    def _structure_changed(self) -> None:
+        """A step was added: the version (unless given) and `upstream` are found anew."""
+        self._version = self.explicit_version
+        self._upstream = {}
 
     def roots(self) -> list[str]:
         return [s.name for s in self.steps.values() if not s.after]

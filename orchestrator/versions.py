@@ -106,6 +106,7 @@ def planning_view(
     view.shards = shape.get("shards")
     view.explicit_version = version
     view._version = version
+    view._upstream = {}
     view.steps = {}
     for item in shape.get("steps", []):
         code = loaded.steps.get(item["name"]) if loaded is not None else None
