@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import composition as M
 from . import waits as W
 from .dag import validate_dag
 from .emits import MAX_EMITS_PER_ATTEMPT, Emit, InvalidEmit, make_emit
@@ -82,6 +83,38 @@ class StepContext:
     #: came from (`topic`, `partition`, `offset`, `key`, `event_id`); its payload is in
     #: `results`.
     events: dict[str, Any] = field(default_factory=dict)
+    #: In an item of a `flow.map` node: the item (from `over`) and its position.
+    item: Any = None
+    index: int | None = None
+    #: For each upstream map with `allow_failures=True`: its failed items, index -> error.
+    map_errors: dict[str, dict[int, str]] = field(default_factory=dict)
+    #: Runs this attempt starts (`start_run`), created only with its success.
+    starts: list[tuple[str, dict[str, Any]]] = field(default_factory=list, repr=False)
+
+    def start_run(self, workflow: str, input: Mapping[str, Any] | None = None) -> None:
+        """Start a run of `workflow` with `input` if, and only if, this attempt succeeds.
+
+        The run is created in the transaction that records the success (so it exists
+        exactly when the success does) and is detached: nothing waits for it, and
+        cancelling this run leaves it alone. Its page links back here. To wait for a run's
+        result, use a `flow.call` node instead.
+        """
+        from .errors import InvalidInput
+
+        if self.attempt < 1:
+            raise InvalidInput("ctx.start_run is for step functions, not conditions")
+        if not isinstance(workflow, str) or not workflow:
+            raise InvalidInput(f"ctx.start_run: workflow={workflow!r}; pass a workflow name")
+        data = {} if input is None else input
+        if not isinstance(data, Mapping):
+            raise InvalidInput(
+                f"ctx.start_run({workflow!r}): input must be a JSON object, got {type(data).__name__}"
+            )
+        if len(self.starts) >= MAX_EMITS_PER_ATTEMPT:
+            raise InvalidInput(
+                f"ctx.start_run: one attempt may start at most {MAX_EMITS_PER_ATTEMPT} runs"
+            )
+        self.starts.append((workflow, dict(data)))
 
     def emit(
         self,
@@ -199,6 +232,9 @@ class Step:
     kind: str = W.TASK
     #: What a waiting node waits for (`orchestrator.waits`); None for a task.
     wait: W.WaitSpec | None = None
+    #: A `flow.map` node's items and limits; a `flow.call` node's workflow and input.
+    map: M.MapSpec | None = None
+    call: M.CallSpec | None = None
 
     @property
     def max_attempts(self) -> int:
@@ -206,8 +242,9 @@ class Step:
 
     @property
     def waits(self) -> bool:
-        """A node that holds no worker: it waits for an event, a decision or a timer."""
-        return self.kind != W.TASK
+        """A node that holds no worker: it waits for an event, a decision, a timer or a
+        child run. (A map's items are tasks: a map is not a waiting node.)"""
+        return self.kind not in (W.TASK, M.MAP)
 
     def __call__(self, ctx: StepContext) -> Any:
         return self.fn(ctx)
@@ -230,8 +267,17 @@ class Workflow:
         partition_by: str | Callable[[Any], Any] | None = None,
         shards: int | None = None,
         version: str | None = None,
+        output: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         self.name = _check_name("workflow", name)
+        if output is not None and not callable(output):
+            raise WorkflowDefinitionError(
+                f"workflow {name!r}: output={output!r}; pass a function of the step results "
+                "(name -> result) returning the run's JSON output"
+            )
+        #: The run's result for a parent's `flow.call` node and the API: `output(results)`,
+        #: else the results of the sink steps (`composition.default_output`).
+        self.output = output
         #: The version the user gave, if any; else `version` is a hash of the structure.
         self.explicit_version = None if version is None else _check_version(name, version)
         self._version: str | None = self.explicit_version
@@ -321,6 +367,100 @@ class Workflow:
         if fn is not None:
             return register(fn)
         return register
+
+    # -- composition (see `orchestrator.composition`) ---------------------------------
+
+    def map(
+        self,
+        fn: Callable[[StepContext], Any] | None = None,
+        *,
+        over: Callable[[StepContext], Any] | None = None,
+        name: str | None = None,
+        after: Step | str | Iterable[Step | str] | None = None,
+        concurrency: int | None = None,
+        allow_failures: bool = False,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        timeout: float | None = None,
+        queue: str | None = None,
+        when: Condition | None = None,
+    ) -> Any:
+        """A node that runs the decorated function once per item of `over(ctx)` (a JSON
+        list, evaluated when the parents are done), each item its own step instance with
+        its own attempts (`retries`, `timeout`), at most `concurrency` at once. `ctx.item`
+        and `ctx.index` say which. The node's result is the list of item results in item
+        order. A failed item fails the map, unless `allow_failures`: then its place holds
+        None and successors find its error in `ctx.map_errors[name][index]`.
+        """
+
+        def register(func: Callable[[StepContext], Any]) -> Step:
+            if not callable(func):
+                raise WorkflowDefinitionError(f"workflow {self.name!r}: a map must decorate a function")
+            node = self._node_name("map", name or func.__name__)
+            where = f"workflow {self.name!r}: map {node!r}"
+            step = Step(
+                name=node,
+                fn=func,
+                after=self._resolve_after(node, after),
+                retries=_retry_count(self.name, node, "retries", retries),
+                backoff=_non_negative(self.name, node, "backoff", backoff),
+                max_backoff=_non_negative(self.name, node, "max_backoff", max_backoff),
+                timeout=None if timeout is None else _positive(self.name, node, "timeout", timeout),
+                queue=None if queue is None else _check_name("queue", queue),
+                when=_check_when(self.name, node, when),
+                workflow=self.name,
+                kind=M.MAP,
+                map=M.check_map(where, over, concurrency, allow_failures),
+            )
+            self.steps[node] = step
+            self._structure_changed()
+            return step
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def call(
+        self,
+        workflow: str,
+        *,
+        name: str | None = None,
+        after: Step | str | Iterable[Step | str] | None = None,
+        input: Callable[[StepContext], Any] | Mapping[str, Any] | None = None,
+        retries: int = DEFAULT_RETRIES,
+        when: Condition | None = None,
+    ) -> Step:
+        """A node that starts a run of `workflow` (a child run, with its own page) with
+        `input(ctx)` and waits for it without holding a worker. The child's `output` is the
+        node's result; its failure fails the node, and `retries` start a new child. The
+        node is named after the workflow unless `name` says otherwise. Cancelling this run
+        cancels its children."""
+        node = self._node_name("call", name if name is not None else workflow)
+        where = f"workflow {self.name!r}: call {node!r}"
+        step = Step(
+            name=node,
+            fn=_no_function(self.name, node, M.CALL),
+            after=self._resolve_after(node, after),
+            retries=_retry_count(self.name, node, "retries", retries),
+            when=_check_when(self.name, node, when),
+            workflow=self.name,
+            kind=M.CALL,
+            call=M.check_call(where, workflow, input),
+        )
+        self.steps[node] = step
+        self._structure_changed()
+        return step
+
+    @property
+    def calls(self) -> dict[str, str]:
+        """Each call node and the workflow it calls."""
+        return {s.name: s.call.workflow for s in self.steps.values() if s.call is not None}
+
+    def sinks(self) -> list[str]:
+        """Steps no other step depends on (whose results make the default `output`)."""
+        parents = {p for s in self.steps.values() for p in s.after}
+        return [name for name in self.steps if name not in parents]
 
     # -- nodes that wait (see `orchestrator.waits`) ------------------------------------
 
@@ -521,6 +661,8 @@ class Workflow:
                     "concurrency": describe_concurrency(s.concurrency),
                     "kind": s.kind,
                     **({"wait": s.wait.describe()} if s.wait is not None else {}),
+                    **({"map": s.map.describe()} if s.map is not None else {}),
+                    **({"call": s.call.describe()} if s.call is not None else {}),
                 }
                 for s in self.steps.values()
             ],

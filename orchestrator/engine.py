@@ -15,18 +15,20 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from . import clock
+from . import composing as CM
+from . import composition as M
 from . import concurrency as C
 from . import planner as P
 from . import skew as S
@@ -38,7 +40,14 @@ from .db.models import Attempt, OutboxRow, Run, StepRun, WorkflowVersion
 from .dispatch import Dispatch, Dispatcher
 from .dsl import Concurrency, StepContext, Workflow
 from .emits import OUTBOX_CHANNEL, Emit, headers_json
-from .errors import DeploySkew, InvalidInput, NotWaiting, RunNotFound, StepNotLoaded
+from .errors import (
+    DeploySkew,
+    InvalidInput,
+    NotWaiting,
+    RunNotFound,
+    StepNotLoaded,
+    WorkflowNotFound,
+)
 from .jsonvalues import check_json as check_json  # executor and callers import it from here
 from .registry import Registry
 from .settings import Settings
@@ -61,6 +70,12 @@ class Outbox(list[Dispatch]):
         self.revoke: list[str] = []
         #: Tasks whose running process is to be stopped (`cancel_in_progress`).
         self.terminate: list[str] = []
+        #: Maps one of whose items ended: settled after commit if it was the last.
+        self.maps: set[tuple[uuid.UUID, str]] = set()
+        #: Runs that ended and that a parent's call node waits for: it is settled after commit.
+        self.ended: list[uuid.UUID] = []
+        #: Runs (and their call nodes, or None for all) whose children are to be cancelled.
+        self.orphans: list[tuple[uuid.UUID, tuple[str, ...] | None]] = []
 
 
 def parse_run_id(run_id: str | uuid.UUID) -> uuid.UUID:
@@ -108,6 +123,17 @@ class Claim:
     version: str | None = None
     #: Where the events that completed upstream `wait_for_event` nodes came from.
     events: dict[str, Any] = field(default_factory=dict)
+    #: For an item of a map: the map node, the item's position and value.
+    node: str | None = None
+    index: int | None = None
+    item: Any = None
+    #: Failed items of upstream maps that allow failures (`ctx.map_errors`).
+    map_errors: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    @property
+    def node_name(self) -> str:
+        """The workflow node this claim runs (a map's, for an item)."""
+        return self.node or self.step
 
 
 @dataclass
@@ -122,6 +148,10 @@ class Decision:
     opens: list[dict[str, Any]] = field(default_factory=list)
     #: Nodes that were waiting and no longer are: their open waits are closed.
     closes: list[str] = field(default_factory=list)
+    #: Step rows of the items of maps this decision expands (see `orchestrator.composing`).
+    items: list[dict[str, Any]] = field(default_factory=list)
+    #: Runs this decision's call nodes start, to insert with it.
+    children: list[PlannedRun] = field(default_factory=list)
 
 
 @dataclass
@@ -133,6 +163,8 @@ class PlannedRun:
     dispatches: list[Dispatch]
     #: `waits` rows of the nodes it opens at once (callers pass them to `open_waits`).
     waits: list[dict[str, Any]] = field(default_factory=list)
+    #: Runs its first call nodes start (callers pass them to `insert_children`).
+    children: list[PlannedRun] = field(default_factory=list)
 
 
 @dataclass
@@ -146,6 +178,8 @@ class Outcome:
     logs: list[dict[str, Any]] | None = None
     #: Events the attempt emitted; written to the outbox only with a success.
     emits: list[Emit] = field(default_factory=list)
+    #: Runs the attempt starts (`ctx.start_run`): created only with a success.
+    starts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 class WorkflowEngine:
@@ -283,6 +317,23 @@ class WorkflowEngine:
                     len(outbox),
                     exc,
                 )
+        if outbox.maps or outbox.ended or outbox.orphans:
+            self._after_commit(outbox)
+
+    def _after_commit(self, outbox: Outbox) -> None:
+        """What a committed transaction leaves to others: a map whose last item may have
+        ended, a parent whose child ended, children whose parent stopped waiting. Each in
+        its own transaction; the recovery loop does the same should this process die
+        first (`settle_composed`)."""
+        for what, args, action in (
+            *[("map", (rid, node), self._map_item_ended) for rid, node in sorted(outbox.maps)],
+            *[("child", (rid,), self._child_ended) for rid in outbox.ended],
+            *[("orphans", (rid, nodes), self._cancel_children) for rid, nodes in outbox.orphans],
+        ):
+            try:
+                action(*args)
+            except Exception:  # noqa: BLE001 - committed; the recovery loop tries again
+                log.warning("could not settle %s %s now; the recovery loop will", what, args, exc_info=True)
 
     def _lock_run(self, session: Session, run_id: uuid.UUID) -> Run:
         """Row-lock a run (after its concurrency key's lock, the global lock order)."""
@@ -307,12 +358,21 @@ class WorkflowEngine:
         planned = self.plan_run(workflow, data)
         self.record_versions()
         with self.transaction() as (session, outbox):
-            session.execute(insert(Run.__table__), [planned.run])
-            session.execute(insert(StepRun.__table__), planned.steps)
-            outbox.extend(planned.dispatches)
-            self.open_waits(session, outbox, planned.waits)
-            self.admit_planned(session, outbox, [planned])
+            self.insert_planned(session, outbox, [planned])
         return str(planned.run["id"])
+
+    def insert_planned(self, session: Session, outbox: Outbox, planned: Sequence[PlannedRun]) -> None:
+        """Insert planned runs (and the children their first call nodes start) in the
+        caller's transaction; their messages go to `outbox`."""
+        if not planned:
+            return
+        session.execute(insert(Run.__table__), [p.run for p in planned])
+        session.execute(insert(StepRun.__table__), [row for p in planned for row in p.steps])
+        for p in planned:
+            outbox.extend(p.dispatches)
+        self.open_waits(session, outbox, [row for p in planned for row in p.waits])
+        self.admit_planned(session, outbox, planned)
+        self.insert_planned(session, outbox, [c for p in planned for c in p.children])
 
     def plan_run(
         self,
@@ -322,6 +382,7 @@ class WorkflowEngine:
         event_id: int | None = None,
         dedupe_key: str | None = None,
         run_id: uuid.UUID | None = None,
+        parent: tuple[uuid.UUID, str, bool] | None = None,
     ) -> PlannedRun:
         """The rows of a new run and its steps, and its first messages, without any I/O.
 
@@ -344,6 +405,11 @@ class WorkflowEngine:
             "dedupe_key": dedupe_key,
             "concurrency_key": run_key,
             "version": workflow.version,
+            # (parent run, its node or step, detached): `flow.call`, `ctx.start_run`.
+            "parent_run_id": parent[0] if parent else None,
+            "parent_step": parent[1] if parent else None,
+            "detached": parent[2] if parent else None,
+            "output": None,
         }
 
         def context_for(name: str) -> StepContext:
@@ -375,14 +441,19 @@ class WorkflowEngine:
                 "task_id": None,
                 "reason": None,
                 "handed_back_at": None,
+                "map_node": None,
+                "map_index": None,
+                "item": None,
             }
             row.update(decision.changes.get(step.name, {}))
             steps.append(row)
+        steps.extend(decision.items)
         if decision.run_status is not None:  # every root skipped
             run.update(status=decision.run_status, finished_at=now, error=decision.run_error)
-        elif decision.opens:  # a first node that waits: the run is under way (no claim will say so)
+        elif decision.opens or decision.items:  # under way at once (no claim of a node will say so)
             run.update(status=P.RUN_RUNNING, started_at=now)
-        return PlannedRun(run=run, steps=steps, dispatches=decision.dispatches, waits=decision.opens)
+        return PlannedRun(run=run, steps=steps, dispatches=decision.dispatches, waits=decision.opens,
+                          children=decision.children)
 
     def admit_planned(self, session: Session, outbox: Outbox, planned: Iterable[PlannedRun]) -> None:
         """After inserting runs of limited workflows, admit those that have a free slot.
@@ -495,12 +566,14 @@ class WorkflowEngine:
         current = dict(statuses)
         changes: dict[str, dict[str, Any]] = {}
         openings: dict[str, dict[str, Any]] = {}
+        expanded: dict[str, list[Any]] = {}
+        children: dict[str, PlannedRun] = {}
         while True:
             plan = P.plan(deps, current)
             settled = True
             for name in plan.queue:
                 step = workflow.steps[name]
-                if step.waits and name not in openings:
+                if step.wait is not None and name not in openings:
                     try:
                         openings[name] = WT.opening(run_id, workflow, step, context_for(name), now)
                     except Exception as exc:  # noqa: BLE001 - user code (correlate, until) or its result
@@ -525,6 +598,29 @@ class WorkflowEngine:
                     current[name] = P.SKIPPED
                     settled = False
                     break
+            else:
+                # Maps and calls run user code as they start (`over`, `input`).
+                for name in plan.queue:
+                    step = workflow.steps[name]
+                    if name in expanded or name in children or step.kind not in (M.MAP, M.CALL):
+                        continue
+                    try:
+                        if step.map is not None:
+                            expanded[name] = self._items_of(step, context_for(name))
+                        else:
+                            children[name] = self._plan_child(run_id, workflow, step, context_for(name))
+                    except Exception as exc:  # noqa: BLE001 - user code (over, input) or its result
+                        changes[name] = {"status": P.FAILED, "error": _composition_error(step, exc),
+                                         "finished_at": now}
+                        current[name] = P.FAILED
+                        settled = False
+                        break
+                    if step.map is not None and not expanded[name]:  # nothing to map: done at once
+                        changes[name] = {"status": P.SUCCEEDED, "result": [], "queued_at": now,
+                                         "started_at": now, "finished_at": now}
+                        current[name] = P.SUCCEEDED
+                        settled = False
+                        break
             if settled:
                 break
         for name in plan.skip:
@@ -539,6 +635,22 @@ class WorkflowEngine:
         lease = now + timedelta(seconds=self.settings.redeliver_after)
         for name in plan.queue:
             step = workflow.steps[name]
+            if step.map is not None:  # its items are the tasks; the node itself holds no worker
+                changes[name] = {"status": P.RUNNING, "queued_at": now, "started_at": now,
+                                 "lease_expires_at": None, "task_id": None}
+                rows, messages = CM.item_rows(
+                    run_id, name, expanded[name], workflow.queue_of(step, partition),
+                    step.max_attempts, step.timeout, step.map.concurrency, now, lease,
+                )
+                decision.items.extend(rows)
+                decision.dispatches.extend(messages)
+                continue
+            if step.call is not None:  # waits for its child run
+                child = children[name]
+                changes[name] = {"status": P.WAITING, "queued_at": now, "started_at": now}
+                decision.opens.append(CM.call_wait(run_id, name, child.run["id"], step.call.workflow, now))
+                decision.children.append(child)
+                continue
             if step.waits:  # holds no worker: a `waits` row, written by `open_waits`
                 changes[name] = {"status": P.WAITING, "queued_at": now, "started_at": now}
                 decision.opens.append(openings[name])
@@ -562,7 +674,7 @@ class WorkflowEngine:
         run: Run,
         workflow: Workflow | None,
         steps: Mapping[str, StepRun],
-        outbox: list[Dispatch],
+        outbox: Outbox,
         now: datetime,
     ) -> None:
         """Apply the planner's decisions to loaded ORM rows (the caller holds the run lock).
@@ -585,27 +697,55 @@ class WorkflowEngine:
         self._apply(run, steps, decision, outbox, now)
 
     def _fail_run(
-        self, run: Run, steps: Mapping[str, StepRun], error: str, outbox: list[Dispatch], now: datetime
+        self, run: Run, steps: Mapping[str, StepRun], error: str, outbox: Outbox, now: datetime
     ) -> None:
-        """Fail a locked run at once with `error`, using no definition (`_failed_now`)."""
+        """Fail a locked run at once with `error`, using no definition (`_failed_now`); its
+        maps stop too (their items still to start are cancelled)."""
+        maps = [row for row in steps.values() if _is_map_node(row)]
+        if maps:
+            session = object_session(run)
+            assert session is not None
+            for row in maps:
+                row.status, row.finished_at, row.reason = P.CANCELLED, now, error
+            session.flush()
+            outbox.revoke.extend(CM.cancel_items(session, [run.id], None, error, now))
         self._apply(run, steps, _failed_now({n: r.status for n, r in steps.items()}, error, now), outbox, now)
 
     def _apply(
-        self, run: Run, steps: Mapping[str, StepRun], decision: Decision, outbox: list[Dispatch], now: datetime
+        self, run: Run, steps: Mapping[str, StepRun], decision: Decision, outbox: Outbox, now: datetime
     ) -> None:
         """Write a decision to loaded ORM rows; its messages go to the outbox."""
         for name, values in decision.changes.items():
             for column, value in values.items():
                 setattr(steps[name], column, value)
         outbox.extend(decision.dispatches)
+        session = object_session(run)
+        assert session is not None
+        if decision.items or decision.children:
+            session.flush()
+            if decision.items:
+                session.execute(insert(StepRun.__table__), decision.items)
+            self.insert_planned(session, outbox, decision.children)
         if decision.run_status is not None and run.status not in P.RUN_FINAL:
+            if decision.run_status == P.RUN_SUCCEEDED:
+                workflow = self._definition_of(run, session)
+                if workflow is not None:
+                    session.flush()
+                    output, error = self._output(session, workflow, run.id, run.parent_run_id, run.detached)
+                    run.output = output
+                    if error is not None:
+                        decision.run_status, decision.run_error = P.RUN_FAILED, error
             run.status = decision.run_status
             run.finished_at = now
             if decision.run_error and run.error is None:
                 run.error = decision.run_error
+            if run.parent_run_id is not None and not run.detached:
+                outbox.ended.append(run.id)
+        if decision.closes:
+            calls = [n for n in decision.closes if n in self._call_nodes(run, session)]
+            if calls:
+                outbox.orphans.append((run.id, tuple(calls)))
         if decision.closes or decision.opens:
-            session = object_session(run)
-            assert session is not None
             if decision.closes:
                 WT.close_waits(session, [run.id], decision.closes, now)
             if decision.opens:
@@ -780,6 +920,236 @@ class WorkflowEngine:
         except Exception:  # noqa: BLE001 - logged; the next tick tries again
             log.exception("could not fail the node %s/%s whose timer broke", rid, step)
 
+    # -- composition: maps and calls (see `orchestrator.composing`) ------------------
+
+    def _items_of(self, step: Any, ctx: StepContext) -> list[Any]:
+        """The checked items of a map node that starts now (runs its `over`)."""
+        items = M.items_of(step.name, step.map.over(ctx), self.settings.max_map_items)
+        for index, item in enumerate(items):
+            check_json(item, f"item {index} of map {step.name!r}")
+        return items
+
+    def _plan_child(self, run_id: uuid.UUID, workflow: Workflow, step: Any, ctx: StepContext) -> PlannedRun:
+        """The run a call node starts (runs its `input`; the child's input is checked)."""
+        target = self.registry.get(step.call.workflow)
+        data = validate_input(target, step.call.input_of(ctx))
+        return self.plan_run(target, data, parent=(run_id, step.name, False))
+
+    def _call_nodes(self, run: Run, session: Session) -> dict[str, str]:
+        workflow = self._definition_of(run, session)
+        return workflow.calls if workflow is not None else {}
+
+    def _output(self, session: Session, workflow: Workflow, rid: uuid.UUID, parent: uuid.UUID | None,
+                detached: bool | None) -> tuple[Any, str | None]:
+        """A succeeded run's output, and an error if its `output` function failed. Computed
+        only where it is wanted: the workflow names one, or a parent waits for the run."""
+        if workflow.output is None and (parent is None or detached):
+            return None, None
+        results = succeeded_results(session, rid)
+        try:
+            if workflow.output is None:
+                output = M.default_output(workflow.sinks(), results)
+            else:
+                output = workflow.output(results)
+            check_json(output, f"output of workflow {workflow.name!r}")
+        except Exception as exc:  # noqa: BLE001 - user code, or what it returned
+            return None, f"output of workflow {workflow.name!r} raised {type(exc).__name__}: {exc}"
+        return output, None
+
+    def _start_detached(self, session: Session, outbox: Outbox, claim: Claim,
+                        starts: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Runs an attempt started with `ctx.start_run`, inserted with its success."""
+        planned = []
+        for name, data in starts:
+            target = self.registry.get(name)
+            planned.append(self.plan_run(target, validate_input(target, data),
+                                         parent=(parse_run_id(claim.run_id), claim.step, True)))
+        self.insert_planned(session, outbox, planned)
+
+    def check_starts(self, starts: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Raise `WorkflowNotFound` / `InvalidInput` for a `ctx.start_run` that cannot start
+        (the executor fails the attempt with it, before recording a success)."""
+        for name, data in starts:
+            validate_input(self.registry.get(name), data)
+
+    def _finish_item(self, claim: Claim, outcome: Outcome) -> None:
+        """An item of a map succeeded: its row and attempt, without the run's lock; the next
+        pending item takes its slot; the map is settled after commit if it was the last."""
+        now = utcnow()
+        rid = parse_run_id(claim.run_id)
+        workflow = self.claimed_definition(claim)
+        step = workflow.steps[claim.node_name]
+        with self.transaction() as (session, outbox):
+            if not self.hot_path.settle_item(session, claim.step_id, claim.attempt, claim.attempt_id,
+                                             outcome.result, outcome.logs or [], now):
+                self._lease_lost(session, claim)
+                return
+            self._record_effects(session, outbox, claim, outcome, now)
+            if step.map is not None and step.map.concurrency is not None:
+                lease = now + timedelta(seconds=self.settings.redeliver_after)
+                outbox.extend(CM.promote(session, rid, claim.node_name, 1, step.timeout, now, lease))
+            outbox.maps.add((rid, claim.node_name))
+
+    def _record_effects(self, session: Session, outbox: Outbox, claim: Claim, outcome: Outcome,
+                        now: datetime) -> None:
+        """A success's emits (outbox rows) and started runs, in its transaction."""
+        if outcome.emits:
+            conn = session.connection()
+            conn.execute(_INSERT_OUTBOX, outbox_rows(claim, outcome.emits, now))
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"NOTIFY {OUTBOX_CHANNEL}")  # delivered at the commit
+        if outcome.starts:
+            self._start_detached(session, outbox, claim, outcome.starts)
+
+    def _item_ended(self, session: Session, outbox: Outbox, run: Run, workflow: Workflow | None,
+                    row: StepRun, now: datetime) -> None:
+        """Cold path (the run is locked): an item ended other than by success. Out of retries
+        it fails its map, unless the map allows failures; then its slot goes to the next."""
+        if row.status not in P.STEP_FINAL or row.map_node is None:
+            return
+        node = next((r for r in run.steps if r.name == row.map_node), None)
+        step = workflow.steps.get(row.map_node) if workflow is not None else None
+        if node is None or node.status != P.RUNNING:
+            return
+        if row.status == P.FAILED and (step is None or step.map is None or not step.map.allow_failures):
+            self._fail_map(session, outbox, run, node, f"item {row.map_index} of map {node.name!r} "
+                           f"failed: {row.error or 'failed'}", now)
+            return
+        if step is not None and step.map is not None and step.map.concurrency is not None:
+            lease = now + timedelta(seconds=self.settings.redeliver_after)
+            outbox.extend(CM.promote(session, run.id, node.name, 1, step.timeout, now, lease))
+        outbox.maps.add((run.id, node.name))
+
+    def _fail_map(self, session: Session, outbox: Outbox, run: Run, node: StepRun, error: str,
+                  now: datetime) -> None:
+        """Fail a locked run's map node: its items still to start are cancelled."""
+        node.status = P.FAILED
+        node.error = error
+        node.finished_at = now
+        session.flush()
+        outbox.revoke.extend(CM.cancel_items(session, [run.id], [node.name], f"map {node.name!r} failed", now))
+
+    def _map_item_ended(self, rid: uuid.UUID, node: str) -> None:
+        """After an item's commit: if no item of the map is left, settle the map."""
+        with self.sessions() as session:
+            if CM.items_open(session, rid, node):
+                return
+        self.settle_map(rid, node)
+
+    def settle_map(self, rid: uuid.UUID, node: str) -> bool:
+        """Settle a map whose items have all ended: it succeeds with their results in item
+        order (or fails, naming the first failed item), and its run moves on. Idempotent:
+        False if the map was settled already or still has items to end."""
+        now = utcnow()
+        with self.transaction() as (session, outbox):
+            run = self._lock_run(session, rid)
+            row = next((r for r in run.steps if r.name == node), None)
+            if row is None or row.status != P.RUNNING or CM.items_open(session, rid, node):
+                return False
+            workflow = self._definition_of(run, session)
+            step = workflow.steps.get(node) if workflow is not None else None
+            allow = bool(step is not None and step.map is not None and step.map.allow_failures)
+            ok, result, error = M.map_outcome(node, CM.item_ends(session, rid, node), allow)
+            row.status = P.SUCCEEDED if ok else P.FAILED
+            row.result = result
+            row.error = error
+            row.finished_at = now
+            if run.status not in P.RUN_FINAL:
+                self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
+            self._after_run_change(session, outbox, run, workflow)
+            return True
+
+    def _child_ended(self, child_id: uuid.UUID) -> None:
+        """After a child run's end was committed: settle its parent's call node."""
+        with self.sessions() as session:
+            link = CM.child_link(session, child_id)
+        if link is not None and link.parent_run_id is not None and not link.detached:
+            self.settle_call(link.parent_run_id, child_id)
+
+    def settle_call(self, parent: uuid.UUID, child_id: uuid.UUID) -> bool:
+        """A call node's child ended: the node succeeds with the child's output, or, on
+        failure, starts a new child while retries remain, else fails with the child's error.
+        Idempotent: False if the node no longer waits for that child."""
+        now = utcnow()
+        with self.transaction() as (session, outbox):
+            run = self._lock_run(session, parent)
+            child = session.get(Run, child_id)
+            if child is None or child.status not in P.RUN_FINAL or child.parent_step is None:
+                return False
+            node = child.parent_step
+            wait_id = CM.open_call(session, parent, node, child_id)
+            row = next((r for r in run.steps if r.name == node), None)
+            if wait_id is None or row is None or row.status != P.WAITING:
+                return False
+            WT.end_wait(session, wait_id, W.MATCHED if child.status == P.RUN_SUCCEEDED else W.CLOSED, now)
+            row.attempts += 1
+            workflow = self._definition_of(run, session)
+            if child.status == P.RUN_SUCCEEDED:
+                row.status, row.result, row.error, row.finished_at = P.SUCCEEDED, child.output, None, now
+            else:
+                error = _child_error(child)
+                step = workflow.steps.get(node) if workflow is not None else None
+                if (step is not None and step.call is not None and row.attempts < row.max_attempts
+                        and run.status not in P.RUN_FINAL):
+                    try:  # a new child, with the node's input computed again
+                        ctx = StepContext(str(run.id), run.workflow, node, run.input, self._results_for(
+                            session, run, workflow, node), attempt=0)
+                        planned = self._plan_child(run.id, workflow, step, ctx)  # type: ignore[arg-type]
+                    except Exception as exc:  # noqa: BLE001 - user code
+                        error = _composition_error(step, exc)
+                    else:
+                        row.error = error
+                        self.insert_planned(session, outbox, [planned])
+                        session.flush()
+                        self.open_waits(session, outbox, [CM.call_wait(
+                            run.id, node, planned.run["id"], step.call.workflow, now)])
+                        return True
+                row.status, row.error, row.finished_at = P.FAILED, error, now
+            if run.status not in P.RUN_FINAL:
+                self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
+            self._after_run_change(session, outbox, run, workflow)
+            return True
+
+    def _results_for(self, session: Session, run: Run, workflow: Workflow | None, node: str) -> dict[str, Any]:
+        if workflow is None:
+            return {}
+        rows = {s.name: s for s in run.steps}
+        return {p: rows[p].result for p in workflow.upstream(node)
+                if p in rows and rows[p].status == P.SUCCEEDED}
+
+    def _cancel_children(self, parent: uuid.UUID, nodes: tuple[str, ...] | None) -> None:
+        """Cancel the live children of a run (of its call nodes `nodes`, or all of them)."""
+        with self.sessions() as session:
+            children = CM.live_children(session, [parent], nodes)
+        if children:
+            self.cancel_runs([str(c) for c in children])
+
+    def settle_composed(self) -> int:
+        """Recovery: settle what a process died before settling after its commit: maps with
+        no item left, call nodes whose child ended, children whose parent stopped waiting.
+        Returns how many it settled."""
+        with self.sessions() as session:
+            maps = CM.stalled_maps(session)
+            calls = CM.ended_children(session)
+            orphans = CM.orphaned_children(session)
+        done = 0
+        for rid, node in maps:
+            done += self._guarded(self.settle_map, rid, node)
+        for parent, child in calls:
+            done += self._guarded(self.settle_call, parent, child)
+        if orphans:
+            done += sum(self.cancel_runs([str(c) for c in orphans]).values())
+        return done
+
+    def _guarded(self, action: Callable[..., bool], *args: Any) -> int:
+        try:
+            return int(bool(action(*args)))
+        except (OperationalError, InterfaceError, DisconnectionError):
+            raise
+        except Exception:  # noqa: BLE001 - one bad run must not stop the others
+            log.exception("could not settle %s%r", action.__name__, args)
+            return 0
+
     # -- executing a step (called by the Celery task) -----------------------------
 
     def claim(self, run_id: str, step_name: str, worker: str | None = None) -> Claim | None:
@@ -795,13 +1165,14 @@ class WorkflowEngine:
         rid = parse_run_id(run_id)
         now = utcnow()
         lease = now + timedelta(seconds=self.settings.step_lease)
-        workflows = self.registry.defining(step_name)
-        parents = self.registry.parent_names(step_name)
+        node = M.node_of(step_name)  # an item's map, else the step itself
+        workflows = self.registry.defining(node)
+        parents = self.registry.parent_names(node)
         row = None
         with self.sessions() as session:
             if not workflows:
                 pass  # no loaded workflow has this step: nothing to claim
-            elif self.registry.is_limited_step(step_name):
+            elif node == step_name and self.registry.is_limited_step(step_name):
                 with session.begin():
                     held = self._step_slot(session, rid, step_name, now)
                     if held is None:
@@ -826,18 +1197,26 @@ class WorkflowEngine:
             results={},
             run_key=row.run_key,
             version=row.version,
+            node=node if row.map_index is not None else None,
+            index=row.map_index,
+            item=row.item,
         )
         definition = self.claimed_definition(claim)
-        own = definition.upstream(step_name)
+        own = definition.upstream(node)
         missing = [p for p in own if p not in row.results]
         if missing and row.version is not None:  # an older version's parents: read them too
             with self.sessions() as session:
                 row.results.update(succeeded_results(session, rid, missing))
         claim.results = {p: row.results[p] for p in own if p in row.results}
         waited = [p for p in own if p in claim.results and definition.steps[p].kind == W.EVENT]
-        if waited:
+        lenient = [p for p in own if p in claim.results and definition.steps[p].map is not None
+                   and definition.steps[p].map.allow_failures]  # type: ignore[union-attr]
+        if waited or lenient:
             with self.sessions() as session:
-                claim.events = WT.events_of(session, rid, waited)
+                if waited:
+                    claim.events = WT.events_of(session, rid, waited)
+                if lenient:
+                    claim.map_errors = CM.map_errors(session, rid, lenient)
         return claim
 
     def _check_loaded(self, session: Session, rid: uuid.UUID, step_name: str, worker: str | None) -> None:
@@ -856,7 +1235,7 @@ class WorkflowEngine:
         if found is None:
             return
         workflow = self.registry.find(found.workflow)
-        if workflow is not None and step_name in workflow.steps:
+        if workflow is not None and M.node_of(step_name) in workflow.steps:
             return
         if found.version is None:  # a run from before versions
             if workflow is None:
@@ -903,6 +1282,9 @@ class WorkflowEngine:
             run = self._lock_run(session, parse_run_id(run_id))
             steps = {s.name: s for s in run.steps}
             row = steps.get(step_name)
+            if row is None and M.parse_item(step_name) is not None:  # an item of a map
+                row = session.scalars(select(StepRun).where(StepRun.run_id == run.id,
+                                                            StepRun.name == step_name)).one_or_none()
             if row is None or row.status not in (P.QUEUED, P.RETRYING) or run.status in P.RUN_FINAL:
                 return False
             row.status = P.FAILED
@@ -912,6 +1294,8 @@ class WorkflowEngine:
             if run.error is None:
                 run.error = f"step {step_name!r} failed: {error}"
             workflow = self._definition_of(run, session)
+            if row.map_node is not None:
+                self._item_ended(session, outbox, run, workflow, row, now)
             self._advance(run, workflow, steps, outbox, now)
             self._after_run_change(session, outbox, run, workflow)
             return True
@@ -995,6 +1379,9 @@ class WorkflowEngine:
         if not outcome.ok:
             self._finish_failed(claim, outcome)
             return
+        if claim.node is not None:
+            self._finish_item(claim, outcome)
+            return
         # The hot path: lock the run, settle the step, plan, queue successors.
         now = utcnow()
         rid = parse_run_id(claim.run_id)
@@ -1013,11 +1400,7 @@ class WorkflowEngine:
             if statuses is None:
                 self._lease_lost(session, claim)
                 return
-            if outcome.emits:
-                conn = session.connection()
-                conn.execute(_INSERT_OUTBOX, outbox_rows(claim, outcome.emits, now))
-                if conn.dialect.name == "postgresql":
-                    conn.exec_driver_sql(f"NOTIFY {OUTBOX_CHANNEL}")  # delivered at the commit
+            self._record_effects(session, outbox, claim, outcome, now)
             step = workflow.steps.get(claim.step)
             if step is not None and step.concurrency is not None:
                 key = session.scalar(select(steps.c.concurrency_key).where(steps.c.id == claim.step_id))
@@ -1045,11 +1428,25 @@ class WorkflowEngine:
             for columns, params in by_columns.items():  # one executemany per kind of change
                 session.connection().execute(_step_update(columns), params)
             outbox.extend(decision.dispatches)
+            if decision.items:
+                session.connection().execute(insert(steps), decision.items)
+            self.insert_planned(session, outbox, decision.children)
             if decision.closes:
                 WT.close_waits(session, [rid], decision.closes, now)
+                calls = [n for n in decision.closes if n in workflow.calls]
+                if calls:
+                    outbox.orphans.append((rid, tuple(calls)))
             if decision.run_status is not None:
+                output = None
+                if decision.run_status == P.RUN_SUCCEEDED:
+                    output, error = self._output(session, workflow, rid, locked.parent_run_id, locked.detached)
+                    if error is not None:
+                        decision.run_status, decision.run_error = P.RUN_FAILED, error
                 session.connection().execute(_FINISH_RUN, {"p_rid": rid, "p_status": decision.run_status,
-                                              "p_now": now, "p_error": decision.run_error})
+                                              "p_now": now, "p_error": decision.run_error,
+                                              "p_output": output})
+                if locked.parent_run_id is not None and not locked.detached:
+                    outbox.ended.append(rid)
                 if workflow.concurrency is not None and claim.run_key is not None:
                     self.admit(session, outbox, workflow, claim.run_key)
             if decision.opens:
@@ -1100,6 +1497,8 @@ class WorkflowEngine:
         now: datetime,
     ) -> None:
         """After a cold-path attempt ended: move the run on, free the step's and run's slots."""
+        if row.map_node is not None:
+            self._item_ended(session, outbox, run, workflow, row, now)
         if run.status not in P.RUN_FINAL:
             self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
         if workflow is not None and row.status != P.RUNNING and row.concurrency_key is not None:
@@ -1113,7 +1512,7 @@ class WorkflowEngine:
         workflow: Workflow | None,
         row: StepRun,
         error: str,
-        outbox: list[Dispatch],
+        outbox: Outbox,
         now: datetime,
     ) -> None:
         """Retry with backoff while attempts remain and the run is live; else fail the step.
@@ -1122,7 +1521,7 @@ class WorkflowEngine:
         """
         row.error = error
         row.lease_expires_at = None
-        step = workflow.steps.get(row.name) if workflow is not None else None
+        step = workflow.steps.get(M.node_of(row.name)) if workflow is not None else None
         if step is not None and row.attempts < row.max_attempts and run.status not in P.RUN_FINAL:
             delay = P.backoff_delay(row.attempts, step.backoff, step.max_backoff)
             message = Dispatch(str(run.id), row.name, row.queue, step.timeout, countdown=delay)
@@ -1177,6 +1576,10 @@ class WorkflowEngine:
             row.error = error
             row.finished_at = now
             row.lease_expires_at = None
+            node = next((r for r in run.steps if r.name == row.map_node), None) if row.map_node else None
+            if node is not None and node.status == P.RUNNING:
+                self._fail_map(session, outbox, run, node, f"item {row.map_index} of map {node.name!r} "
+                               f"failed: {error}", now)
             if run.status not in P.RUN_FINAL:
                 self._fail_run(run, {s.name: s for s in run.steps}, error, outbox, now)
             return str(run.id)
@@ -1243,7 +1646,7 @@ class WorkflowEngine:
 
     def _step_or_none(self, row: StepRun, session: Session) -> Any:
         workflow = self._definition_of(row.run, session)
-        return workflow.steps.get(row.name) if workflow is not None else None
+        return workflow.steps.get(M.node_of(row.name)) if workflow is not None else None
 
     # -- operator actions -----------------------------------------------------------
 
@@ -1303,9 +1706,15 @@ class WorkflowEngine:
                 session.execute(
                     update(steps)
                     .where(steps.c.run_id.in_(live),
-                           steps.c.status.in_((P.PENDING, P.QUEUED, P.RETRYING, P.WAITING)))
+                           or_(steps.c.status.in_((P.PENDING, P.QUEUED, P.RETRYING, P.WAITING)),
+                               and_(steps.c.status == P.RUNNING, steps.c.attempts == 0)))  # maps
                     .values(status=P.CANCELLED, finished_at=now, lease_expires_at=None, reason="cancelled")
                 )
+                outbox.orphans.extend((rid, None) for rid in live)
+                outbox.ended.extend(session.scalars(
+                    select(runs.c.id).where(runs.c.id.in_(live), runs.c.parent_run_id.is_not(None),
+                                            runs.c.detached.is_not(True))
+                ))
                 session.execute(
                     update(runs)
                     .where(runs.c.id.in_(live))
@@ -1328,13 +1737,21 @@ class WorkflowEngine:
         run.status = P.RUN_CANCELLED
         run.finished_at = now
         run.error = reason
+        session = object_session(run)
+        assert session is not None
         waiting = [row.name for row in run.steps if row.status == P.WAITING]
         if waiting:
-            session = object_session(run)
-            assert session is not None
             WT.close_waits(session, [run.id], waiting, now)
+        outbox.revoke.extend(CM.cancel_items(session, [run.id], None, reason, now))
+        outbox.orphans.append((run.id, None))
+        if run.parent_run_id is not None and not run.detached:
+            outbox.ended.append(run.id)
         for row in run.steps:
-            if row.status in (P.PENDING, P.QUEUED, P.RETRYING, P.WAITING):
+            if _is_map_node(row):  # its items are cancelled above; running ones finish
+                row.status = P.CANCELLED
+                row.finished_at = now
+                row.reason = reason
+            elif row.status in (P.PENDING, P.QUEUED, P.RETRYING, P.WAITING):
                 if row.status != P.PENDING and row.task_id:
                     outbox.revoke.append(row.task_id)
                 row.status = P.CANCELLED
@@ -1393,6 +1810,7 @@ class WorkflowEngine:
                         f"{missing_code(run.workflow, absent[0], run.version, loaded.version)}; "
                         "retry it on the current version instead (--current-version)"
                     )
+            CM.delete_items(session, run.id, [n for n in redo if workflow.steps[n].map is not None])
             for name in redo:
                 row = steps[name]
                 row.status = P.PENDING
@@ -1464,7 +1882,8 @@ _RUN_INPUT = select(Run.__table__.c.input).where(Run.__table__.c.id == bindparam
 _FINISH_RUN = (
     update(Run.__table__)
     .where(Run.__table__.c.id == bindparam("p_rid"))
-    .values(status=bindparam("p_status"), finished_at=bindparam("p_now"), error=bindparam("p_error"))
+    .values(status=bindparam("p_status"), finished_at=bindparam("p_now"), error=bindparam("p_error"),
+            output=bindparam("p_output", type_=Run.__table__.c.output.type))
 )
 
 
@@ -1498,6 +1917,12 @@ def _closed(statuses: Mapping[str, str], changes: Mapping[str, Mapping[str, Any]
     """Nodes a decision takes out of `waiting` (their open waits are to be closed)."""
     return [name for name, values in changes.items()
             if statuses.get(name) == P.WAITING and values.get("status", P.WAITING) != P.WAITING]
+
+
+def _is_map_node(row: StepRun) -> bool:
+    """A map node still expanding: `running` without an attempt of its own (every claimed
+    step has one); its items are the tasks."""
+    return row.status == P.RUNNING and row.attempts == 0 and row.map_node is None
 
 
 def _current_attempt(session: Session, row: StepRun) -> Attempt | None:
@@ -1557,3 +1982,29 @@ def _key_of(limit: Concurrency | None, data: Any, owner: str) -> str | None:
         raise InvalidInput(
             f"{owner}: cannot compute the concurrency key: {type(exc).__name__}: {exc}"
         ) from None
+
+
+def _composition_error(step: Any, exc: BaseException) -> str:
+    """The error of a map whose `over`, or a call whose `input`, failed as it started."""
+    if isinstance(exc, M.MapOverError):
+        return str(exc)
+    if step.kind == M.CALL:
+        if isinstance(exc, (InvalidInput, WorkflowNotFound)):
+            return f"call {step.name!r}: {exc}"
+        return f"call {step.name!r}: input raised {type(exc).__name__}: {exc}"
+    if isinstance(exc, InvalidInput):
+        return f"map {step.name!r}: {exc}"
+    return f"map {step.name!r}: over raised {type(exc).__name__}: {exc}"
+
+
+def _child_error(child: Run) -> str:
+    """A call node's error when its child run failed: the child's error and its first
+    failed step's."""
+    ended = "was cancelled" if child.status == P.RUN_CANCELLED else "failed"
+    error = f"child run {child.id} of workflow {child.workflow!r} {ended}"
+    if child.error:
+        error += f": {child.error}"
+    detail = next((s.error for s in child.steps if s.status == P.FAILED and s.error), None)
+    if detail and detail not in error:
+        error += f": {detail}"
+    return error

@@ -220,6 +220,7 @@ def insert_runs(
         outbox.extend(p.dispatches)
     engine.open_waits(session, outbox, [row for p in kept for row in p.waits])
     engine.admit_planned(session, outbox, kept)
+    engine.insert_planned(session, outbox, [c for p in kept for c in p.children])
     return [str(p.run["id"]) for p in kept]
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from .dsl import StepContext
 from .engine import Claim, Outcome, WorkflowEngine, check_json
-from .errors import InvalidInput, StepNotLoaded
+from .errors import InvalidInput, StepNotLoaded, WorkflowNotFound
 from .leases import LeaseBoard, renewal_interval
 from .skew import grace_expired, hand_back_pause
 
@@ -225,7 +225,7 @@ def execute(
     if claim is None:
         return "skipped: not claimable (duplicate message, finished or cancelled run)"
     workflow = engine.claimed_definition(claim)
-    step = workflow.steps[claim.step]
+    step = workflow.steps[claim.node_name]
     logger, capture = step_logger(claim)
     ctx = StepContext(
         run_id=claim.run_id,
@@ -236,6 +236,9 @@ def execute(
         attempt=claim.attempt,
         logger=logger,
         events=claim.events,
+        item=claim.item,
+        index=claim.index,
+        map_errors=claim.map_errors,
     )
     heartbeats.add(claim)
     try:
@@ -245,9 +248,11 @@ def execute(
                 # `patch_step`); everything around it is the worker's own path.
                 result = (body or step.fn)(ctx)
             check_json(result, f"result of step {claim.step!r}")
+            engine.check_starts(ctx.starts)
             # The emits ride with the success only: every failure below drops them.
-            outcome = Outcome(ok=True, result=result, logs=capture.lines, emits=ctx.emits)
-        except InvalidInput as exc:
+            outcome = Outcome(ok=True, result=result, logs=capture.lines, emits=ctx.emits,
+                              starts=ctx.starts)
+        except (InvalidInput, WorkflowNotFound) as exc:
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)
         except StepTimeout as exc:
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)

@@ -84,7 +84,8 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
     (`CONNECTION_ERRORS`) ends the sweep.
     """
     now = datetime.now(UTC)
-    counts = {"expired": 0, "redelivered": 0, "admitted": 0, "abandoned": 0, "timers": 0}
+    counts = {"expired": 0, "redelivered": 0, "admitted": 0, "abandoned": 0, "timers": 0,
+              "composed": 0}
     _report_versions(engine)
     with sweeper_lock(engine) as conn:
         if conn is None:
@@ -115,11 +116,12 @@ def sweep(engine: WorkflowEngine, expire_leases: bool = True) -> dict[str, int]:
         counts["admitted"] = engine.admit_waiting()
         counts["abandoned"] = engine.fail_abandoned()
         counts["timers"] = _fire_all(engine)
+        counts["composed"] = engine.settle_composed()
     if any(counts.values()):
         log.info(
             "recovery: %(expired)d lapsed lease(s), %(redelivered)d message(s) re-sent, "
             "%(admitted)d waiting run(s) admitted, %(abandoned)d run(s) of removed workflows failed, "
-            "%(timers)d timer(s) fired",
+            "%(timers)d timer(s) fired, %(composed)d map(s), call(s) or child run(s) settled",
             counts,
         )
     return counts

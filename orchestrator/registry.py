@@ -22,6 +22,8 @@ class Registry:
         self._wait_paths: dict[str, set[str]] | None = None
         for workflow in workflows:
             self.add(workflow)
+        if self._workflows:
+            self.check_calls()
 
     def add(self, workflow: Workflow) -> None:
         existing = self._workflows.get(workflow.name)
@@ -34,6 +36,38 @@ class Registry:
         self._parents.clear()
         self._defining.clear()
         self._wait_paths = None
+
+    def check_calls(self) -> None:
+        """Once every workflow is loaded: each `flow.call` names a loaded workflow, and no
+        chain of calls leads back to where it started (a run would start itself forever)."""
+        for workflow in self._workflows.values():
+            for node, target in workflow.calls.items():
+                if target not in self._workflows:
+                    known = ", ".join(sorted(self._workflows))
+                    raise WorkflowDefinitionError(
+                        f"workflow {workflow.name!r}: call {node!r} names unknown workflow "
+                        f"{target!r} (loaded: {known})"
+                    )
+        for start in self._workflows:
+            path = [start]
+            todo = [(start, iter(sorted(set(self._workflows[start].calls.values()))))]
+            while todo:
+                _, targets = todo[-1]
+                target = next(targets, None)
+                if target is None:
+                    todo.pop()
+                    path.pop()
+                    continue
+                if target == start:
+                    chain = " -> ".join([*path, target])
+                    raise WorkflowDefinitionError(
+                        f"workflow {start!r}: its calls lead back to itself ({chain}); a run "
+                        "would start runs of itself forever"
+                    )
+                if target in path:
+                    continue
+                path.append(target)
+                todo.append((target, iter(sorted(set(self._workflows[target].calls.values())))))
 
     @property
     def wait_paths(self) -> dict[str, set[str]]:
@@ -132,4 +166,5 @@ def load_workflows(paths: Iterable[str]) -> Registry:
             for value in vars(module).values():
                 if isinstance(value, Workflow):
                     registry.add(value)
+    registry.check_calls()
     return registry

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .composition import DEFAULT_MAX_MAP_ITEMS
 from .errors import ConfigurationError
 
 #: Folder, relative to the working directory, of the embedded defaults' files.
@@ -178,6 +179,8 @@ class Settings:
     relay_interval: float = DEFAULT_RELAY_INTERVAL
     #: ORCHESTRATOR_RELAY_BATCH_SIZE (see `DEFAULT_RELAY_BATCH_SIZE`).
     relay_batch_size: int = DEFAULT_RELAY_BATCH_SIZE
+    #: ORCHESTRATOR_MAX_MAP_ITEMS: most items one `flow.map` node may expand to.
+    max_map_items: int = DEFAULT_MAX_MAP_ITEMS
     #: Every ORCHESTRATOR_* variable as read (may hold secrets: never printed).
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -220,6 +223,7 @@ class Settings:
             version_grace=_duration(env, "ORCHESTRATOR_VERSION_GRACE", DEFAULT_VERSION_GRACE),
             relay_interval=_float(env, "ORCHESTRATOR_RELAY_INTERVAL", DEFAULT_RELAY_INTERVAL),
             relay_batch_size=_positive_int(env, "ORCHESTRATOR_RELAY_BATCH_SIZE", DEFAULT_RELAY_BATCH_SIZE),
+            max_map_items=_positive_int(env, "ORCHESTRATOR_MAX_MAP_ITEMS", DEFAULT_MAX_MAP_ITEMS),
             extra={k: v for k, v in env.items() if k.startswith("ORCHESTRATOR_")},
         )
 

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import composition as M
 from . import waits as W
 from .dsl import Concurrency, Step, StepContext, Workflow
 from .dsl import describe_concurrency as _limit  # one JSON form of a limit
@@ -40,6 +41,8 @@ def structure(workflow: Workflow) -> dict[str, Any]:
                 "concurrency": _limit(s.concurrency),
                 # Only nodes that wait say their kind: a task-only workflow keeps its hash.
                 **({"kind": s.kind, "wait": s.wait.describe()} if s.wait is not None else {}),
+                **({"kind": s.kind, "map": s.map.describe()} if s.map is not None else {}),
+                **({"kind": s.kind, "call": s.call.describe()} if s.call is not None else {}),
             }
             for s in workflow.steps.values()
         ],
@@ -107,6 +110,7 @@ def planning_view(
     view.explicit_version = version
     view._version = version
     view._upstream = {}
+    view.output = loaded.output if loaded is not None else None
     view.steps = {}
     for item in shape.get("steps", []):
         code = loaded.steps.get(item["name"]) if loaded is not None else None
@@ -117,7 +121,9 @@ def planning_view(
             )
         kind = item.get("kind", W.TASK)
         wait = None
-        if kind != W.TASK:
+        mapped, called = _restore_composed(kind, item, code, _missing(
+            name, item["name"], version, deployed, f"the {kind} node"))
+        if kind not in (W.TASK, M.MAP, M.CALL):
             same_kind = code.wait if code is not None and code.kind == kind else None
             wait = (same_kind if same_kind is not None and same_kind.describe() == item.get("wait")
                     else _restore_wait(kind, item.get("wait") or {}, same_kind,
@@ -125,6 +131,8 @@ def planning_view(
         view.steps[item["name"]] = Step(
             kind=kind,
             wait=wait,
+            map=mapped,
+            call=called,
             name=item["name"],
             fn=code.fn if code is not None else _missing(name, item["name"], version, deployed, "step"),
             after=tuple(item.get("after", ())),
@@ -157,6 +165,23 @@ def _restore_wait(kind: str, spec: Mapping[str, Any], loaded: W.WaitSpec | None,
         until = loaded.until if isinstance(loaded, W.SleepWait) and loaded.until else missing
         return W.SleepWait(until=until)
     return W.SleepWait(duration=spec.get("duration"))
+
+
+def _restore_composed(kind: str, item: Mapping[str, Any], code: Step | None,
+                      missing: Callable[[StepContext], Any]) -> tuple[M.MapSpec | None, M.CallSpec | None]:
+    """A stored map's or call's spec: the version's options, the loaded node's functions
+    (`over`, `input`) where the loaded node of that name is of the same kind."""
+    if kind == M.MAP:
+        stored = item.get("map") or {}
+        over = code.map.over if code is not None and code.map is not None else missing
+        return M.MapSpec(over=over, concurrency=stored.get("concurrency"),
+                         allow_failures=bool(stored.get("allow_failures"))), None
+    if kind == M.CALL:
+        stored = item.get("call") or {}
+        loaded = code.call if code is not None and code.call is not None else None
+        return None, M.CallSpec(workflow=stored.get("workflow", ""),
+                                input=loaded.input if loaded is not None else missing)
+    return None, None
 
 
 def _restore_limit(value: Mapping[str, Any] | None) -> Concurrency | None:

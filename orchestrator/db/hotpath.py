@@ -41,6 +41,9 @@ class ClaimedRow:
     run_key: str | None = None
     #: The workflow version the run started with (None: recorded before versions).
     version: str | None = None
+    #: For an item of a map: its position and value.
+    map_index: int | None = None
+    item: Any = None
 
 
 class GenericHotPath:
@@ -97,7 +100,7 @@ class GenericHotPath:
         results = succeeded_results(session, rid, parents) if parents else {}
         return ClaimedRow(
             claimed.id, claimed.attempts, attempt_id, claimed.workflow, claimed.input, results,
-            claimed.run_key, claimed.version,
+            claimed.run_key, claimed.version, claimed.map_index, claimed.item,
         )
 
     def lock_run(self, session: Session, rid: uuid.UUID) -> Any:
@@ -124,6 +127,26 @@ class GenericHotPath:
         if settled.rowcount != 1:
             return None
         return dict(session.connection().execute(_STATUSES, {"p_rid": rid}).all())
+
+
+    def settle_item(
+        self,
+        session: Session,
+        step_id: int,
+        number: int,
+        attempt_id: int,
+        result: Any,
+        logs: list[dict[str, Any]],
+        now: datetime,
+    ) -> bool:
+        """Mark an item's attempt and row succeeded, without the run's lock; False if the
+        item was no longer this attempt's."""
+        conn = session.connection()
+        conn.execute(_SUCCEED_ATTEMPT, {"p_id": attempt_id, "p_now": now, "p_logs": logs})
+        settled = conn.execute(
+            _SUCCEED_STEP, {"p_id": step_id, "p_number": number, "p_result": result, "p_now": now}
+        )
+        return settled.rowcount == 1
 
 
 class PostgresHotPath(GenericHotPath):
@@ -176,7 +199,7 @@ class PostgresHotPath(GenericHotPath):
             return None
         return ClaimedRow(
             row.id, row.attempts, row.attempt_id, row.workflow, row.input, row.results or {},
-            row.concurrency_key, row.version,
+            row.concurrency_key, row.version, row.map_index, row.item,
         )
 
     def settle_success(
@@ -212,6 +235,24 @@ class PostgresHotPath(GenericHotPath):
         return statuses
 
 
+    def settle_item(
+        self,
+        session: Session,
+        step_id: int,
+        number: int,
+        attempt_id: int,
+        result: Any,
+        logs: list[dict[str, Any]],
+        now: datetime,
+    ) -> bool:
+        row = session.connection().execute(
+            _PG_SETTLE_ITEM,
+            {"step_id": step_id, "number": number, "attempt_id": attempt_id,
+             "result": json.dumps(result), "logs": json.dumps(logs), "now": now},
+        ).one()
+        return bool(row.settled)
+
+
 def hot_path_for(db: Engine) -> GenericHotPath:
     return PostgresHotPath(db) if db.dialect.name == "postgresql" else GenericHotPath(db)
 
@@ -235,10 +276,13 @@ def _of_run(column: Any) -> Any:
 
 
 # Built once: statements are compiled and cached by SQLAlchemy, not rebuilt per call.
+# Nodes only (`map_node IS NULL`): a map's items are rows of their own, settled apart.
 _ALL_RESULTS = select(_steps.c.name, _steps.c.result).where(
-    _steps.c.run_id == bindparam("p_rid"), _steps.c.status == P.SUCCEEDED
+    _steps.c.run_id == bindparam("p_rid"), _steps.c.status == P.SUCCEEDED, _steps.c.map_node.is_(None)
 )
-_STATUSES = select(_steps.c.name, _steps.c.status).where(_steps.c.run_id == bindparam("p_rid"))
+_STATUSES = select(_steps.c.name, _steps.c.status).where(
+    _steps.c.run_id == bindparam("p_rid"), _steps.c.map_node.is_(None)
+)
 _RESULTS = _ALL_RESULTS.where(_steps.c.name.in_(bindparam("p_names", expanding=True)))
 _CLAIM_STEP = (
     update(_steps)
@@ -265,6 +309,8 @@ _CLAIM_STEP = (
     .returning(
         _steps.c.id,
         _steps.c.attempts,
+        _steps.c.map_index,
+        _steps.c.item,
         _of_run(_runs.c.status).label("run_status"),
         _of_run(_runs.c.workflow).label("workflow"),
         _of_run(_runs.c.input).label("input"),
@@ -291,7 +337,7 @@ _START_RUN = (
 )
 # Its own statement: rows read after it see every transaction that held the lock before.
 _LOCK_RUN = (
-    select(_runs.c.status, _runs.c.workflow)
+    select(_runs.c.status, _runs.c.workflow, _runs.c.parent_run_id, _runs.c.detached)
     .where(_runs.c.id == bindparam("p_rid"))
     .with_for_update()
 )
@@ -331,7 +377,7 @@ WITH claimed AS (
      WHERE run_id = :rid AND name = :name AND status IN ('queued', 'retrying')
        AND EXISTS (SELECT 1 FROM runs WHERE id = :rid AND status IN ('pending', 'running')
                    AND workflow = ANY(CAST(:workflows AS varchar[])))
- RETURNING id, attempts
+ RETURNING id, attempts, map_index, item
 ), attempt AS (
     INSERT INTO attempts (step_id, number, status, worker, started_at, logs)
     SELECT id, attempts, 'running', :worker, :now, '[]'::jsonb FROM claimed
@@ -340,7 +386,8 @@ WITH claimed AS (
     UPDATE runs SET status = 'running', started_at = :now
      WHERE id = :rid AND status = 'pending' AND EXISTS (SELECT 1 FROM claimed)
 )
-SELECT claimed.id, claimed.attempts, attempt.id AS attempt_id, runs.workflow, runs.input,
+SELECT claimed.id, claimed.attempts, claimed.map_index, claimed.item,
+       attempt.id AS attempt_id, runs.workflow, runs.input,
        runs.concurrency_key, runs.version,
        (SELECT jsonb_object_agg(p.name, p.result) FROM steps p
          WHERE p.run_id = :rid AND p.name = ANY(CAST(:parents AS varchar[]))
@@ -366,6 +413,23 @@ WITH settled AS (
 )
 SELECT s.id, s.name, s.status, EXISTS (SELECT 1 FROM settled) AS settled
   FROM steps s
- WHERE s.run_id = :rid
+ WHERE s.run_id = :rid AND s.map_node IS NULL
+"""
+)
+
+# An item of a map: its row and attempt, nothing of the run (no run lock: see `composing`).
+_PG_SETTLE_ITEM = text(
+    """
+WITH settled AS (
+    UPDATE steps
+       SET status = 'succeeded', result = CAST(:result AS jsonb), error = NULL,
+           finished_at = :now, lease_expires_at = NULL
+     WHERE id = :step_id AND status = 'running' AND attempts = :number
+ RETURNING id
+), attempt AS (
+    UPDATE attempts SET status = 'succeeded', finished_at = :now, logs = CAST(:logs AS jsonb)
+     WHERE id = :attempt_id AND status = 'running' AND EXISTS (SELECT 1 FROM settled)
+)
+SELECT EXISTS (SELECT 1 FROM settled) AS settled
 """
 )

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -93,6 +94,13 @@ class Run(Base):
         Index("ix_runs_workflow_status_created", "workflow", "status", "created_at", "id"),
         # `runs --version`, and the versions that still have live runs.
         Index("ix_runs_workflow_version", "workflow", "version", "status"),
+        # A run's children (`flow.call`, `ctx.start_run`).
+        Index(
+            "ix_runs_parent",
+            "parent_run_id",
+            postgresql_where=text("parent_run_id IS NOT NULL"),
+            sqlite_where=text("parent_run_id IS NOT NULL"),
+        ),
         # Admission under a concurrency limit: running and oldest pending runs of one key.
         Index(
             "ix_runs_concurrency",
@@ -131,9 +139,24 @@ class Run(Base):
     #: The workflow version the run started with; its structure is in `workflow_versions`.
     #: NULL for runs recorded before versions existed (planned on the loaded definition).
     version: Mapped[str | None] = mapped_column(String(64))
+    #: The run whose `flow.call` node (`parent_step`) started this one, or whose step
+    #: started it with `ctx.start_run` (then `parent_step` is that step and the run is
+    #: detached: nothing waits for it and cancelling the parent leaves it alone).
+    parent_run_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("runs.id", ondelete="SET NULL")
+    )
+    parent_step: Mapped[str | None] = mapped_column(String(200))
+    #: Whether the parent waits for this run (a `flow.call` child) or not (`ctx.start_run`).
+    detached: Mapped[bool | None] = mapped_column(Boolean)
+    #: The workflow's `output` of a succeeded run (what a parent's call node gets).
+    output: Mapped[Any | None] = mapped_column(Json)
 
+    #: The run's nodes; the items of its maps are `StepRun` rows too, left out here.
     steps: Mapped[list[StepRun]] = relationship(
-        back_populates="run", order_by="StepRun.id", cascade="all, delete-orphan"
+        order_by="StepRun.id",
+        cascade="all, delete-orphan",
+        primaryjoin="and_(Run.id == StepRun.run_id, StepRun.map_node.is_(None))",
+        overlaps="run",
     )
     event: Mapped[Event | None] = relationship(back_populates="runs")
 
@@ -170,6 +193,20 @@ class StepRun(Base):
             postgresql_where=text("status = 'queued' AND task_id IS NULL AND concurrency_key IS NOT NULL"),
             sqlite_where=text("status = 'queued' AND task_id IS NULL AND concurrency_key IS NOT NULL"),
         ),
+        # A map's open items: the next pending one by index, and whether any is left.
+        Index(
+            "ix_steps_items_open",
+            "run_id",
+            "map_node",
+            "status",
+            "map_index",
+            postgresql_where=text(
+                "map_node IS NOT NULL AND status IN ('pending', 'queued', 'running', 'retrying')"
+            ),
+            sqlite_where=text(
+                "map_node IS NOT NULL AND status IN ('pending', 'queued', 'running', 'retrying')"
+            ),
+        ),
         # Runs with a node waiting (`/runs?status=waiting`).
         Index(
             "ix_steps_waiting",
@@ -201,8 +238,13 @@ class StepRun(Base):
     #: When a worker without the step's code first handed its message back (deploy skew):
     #: the start of its `ORCHESTRATOR_VERSION_GRACE`. Cleared when a worker claims it.
     handed_back_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: For an item of a map: the map node's name, the item's position and its value. The
+    #: item's row is named `node[index]` (`orchestrator.maps`); NULL for a node.
+    map_node: Mapped[str | None] = mapped_column(String(200))
+    map_index: Mapped[int | None] = mapped_column(Integer)
+    item: Mapped[Any | None] = mapped_column(Json)
 
-    run: Mapped[Run] = relationship(back_populates="steps")
+    run: Mapped[Run] = relationship()
     attempt_rows: Mapped[list[Attempt]] = relationship(
         back_populates="step", order_by="Attempt.number", cascade="all, delete-orphan"
     )
@@ -336,6 +378,13 @@ class Wait(Base):
         ),
         Index("ix_waits_run", "run_id", "step"),
         Index("ix_waits_event", "event_id"),
+        # The recovery loop's check of `flow.call` nodes whose child ended.
+        Index(
+            "ix_waits_open_children",
+            "run_id",
+            postgresql_where=text("status = 'open' AND kind = 'child'"),
+            sqlite_where=text("status = 'open' AND kind = 'child'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
