@@ -1089,8 +1089,9 @@ class WorkflowEngine:
             else:
                 error = _child_error(child)
                 step = workflow.steps.get(node) if workflow is not None else None
+                # A child that was cancelled (by hand) is not retried: someone stopped it.
                 if (step is not None and step.call is not None and row.attempts < row.max_attempts
-                        and run.status not in P.RUN_FINAL):
+                        and child.status == P.RUN_FAILED and run.status not in P.RUN_FINAL):
                     try:  # a new child, with the node's input computed again
                         ctx = StepContext(str(run.id), run.workflow, node, run.input, self._results_for(
                             session, run, workflow, node), attempt=0)
