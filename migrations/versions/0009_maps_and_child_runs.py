@@ -28,7 +28,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('parent_step', sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column('detached', sa.Boolean(), nullable=True))
         batch_op.add_column(sa.Column('output', _JSON, nullable=True))
-        batch_op.create_index('ix_runs_parent', ['parent_run_id'], unique=False, postgresql_where=sa.text('parent_run_id IS NOT NULL'), sqlite_where=sa.text('parent_run_id IS NOT NULL'))
+        batch_op.create_index('ix_runs_parent', ['parent_run_id', 'created_at'], unique=False, postgresql_where=sa.text('parent_run_id IS NOT NULL'), sqlite_where=sa.text('parent_run_id IS NOT NULL'))
+        batch_op.create_index('ix_runs_live_children', ['parent_step'], unique=False, postgresql_where=sa.text("parent_run_id IS NOT NULL AND status IN ('pending', 'running')"), sqlite_where=sa.text("parent_run_id IS NOT NULL AND status IN ('pending', 'running')"))
         batch_op.create_foreign_key(batch_op.f('fk_runs_parent_run_id_runs'), 'runs', ['parent_run_id'], ['id'], ondelete='SET NULL')
 
     with op.batch_alter_table('steps', schema=None) as batch_op:
@@ -53,6 +54,7 @@ def downgrade() -> None:
 
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('fk_runs_parent_run_id_runs'), type_='foreignkey')
+        batch_op.drop_index('ix_runs_live_children', postgresql_where=sa.text("parent_run_id IS NOT NULL AND status IN ('pending', 'running')"), sqlite_where=sa.text("parent_run_id IS NOT NULL AND status IN ('pending', 'running')"))
         batch_op.drop_index('ix_runs_parent', postgresql_where=sa.text('parent_run_id IS NOT NULL'), sqlite_where=sa.text('parent_run_id IS NOT NULL'))
         batch_op.drop_column('output')
         batch_op.drop_column('detached')

@@ -94,12 +94,20 @@ class Run(Base):
         Index("ix_runs_workflow_status_created", "workflow", "status", "created_at", "id"),
         # `runs --version`, and the versions that still have live runs.
         Index("ix_runs_workflow_version", "workflow", "version", "status"),
-        # A run's children (`flow.call`, `ctx.start_run`).
+        # A run's children (`flow.call`, `ctx.start_run`), newest first.
         Index(
             "ix_runs_parent",
             "parent_run_id",
+            "created_at",
             postgresql_where=text("parent_run_id IS NOT NULL"),
             sqlite_where=text("parent_run_id IS NOT NULL"),
+        ),
+        # Children still live: what the recovery loop checks for a parent that stopped waiting.
+        Index(
+            "ix_runs_live_children",
+            "parent_step",
+            postgresql_where=text("parent_run_id IS NOT NULL AND status IN ('pending', 'running')"),
+            sqlite_where=text("parent_run_id IS NOT NULL AND status IN ('pending', 'running')"),
         ),
         # Admission under a concurrency limit: running and oldest pending runs of one key.
         Index(
