@@ -81,3 +81,31 @@ starter = Workflow("c-starter")
 def kick(ctx):
     ctx.start_run("c-child", {"x": 5})
     return "kicked"
+
+
+sibling = Workflow("c-sibling")
+
+
+@sibling.step
+def breaks(ctx):
+    raise RuntimeError("sibling broke")
+
+
+waits_for_child = sibling.call("c-slow-child", name="slow")
+
+slow_child = Workflow("c-slow-child")
+slow_child.sleep("nap", duration="1h")
+
+
+limited = Workflow("c-limited", concurrency=1)
+
+
+@limited.map(over=lambda ctx: ctx.input["items"], when=lambda ctx: not ctx.input.get("skip"))
+def each_limited(ctx):
+    if ctx.item == "bad" and not ctx.input.get("fixed"):
+        raise RuntimeError("bad item")
+    return ctx.item.upper()
+
+
+nested = Workflow("c-nested")
+nested.call("c-fanout", name="inner", input=lambda ctx: {"n": 4})

@@ -68,3 +68,32 @@ def test_start_run_starts_a_detached_run(orchestrator_test):
     assert run.status == "succeeded"
     children = orchestrator_test.runs("c-child")
     assert len(children) == 1 and children[0].status == "succeeded"
+
+
+def test_a_failure_elsewhere_cancels_the_child_the_run_no_longer_waits_for(orchestrator_test):
+    run = orchestrator_test.start("c-sibling")
+    assert run.status == "failed", run
+    assert run.steps["slow"].status == "cancelled"
+    (child,) = orchestrator_test.runs("c-slow-child")
+    assert child.status == "cancelled"
+
+
+def test_a_limited_workflow_expands_its_map_once_admitted_and_when_can_skip_it(orchestrator_test):
+    run = orchestrator_test.start("c-limited", {"items": ["a", "b"]})
+    assert run.status == "succeeded" and run.steps["each_limited"].result == ["A", "B"]
+    skipped = orchestrator_test.start("c-limited", {"items": ["a"], "skip": True})
+    assert skipped.status == "succeeded" and skipped.steps["each_limited"].status == "skipped"
+
+
+def test_retrying_a_failed_map_expands_it_again(orchestrator_test):
+    run = orchestrator_test.start("c-limited", {"items": ["a", "bad"]})
+    assert run.status == "failed"
+    assert orchestrator_test.retry(run)
+    # Still bad: the items were expanded anew (not left cancelled), and failed again.
+    assert run.status == "failed" and "item 1 of map 'each_limited' failed" in run.steps["each_limited"].error
+
+
+def test_a_child_can_map(orchestrator_test):
+    run = orchestrator_test.start("c-nested")
+    assert run.status == "succeeded", run
+    assert run.steps["inner"].result == {"total": 14}
