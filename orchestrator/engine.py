@@ -328,7 +328,10 @@ class WorkflowEngine:
         for what, args, action in (
             *[("map", (rid, node), self._map_item_ended) for rid, node in sorted(outbox.maps)],
             *[("child", (rid,), self._child_ended) for rid in outbox.ended],
-            *[("orphans", (rid, nodes), self._cancel_children) for rid, nodes in outbox.orphans],
+            *[("orphans", (rid, nodes), self._cancel_children) for rid, nodes in outbox.orphans
+              if nodes is not None],
+            *([("orphans", (tuple(rid for rid, nodes in outbox.orphans if nodes is None), None),
+                self._cancel_children)] if any(n is None for _, n in outbox.orphans) else []),
         ):
             try:
                 action(*args)
@@ -1118,10 +1121,10 @@ class WorkflowEngine:
         return {p: rows[p].result for p in workflow.upstream(node)
                 if p in rows and rows[p].status == P.SUCCEEDED}
 
-    def _cancel_children(self, parent: uuid.UUID, nodes: tuple[str, ...] | None) -> None:
-        """Cancel the live children of a run (of its call nodes `nodes`, or all of them)."""
+    def _cancel_children(self, parents: uuid.UUID | tuple[uuid.UUID, ...], nodes: tuple[str, ...] | None) -> None:
+        """Cancel the live children of runs (of their call nodes `nodes`, or all of them)."""
         with self.sessions() as session:
-            children = CM.live_children(session, [parent], nodes)
+            children = CM.live_children(session, [parents] if isinstance(parents, uuid.UUID) else list(parents), nodes)
         if children:
             self.cancel_runs([str(c) for c in children])
 
