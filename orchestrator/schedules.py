@@ -54,7 +54,7 @@ class TickPlan:
     fire: list[datetime]
     #: Missed ticks left out by the catchup policy (at most `COUNT_LIMIT` are counted).
     skipped: int
-    #: The newest due tick, fired or skipped: the next pass looks only after it (None: no tick due).
+    #: The newest due tick (UTC), fired or skipped: the next pass looks only after it (None: none due).
     newest: datetime | None
     #: The first tick after `now`.
     next_fire: datetime
@@ -146,6 +146,9 @@ class Schedule:
         """Which ticks in (`start`, `now`] to fire: those on time (at most `missed_after`
         old) always; of the missed ones, by `catchup`: `latest` the newest when no tick
         is on time, `all` the newest `max_catchup`, `none` nothing."""
+        # In UTC: aware datetimes of one zone compare and subtract by wall time, which a
+        # fall-back hour makes ambiguous.
+        start, now = start.astimezone(UTC), now.astimezone(UTC)
         wanted = {"latest": 1, "all": self.max_catchup, "none": 0}[self.catchup]
         on_time: list[datetime] = []
         missed: list[datetime] = []
@@ -153,7 +156,7 @@ class Schedule:
         newest: datetime | None = None
         ticks = croniter(self.cron, (now + timedelta(microseconds=1)).astimezone(self.zone))
         while True:
-            tick = ticks.get_prev(datetime)
+            tick = ticks.get_prev(datetime).astimezone(UTC)
             if tick <= start:
                 break
             newest = newest or tick
@@ -168,7 +171,7 @@ class Schedule:
         if self.catchup == "latest" and on_time and missed:
             skipped += len(missed)
             missed = []
-        return TickPlan(fire=sorted(on_time + missed), skipped=skipped, newest=newest, next_fire=self.next_after(now))
+        return TickPlan(fire=[t.astimezone(self.zone) for t in sorted(on_time + missed)], skipped=skipped, newest=newest, next_fire=self.next_after(now))
 
     def describe(self) -> dict[str, Any]:
         """JSON description for the CLI and API."""
