@@ -14,6 +14,8 @@ the newest tick handled, the next fire time, the last run and the last error. An
 function that raises (or returns no dict), or an input the workflow's schema refuses, does
 not start a run: that tick is handled, its error is the schedule's `last_error` (shown by
 `orchestrator schedules`, the API and the workflow page), and the other schedules go on.
+Missed ticks `catchup="all"` drops beyond `max_catchup` are said there too; those `latest`
+and `none` skip by design are only logged.
 """
 
 from __future__ import annotations
@@ -127,9 +129,12 @@ def _fire_one(engine: WorkflowEngine, sched: Schedule, row: Any, now: datetime, 
     workflow = engine.registry.get(sched.workflow)
     planned: list[PlannedRun] = []
     errors: list[str] = []
-    if plan.skipped:
-        log.warning("scheduler: %s, schedule %r: %s", sched.workflow, sched.cron, plan.note(sched.catchup))
-        errors.append(plan.note(sched.catchup) or "")
+    if plan.skipped:  # as the policy says; only a capped `all` loses ticks it was asked to run
+        dropped = sched.catchup == "all"
+        log.log(logging.WARNING if dropped else logging.INFO, "scheduler: %s, schedule %r: %s",
+                sched.workflow, sched.cron, plan.note(sched.catchup))
+        if dropped:
+            errors.append(plan.note(sched.catchup) or "")
     for tick in plan.fire:
         try:
             data = validate_input(workflow, sched.run_input(tick))

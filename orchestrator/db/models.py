@@ -392,6 +392,6 @@ class ScheduleState(Base):
     next_fire_at: Mapped[datetime | None] = mapped_column(Timestamp)
     #: The run the newest fired tick started (not a foreign key: pruning runs keeps this row).
     last_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
-    #: Why the newest handled tick did not start a run, or what a pass left out; None when fine.
+    #: Why the newest handled tick started no run, or the missed ticks `catchup="all"` dropped.
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
