@@ -79,6 +79,26 @@ def test_two_scheduler_processes_racing_over_3_ticks_start_exactly_one_run_per_t
     assert row_of(runtime, "every-second").last_tick == ticks[-1]
 
 
+def test_the_recovery_processes_of_two_workers_fire_a_schedule_once_per_tick_and_its_runs_run(
+        settings, start_worker, wait_for_run, runtime):
+    race = ("tests.schedule_race_flows",)
+    start_worker(concurrency=1, workflows=race)
+    start_worker(concurrency=1, workflows=race)
+
+    def three_succeeded() -> bool:
+        with runtime.db.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM runs WHERE workflow = 'every-second' "
+                                     "AND status = 'succeeded'")).scalar_one() >= 3
+
+    from tests.conftest import wait_for
+
+    wait_for(three_succeeded, timeout=30, message="3 scheduled runs to succeed")
+    keys = [key for key, _ in runs_of(runtime, "every-second")]
+    assert len(keys) == len(set(keys)) >= 3
+    row = row_of(runtime, "every-second")
+    assert row.last_error is None and row.last_run_id is not None
+
+
 def _ids(runtime, workflow: str) -> list[str]:
     with runtime.db.connect() as conn:
         return [str(r[0]) for r in conn.execute(text("SELECT id FROM runs WHERE workflow = :w"), {"w": workflow})]
@@ -172,6 +192,7 @@ def test_pause_and_resume_from_the_cli_and_resuming_does_not_fire_the_ticks_miss
     out = cli(env, "schedules", "pause", "all-catchup")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "paused 1 schedule(s) of all-catchup: * * * * *"
+    assert "  trigger schedule cron='* * * * *' timezone=UTC catchup=all" in cli(env, "workflows").stdout
     listed = cli(env, "schedules").stdout.splitlines()
     assert listed[0].split() == ["WORKFLOW", "CRON", "TIMEZONE", "NEXT", "FIRE", "(UTC)", "LAST", "RUN", "PAUSED"]
     line = next(x for x in listed if x.startswith("all-catchup "))
