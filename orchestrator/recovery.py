@@ -73,14 +73,19 @@ def fire_schedules(engine: WorkflowEngine) -> int:
         return 0 if conn is None else len(scheduler.fire_due(engine).started)
 
 
-def _schedule(engine: WorkflowEngine) -> None:
-    """`fire_schedules` for the loop: a bug in it is logged, and never stops the sweeps."""
+def _schedule(engine: WorkflowEngine, broken: list[str]) -> None:
+    """`fire_schedules` for the loop: an error in it (a bug, a schema not upgraded) is
+    logged once while it lasts (`broken` holds the last one), and never stops the sweeps."""
     try:
         fire_schedules(engine)
     except CONNECTION_ERRORS:
         raise
-    except Exception:  # noqa: BLE001 - the sweep after it must still run
-        log.exception("recovery loop: the scheduler pass failed; will try again")
+    except Exception as exc:  # noqa: BLE001 - the sweep after it must still run
+        if [str(exc)] != broken:
+            log.exception("recovery loop: the scheduler pass failed; will keep trying")
+        broken[:] = [str(exc)]
+    else:
+        broken.clear()
 
 
 def _fire_all(engine: WorkflowEngine) -> int:
@@ -304,6 +309,7 @@ def _recovery_main(settings: Settings, parent: int) -> None:
     tick = min(settings.recovery_interval, settings.timer_interval)
     last_sweep = time.monotonic()
     last_schedule = -float("inf")
+    schedule_broken: list[str] = []
     try:
         while not stop.wait(tick):
             if os.getppid() != parent:
@@ -312,7 +318,7 @@ def _recovery_main(settings: Settings, parent: int) -> None:
             try:
                 if time.monotonic() - last_schedule >= scheduler.INTERVAL:
                     last_schedule = time.monotonic()
-                    _schedule(rt.engine)
+                    _schedule(rt.engine, schedule_broken)
                 if time.monotonic() - last_sweep < settings.recovery_interval:
                     if fire_timers(rt.engine):  # between sweeps: only timers, so they are on time
                         log.debug("recovery loop: timers fired")
