@@ -2,7 +2,7 @@
 
 Workflow modules import from here and nothing else::
 
-    from orchestrator import Workflow, kafka_trigger
+    from orchestrator import Workflow, kafka_trigger, schedule
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .errors import OrchestratorError as OrchestratorError
 from .errors import RunNotFound as RunNotFound
 from .errors import WorkflowDefinitionError as WorkflowDefinitionError
 from .errors import WorkflowNotFound as WorkflowNotFound
+from .schedules import schedule as schedule
 from .triggers import kafka_trigger as kafka_trigger
 
 
@@ -44,5 +45,6 @@ __all__ = [
     "WorkflowDefinitionError",
     "WorkflowNotFound",
     "kafka_trigger",
+    "schedule",
     "start_run",
 ]

@@ -165,6 +165,10 @@ def workflows(as_json: bool) -> None:
                 extras.append("conditional")
             click.echo(f"  step {step['name']}{after} ({', '.join(extras)})")
         for trigger in item["triggers"]:
+            if trigger["type"] == "schedule":
+                click.echo(f"  trigger schedule cron={trigger['cron']!r} timezone={trigger['timezone']} "
+                           f"catchup={trigger['catchup']}")
+                continue
             match = json.dumps(trigger["match"]) if trigger["match"] is not None else "every event"
             click.echo(f"  trigger kafka topic={trigger['topic']} match={match}")
     for r in gone:
@@ -373,6 +377,69 @@ def retry(run_id: str, current_version: bool) -> None:
         click.echo(f"retrying run {run_id} on the current version {version}")
     else:
         click.echo(f"retrying run {run_id}")
+
+
+# -- schedules -------------------------------------------------------------------------
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+@friendly_errors
+def schedules(ctx: click.Context, as_json: bool) -> None:
+    """List the loaded workflows' cron schedules: next fire time, last run, paused.
+
+    `orchestrator schedules pause|resume WORKFLOW` pauses or resumes a workflow's schedules.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from .scheduler import list_schedules
+
+    rt = _runtime()
+    with rt.sessions() as session:
+        items = list_schedules(session, rt.registry)
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no schedules (give a workflow triggers=[schedule(cron, ...)])")
+        return
+    click.echo(f"{'WORKFLOW':<24} {'CRON':<16} {'TIMEZONE':<16} {'NEXT FIRE (UTC)':<26} "
+               f"{'LAST RUN':<37} PAUSED")
+    for item in items:
+        click.echo(
+            f"{item['workflow']:<24} {item['cron']:<16} {item['timezone']:<16} "
+            f"{item['next_fire_at'] or '-':<26} {item['last_run_id'] or '-':<37} "
+            f"{'yes' if item['paused'] else 'no'}"
+        )
+        if item["last_error"]:
+            click.echo(f"  last error: {item['last_error']}")
+
+
+def _pause(workflow: str, paused: bool) -> None:
+    from .scheduler import set_paused
+
+    rt = _runtime()
+    with rt.sessions() as session:
+        items = set_paused(session, rt.registry, workflow, paused)
+    verb = "paused" if paused else "resumed"
+    click.echo(f"{verb} {len(items)} schedule(s) of {workflow}: {', '.join(i['cron'] for i in items)}")
+
+
+@schedules.command("pause")
+@click.argument("workflow")
+@friendly_errors
+def schedules_pause(workflow: str) -> None:
+    """Stop WORKFLOW's schedules from starting runs (until resumed)."""
+    _pause(workflow, True)
+
+
+@schedules.command("resume")
+@click.argument("workflow")
+@friendly_errors
+def schedules_resume(workflow: str) -> None:
+    """Start WORKFLOW's schedules again, from now on: ticks missed while paused do not fire."""
+    _pause(workflow, False)
 
 
 # -- services --------------------------------------------------------------------------

@@ -47,3 +47,7 @@ class DeploySkew(OrchestratorError):
 
 class StepNotLoaded(DeploySkew):
     """A worker was sent a step whose code it does not have (claimed by nobody)."""
+
+
+class ScheduleNotFound(OrchestratorError):
+    """A schedule was asked for of a workflow that has none (pause, resume, list)."""

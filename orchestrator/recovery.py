@@ -21,6 +21,7 @@ from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import planner as P
+from . import scheduler
 from .db.models import StepRun
 from .engine import WorkflowEngine
 from .settings import Settings
@@ -63,6 +64,28 @@ def fire_timers(engine: WorkflowEngine) -> int:
     once (`WorkflowEngine.fire_due` is conditional besides). Returns how many fired."""
     with sweeper_lock(engine) as conn:
         return 0 if conn is None else _fire_all(engine)
+
+
+def fire_schedules(engine: WorkflowEngine) -> int:
+    """One scheduler pass (`scheduler.fire_due`) under the sweeper's advisory lock: one
+    node schedules at a time, another takes over when it dies. Returns the runs started."""
+    with sweeper_lock(engine) as conn:
+        return 0 if conn is None else len(scheduler.fire_due(engine).started)
+
+
+def _schedule(engine: WorkflowEngine, broken: list[str]) -> None:
+    """`fire_schedules` for the loop: an error in it (a bug, a schema not upgraded) is
+    logged once while it lasts (`broken` holds the last one), and never stops the sweeps."""
+    try:
+        fire_schedules(engine)
+    except CONNECTION_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the sweep after it must still run
+        if [str(exc)] != broken:
+            log.exception("recovery loop: the scheduler pass failed; will keep trying")
+        broken[:] = [str(exc)]
+    else:
+        broken.clear()
 
 
 def _fire_all(engine: WorkflowEngine) -> int:
@@ -287,12 +310,17 @@ def _recovery_main(settings: Settings, parent: int) -> None:
     grace = OutageGrace(settings.step_lease)
     tick = min(settings.recovery_interval, settings.timer_interval)
     last_sweep = time.monotonic()
+    last_schedule = -float("inf")
+    schedule_broken: list[str] = []
     try:
         while not stop.wait(tick):
             if os.getppid() != parent:
                 log.warning("recovery loop: the worker that started it is gone; stopping")
                 return
             try:
+                if time.monotonic() - last_schedule >= scheduler.INTERVAL:
+                    last_schedule = time.monotonic()
+                    _schedule(rt.engine, schedule_broken)
                 if time.monotonic() - last_sweep < settings.recovery_interval:
                     if fire_timers(rt.engine):  # between sweeps: only timers, so they are on time
                         log.debug("recovery loop: timers fired")

@@ -117,7 +117,7 @@ def clean_state(pg_url: str, redis_url: str) -> None:
     """Empty tables and broker before a test."""
     engine = create_engine(pg_url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE attempts, steps, waits, wait_keys, runs, events, outbox, web_sessions, login_failures, workflow_versions RESTART IDENTITY CASCADE"))
+        conn.execute(text("TRUNCATE attempts, steps, waits, wait_keys, runs, events, outbox, web_sessions, login_failures, workflow_versions, schedules RESTART IDENTITY CASCADE"))
     engine.dispose()
     redis.Redis.from_url(redis_url).flushdb()
 

@@ -126,3 +126,23 @@ def replay_event(event_id: int) -> Any:
     """Re-evaluate an event against today's triggers; lists the runs it started."""
     started = services.replay(event_id)
     return jsonify(event_id=event_id, runs=started, started=len(started))
+
+
+@bp.get("/schedules")
+def list_schedules() -> Any:
+    """Every loaded cron schedule: next fire time, last tick and run, paused, last error."""
+    return jsonify(services.schedules_json())
+
+
+@bp.post("/schedules/<workflow>/pause")
+@require_token
+def pause_schedules(workflow: str) -> Any:
+    """Pause a workflow's schedules; answers them. 404 for an unknown workflow or one without."""
+    return jsonify(services.set_paused(workflow, True))
+
+
+@bp.post("/schedules/<workflow>/resume")
+@require_token
+def resume_schedules(workflow: str) -> Any:
+    """Resume a workflow's schedules from now on (ticks missed while paused do not fire)."""
+    return jsonify(services.set_paused(workflow, False))

@@ -21,6 +21,7 @@ from orchestrator.errors import (
     NotWaiting,
     OrchestratorError,
     RunNotFound,
+    ScheduleNotFound,
     WorkflowNotFound,
 )
 
@@ -60,7 +61,7 @@ def too_large(limit: int | None) -> str:
 def status_of(exc: OrchestratorError) -> int:
     from orchestrator.events import EventNotReplayable
 
-    if isinstance(exc, (WorkflowNotFound, RunNotFound, EventNotFound)):
+    if isinstance(exc, (WorkflowNotFound, RunNotFound, EventNotFound, ScheduleNotFound)):
         return 404
     if isinstance(exc, (EventNotReplayable, DeploySkew, NotWaiting)):
         return 409

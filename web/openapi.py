@@ -36,6 +36,7 @@ def _path(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]
 RUN_ID = _path("run_id", "Run id", {"type": "string", "format": "uuid"})
 EVENT_ID = _path("event_id", "Event id", {"type": "integer", "minimum": 1})
 WORKFLOW_NAME = _path("name", "Workflow name", {"type": "string"})
+SCHEDULED_WORKFLOW = _path("workflow", "Name of a workflow with schedules", {"type": "string"})
 LIMIT = _query(
     "limit", f"Page size (default {DEFAULT_PAGE})", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}
 )
@@ -245,6 +246,37 @@ PATHS: dict[str, Any] = {
                 "401": UNAUTHORIZED,
                 "404": _error("No such event"),
                 "409": _error("The event kept neither its payload nor its raw bytes"),
+            },
+        }
+    },
+    "/api/schedules": {
+        "get": {
+            "summary": "Every loaded cron schedule with its next fire time, last run and state",
+            "responses": {"200": _json({"type": "array", "items": ref("Schedule")}, "Schedules")},
+        }
+    },
+    "/api/schedules/{workflow}/pause": {
+        "post": {
+            "summary": "Pause a workflow's schedules",
+            "security": SECURED,
+            "parameters": [SCHEDULED_WORKFLOW],
+            "responses": {
+                "200": _json({"type": "array", "items": ref("Schedule")}, "The workflow's schedules"),
+                "401": UNAUTHORIZED,
+                "404": _error("Unknown workflow, or a workflow without schedules"),
+            },
+        }
+    },
+    "/api/schedules/{workflow}/resume": {
+        "post": {
+            "summary": "Resume a workflow's schedules",
+            "description": "From now on: ticks missed while paused do not fire.",
+            "security": SECURED,
+            "parameters": [SCHEDULED_WORKFLOW],
+            "responses": {
+                "200": _json({"type": "array", "items": ref("Schedule")}, "The workflow's schedules"),
+                "401": UNAUTHORIZED,
+                "404": _error("Unknown workflow, or a workflow without schedules"),
             },
         }
     },

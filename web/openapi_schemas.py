@@ -102,15 +102,39 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Trigger": {
         "type": "object",
+        "description": "A Kafka trigger (`type: kafka`: topic, match, input, dedupe) or a cron "
+        "schedule (`type: schedule`: id, cron, timezone, input, catchup, max_catchup)",
         "properties": {
-            "type": {"type": "string"},
+            "type": {"type": "string", "enum": ["kafka", "schedule"]},
             "topic": {"type": "string"},
             "match": {},
-            "input": NULLABLE_STRING,
+            "input": {"description": "`<function>`, null, or a schedule's input object"},
             "dedupe": NULLABLE_STRING,
+            "id": {"type": "string"},
+            "cron": {"type": "string"},
+            "timezone": {"type": "string"},
+            "catchup": {"type": "string", "enum": ["latest", "all", "none"]},
+            "max_catchup": {"type": "integer", "minimum": 1},
         },
-        "required": ["type", "topic"],
+        "required": ["type"],
     },
+    "Schedule": obj(
+        {
+            "workflow": {"type": "string"},
+            "id": {"type": "string", "description": "A hash of cron and timezone: a changed cron is a new schedule"},
+            "cron": {"type": "string"},
+            "timezone": {"type": "string"},
+            "catchup": {"type": "string", "enum": ["latest", "all", "none"]},
+            "paused": {"type": "boolean"},
+            "active_since": {**TIME, "description": "First seen or last resumed: no older tick fires"},
+            "last_tick": {**NULLABLE_TIME, "description": "The newest tick handled (fired, or skipped by catchup)"},
+            "next_fire_at": {**NULLABLE_TIME, "description": "Null while paused"},
+            "last_run_id": {"type": ["string", "null"], "format": "uuid"},
+            "last_error": {**NULLABLE_STRING,
+                           "description": "Why the newest handled tick started no run, or which missed ticks were left out"},
+            "updated_at": TIME,
+        }
+    ),
     "WorkflowVersion": obj(
         {
             "version": {"type": "string"},

@@ -1,7 +1,7 @@
 """The dashboard: server-rendered pages, with small static scripts for live updates.
 
 Reading is open, like the API's GETs, unless ORCHESTRATOR_WEB_READ_AUTH=1. Every action
-(start, retry, cancel, bulk, replay, approve) is a form POST that needs a logged-in session and the
+(start, retry, cancel, bulk, replay, approve, pause/resume schedules) is a form POST that needs a logged-in session and the
 form's CSRF token (see `auth`).
 """
 
@@ -74,6 +74,17 @@ def start(name: str) -> Any:
         return render_template("workflow.html", **page, input_text=text, error=message), 400
     flash(f"Started run {run_id}.", "info")
     return redirect(url_for(".run", run_id=run_id))
+
+
+@bp.post("/workflows/<name>/schedules/<action>")
+@require_login
+def schedules(name: str, action: str) -> Any:
+    """Pause or resume (the button pressed) this workflow's schedules."""
+    if action not in ("pause", "resume"):
+        raise BadRequest("action must be pause or resume")
+    found = services.set_paused(name, action == "pause")
+    flash(f"{'Paused' if action == 'pause' else 'Resumed'} {len(found)} schedule(s).", "info")
+    return redirect(url_for(".workflow", name=name) + "#schedules")
 
 
 @bp.get("/runs")

@@ -13,6 +13,7 @@ from typing import Any
 
 from werkzeug.exceptions import BadRequest, Conflict, NotFound
 
+from orchestrator import scheduler
 from orchestrator import waits as W
 from orchestrator.bulk import MAX_BULK_LIMIT, RunFilter, bulk_action
 from orchestrator.db import queries as Q
@@ -20,6 +21,7 @@ from orchestrator.db import stats
 from orchestrator.db import versions as V
 from orchestrator.dsl import Workflow
 from orchestrator.queues import QueueReport
+from orchestrator.schedules import schedules_of
 from orchestrator.versions import not_deployed
 
 from . import context, graphics, params
@@ -224,6 +226,17 @@ def bulk(action: str, body: dict[str, Any]) -> dict[str, Any]:
     return result.as_dict()
 
 
+def schedules_json() -> list[dict[str, Any]]:
+    """Every loaded schedule with its state (next fire time, last run, paused, last error)."""
+    return scheduler.list_schedules(context.db(), context.registry())
+
+
+def set_paused(workflow: str, paused: bool) -> list[dict[str, Any]]:
+    """Pause or resume a workflow's schedules; returns them. `WorkflowNotFound` or
+    `ScheduleNotFound` (404) for an unknown workflow or one without schedules."""
+    return scheduler.set_paused(context.db(), context.registry(), workflow, paused)
+
+
 def queues() -> QueueReport:
     """The queues the loaded workflows need and the live workers serving each (cached)."""
     return context.queue_watch().report()
@@ -298,13 +311,15 @@ def dag_of_run(versions: V.RunVersion, loaded: Workflow | None) -> graphics.DagL
 
 
 def workflow_page(name: str) -> dict[str, Any]:
-    """A workflow's description, DAG, recorded versions and latest runs."""
+    """A workflow's description, DAG, recorded versions, latest runs and schedules."""
     workflow = context.registry().get(name)
     recent = Q.list_runs(context.db(), workflow=name, limit=RECENT_RUNS)
+    has_schedules = bool(schedules_of(workflow))
     return {
         "workflow": workflow_json(name),
         "dag": dag_of(workflow),
         "runs": [Q.run_dict(r, with_steps=False) for r in recent],
+        "schedules": scheduler.list_schedules(context.db(), context.registry(), name) if has_schedules else [],
     }
 
 

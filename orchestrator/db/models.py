@@ -423,3 +423,31 @@ class WaitKey(Base):
 
     topic: Mapped[str] = mapped_column(String(255), primary_key=True)
     paths: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
+class ScheduleState(Base):
+    """What the scheduler knows of one schedule of a workflow (`orchestrator.schedules`).
+
+    A row per (workflow, schedule id); the id is a hash of the cron and time zone, so a
+    changed cron is a new schedule (its row starts afresh). Written by the scheduler in the
+    recovery process and by pause/resume; the runs themselves are deduplicated by
+    `runs (workflow, dedupe_key)`, not by this row.
+    """
+
+    __tablename__ = "schedules"
+
+    workflow: Mapped[str] = mapped_column(String(200), primary_key=True)
+    schedule_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: When the schedule was first seen, or last resumed: no tick before it ever fires.
+    active_since: Mapped[datetime] = mapped_column(Timestamp)
+    #: The newest tick handled (fired, or skipped by its catchup policy).
+    last_tick: Mapped[datetime | None] = mapped_column(Timestamp)
+    next_fire_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: The run the newest fired tick started (not a foreign key: pruning runs keeps this row).
+    last_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    #: Why the newest handled tick started no run, or the missed ticks `catchup="all"` dropped.
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from orchestrator import StepContext, Workflow, kafka_trigger
+from orchestrator import StepContext, Workflow, kafka_trigger, schedule
 from tests.security.hostile import HOSTILE_STRINGS
 
 PREFIX = os.environ.get("ORCHESTRATOR_TEST_TOPIC_PREFIX", "test.")
@@ -52,3 +52,12 @@ unstorable_result = Workflow("unstorable-result")
 @unstorable_result.step
 def lone_surrogate(ctx: StepContext) -> dict:
     return {"text": "a lone surrogate \ud800 in a result"}
+
+
+#: A schedule to pause and resume (yearly, so it never fires during a test).
+scheduled = Workflow("scheduled-text", triggers=[schedule("0 0 1 1 *", input={"text": HOSTILE_STRINGS[0]})])
+
+
+@scheduled.step
+def yearly(ctx: StepContext) -> dict:
+    return {}

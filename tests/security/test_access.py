@@ -43,6 +43,7 @@ ACTIONS: dict[str, dict[str, Any]] = {
     "pages.cancel": {},
     "pages.replay": {},
     "pages.approve": {"decision": "approve", "comment": "ok"},
+    "pages.schedules": {},
 }
 
 
@@ -58,7 +59,7 @@ def world(client, runtime) -> dict[str, Any]:
     event = add_event(runtime, {"type": "user.signed_up", "user": {"email": "a@b.c"}})
     waiting = runtime.engine.start_run("sign-off", {})
     return {"run_id": runs[0], "finished": runs[1], "event_id": event, "name": "diamond",
-            "waiting": waiting, "step": "manager"}
+            "waiting": waiting, "step": "manager", "workflow": "scheduled-text", "action": "pause"}
 
 
 def snapshot(runtime: Any) -> list[Any]:
@@ -69,6 +70,7 @@ def snapshot(runtime: Any) -> list[Any]:
             conn.execute(text("SELECT id, status, attempts, task_id FROM steps ORDER BY id")).all(),
             conn.execute(text("SELECT id, outcome, reason FROM events ORDER BY id")).all(),
             conn.execute(text("SELECT id, status, decision FROM waits ORDER BY id")).all(),
+            conn.execute(text("SELECT workflow, schedule_id, paused FROM schedules ORDER BY 1, 2")).all(),
         ]
 
 
@@ -142,6 +144,8 @@ def test_every_dashboard_action_needs_its_sessions_csrf_token_and_a_login(app, r
         url = build(app, endpoint, {**world, "run_id": world["finished"]})
     if endpoint == "pages.approve":
         url = build(app, endpoint, {**world, "run_id": world["waiting"]})
+    if endpoint == "pages.schedules":
+        url = build(app, endpoint, {**world, "name": world["workflow"]})
     fields = dict(ACTIONS[endpoint])
     if endpoint == "pages.bulk":
         fields["ids"] = [world["run_id"]]

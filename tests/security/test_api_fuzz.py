@@ -81,7 +81,8 @@ def known(client, runtime) -> dict[str, list[Any]]:
         add_event(runtime, None, raw=b"\xff not json", reason="not JSON"),
         add_event(runtime, {"type": "user.signed_up"}, keep_raw=False, reason="no user"),
     ]
-    return {"run_id": runs, "event_id": events, "name": KNOWN_WORKFLOWS, "step": KNOWN_STEPS}
+    return {"run_id": runs, "event_id": events, "name": KNOWN_WORKFLOWS, "step": KNOWN_STEPS,
+            "workflow": [*KNOWN_WORKFLOWS, "scheduled-text"]}  # the one with a schedule, and some without
 
 
 def _path_names(path: str, method: str) -> list[str]:

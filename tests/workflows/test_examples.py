@@ -224,3 +224,22 @@ def test_checkout_without_payment_fails_after_a_day(orchestrator_test):
     orchestrator_test.advance("24h")
     assert run.status == "failed"
     assert run.steps["payment"].error == "timed out: no matching event on 'payments' within 1d"
+
+
+# -- temp-cleanup (a cron schedule) ---------------------------------------------------------
+
+
+def test_a_cleanup_tick_removes_the_files_older_than_an_hour_before_it(orchestrator_test):
+    from datetime import UTC, datetime
+
+    from workflows.cleanup import flow
+
+    (every_5_minutes,) = flow.triggers
+    data = every_5_minutes.run_input(datetime(2026, 12, 3, 18, 5, tzinfo=UTC))
+    assert data["older_than"] == "2026-12-03T17:05:00+00:00"
+    files = [{"name": "old.tmp", "modified": "2026-12-03T16:00:00+00:00"},
+             {"name": "new.tmp", "modified": "2026-12-03T18:00:00+00:00"}]
+    run = orchestrator_test.start("temp-cleanup", {**data, "files": files})
+    assert run.status == "succeeded"
+    assert run.steps["find_stale"].result == {"stale": ["old.tmp"]}
+    assert run.steps["remove"].result == {"removed": 1}
