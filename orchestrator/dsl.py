@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import rules as R
 from . import waits as W
 from .dag import validate_dag
 from .emits import MAX_EMITS_PER_ATTEMPT, Emit, InvalidEmit, make_emit
@@ -47,6 +48,11 @@ MAX_SECONDS = 30 * 24 * 3600
 #: Highest concurrency limit (of a workflow or a step); it is used in SQL `LIMIT` clauses.
 MAX_CONCURRENCY_LIMIT = 1_000_000
 
+#: The kind of the failure handler (`@flow.on_failure`): a task outside the DAG.
+ON_FAILURE = "on_failure"
+#: Kinds of node whose work a worker runs; every other kind waits and holds no worker.
+WORKER_KINDS = (W.TASK, ON_FAILURE)
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
 
@@ -66,7 +72,8 @@ class StepContext:
     `input` is the run's input, `results` maps each succeeded parent, and each node that
     waits anywhere upstream, to its JSON result (skipped steps are absent), `attempt` counts from 1, lines written to
     `logger` are stored with the attempt, and `emit` publishes events if the attempt
-    succeeds.
+    succeeds. The failure handler (`@flow.on_failure`) sees every succeeded step's result
+    in `results` and the failed steps' errors in `failed`.
     """
 
     run_id: str
@@ -82,6 +89,8 @@ class StepContext:
     #: came from (`topic`, `partition`, `offset`, `key`, `event_id`); its payload is in
     #: `results`.
     events: dict[str, Any] = field(default_factory=dict)
+    #: For the failure handler only: each failed step of the run -> its error.
+    failed: dict[str, str] = field(default_factory=dict)
 
     def emit(
         self,
@@ -199,6 +208,9 @@ class Step:
     kind: str = W.TASK
     #: What a waiting node waits for (`orchestrator.waits`); None for a task.
     wait: W.WaitSpec | None = None
+    #: Which outcomes of its parents let it run (`orchestrator.rules`); checked by
+    #: `rules.check_trigger_rule` whatever the kind of node.
+    trigger_rule: str = R.DEFAULT_TRIGGER_RULE
 
     @property
     def max_attempts(self) -> int:
@@ -207,7 +219,7 @@ class Step:
     @property
     def waits(self) -> bool:
         """A node that holds no worker: it waits for an event, a decision or a timer."""
-        return self.kind != W.TASK
+        return self.kind not in WORKER_KINDS
 
     def __call__(self, ctx: StepContext) -> Any:
         return self.fn(ctx)
@@ -230,8 +242,12 @@ class Workflow:
         partition_by: str | Callable[[Any], Any] | None = None,
         shards: int | None = None,
         version: str | None = None,
+        fail_on: str = R.FAIL_ON_ANY,
     ) -> None:
         self.name = _check_name("workflow", name)
+        #: Whether a run with a failed step fails (`any`) or only one whose failures were
+        #: not handled by a step downstream of them (`unhandled`; see `rules`).
+        self.fail_on = R.check_fail_on(self.name, fail_on)
         #: The version the user gave, if any; else `version` is a hash of the structure.
         self.explicit_version = None if version is None else _check_version(name, version)
         self._version: str | None = self.explicit_version
@@ -286,21 +302,16 @@ class Workflow:
         queue: str | None = None,
         when: Condition | None = None,
         concurrency: Concurrency | int | None = None,
+        trigger_rule: str = R.DEFAULT_TRIGGER_RULE,
     ) -> Any:
         """Register a step; usable as `@flow.step` or `@flow.step(...)`.
 
         The decorated name is bound to the `Step`, so later steps can say `after=that_step`.
+        `trigger_rule` says which outcomes of its parents let it run (`orchestrator.rules`).
         """
 
         def register(func: Callable[[StepContext], Any]) -> Step:
-            if not callable(func):
-                raise WorkflowDefinitionError(f"workflow {self.name!r}: a step must be a function")
-            step_name = _check_name("step", name or func.__name__)
-            if step_name in self.steps:
-                raise WorkflowDefinitionError(
-                    f"workflow {self.name!r}: duplicate step name {step_name!r}; "
-                    "give one of them name=..."
-                )
+            step_name = self._function_name(func, name)
             step = Step(
                 name=step_name,
                 fn=func,
@@ -313,6 +324,7 @@ class Workflow:
                 when=_check_when(self.name, step_name, when),
                 concurrency=_step_concurrency(self.name, step_name, concurrency),
                 workflow=self.name,
+                trigger_rule=R.check_trigger_rule(self.name, step_name, trigger_rule),
             )
             self.steps[step_name] = step
             self._structure_changed()
@@ -321,6 +333,82 @@ class Workflow:
         if fn is not None:
             return register(fn)
         return register
+
+    def on_failure(
+        self,
+        fn: Callable[[StepContext], Any] | None = None,
+        *,
+        name: str | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        timeout: float | None = None,
+        queue: str | None = None,
+    ) -> Any:
+        """Register the failure handler; usable as `@flow.on_failure` or `@flow.on_failure(...)`.
+
+        It runs once, on a worker like any step (with its retries, timeout and queue), when
+        a run fails: after the run's last step has settled with failures, and before the
+        run is marked `failed` (the run stays `running` meanwhile). `ctx.failed` maps each
+        failed step to its error. Its own failure is recorded on its step row and the run
+        stays failed; it never runs for a run that succeeded or was cancelled. At most one
+        per workflow.
+        """
+
+        def register(func: Callable[[StepContext], Any]) -> Step:
+            handler = self.failure_handler
+            if handler is not None:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}: {handler!r} is already its on_failure handler; "
+                    "a workflow has at most one (do both things in one function)"
+                )
+            step_name = self._function_name(func, name)
+            step = Step(
+                name=step_name,
+                fn=func,
+                retries=_retry_count(self.name, step_name, "retries", retries),
+                backoff=_non_negative(self.name, step_name, "backoff", backoff),
+                max_backoff=_non_negative(self.name, step_name, "max_backoff", max_backoff),
+                timeout=None if timeout is None else _positive(self.name, step_name, "timeout", timeout),
+                queue=None if queue is None else _check_name("queue", queue),
+                workflow=self.name,
+                kind=ON_FAILURE,
+            )
+            self.steps[step_name] = step
+            self._structure_changed()
+            return step
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def _function_name(self, func: Any, name: str | None) -> str:
+        """The name of a step registered from `func`, checked and not yet taken."""
+        if not callable(func):
+            raise WorkflowDefinitionError(f"workflow {self.name!r}: a step must be a function")
+        step_name = _check_name("step", name or func.__name__)
+        if step_name in self.steps:
+            raise WorkflowDefinitionError(
+                f"workflow {self.name!r}: duplicate step name {step_name!r}; "
+                "give one of them name=..."
+            )
+        return step_name
+
+    @property
+    def failure_handler(self) -> str | None:
+        """The name of the `@on_failure` handler's step, if the workflow has one."""
+        return next((s.name for s in self.steps.values() if s.kind == ON_FAILURE), None)
+
+    @property
+    def dag(self) -> dict[str, tuple[str, ...]]:
+        """Each node of the DAG -> its parents: every step but the failure handler."""
+        return {s.name: s.after for s in self.steps.values() if s.kind != ON_FAILURE}
+
+    @property
+    def trigger_rules(self) -> dict[str, str]:
+        """The nodes whose trigger rule is not the default, with their rule."""
+        return {s.name: s.trigger_rule for s in self.steps.values()
+                if s.trigger_rule != R.DEFAULT_TRIGGER_RULE}
 
     # -- nodes that wait (see `orchestrator.waits`) ------------------------------------
 
@@ -335,6 +423,7 @@ class Workflow:
         timeout: float | str | None = None,
         on_timeout: str = "fail",
         lookback: float | str | None = None,
+        trigger_rule: str = R.DEFAULT_TRIGGER_RULE,
     ) -> Step:
         """A node that waits for a Kafka event on `topic` matching `match` (kafka_trigger's
         operators) whose `correlate` paths hold the values computed from the run (constants
@@ -352,7 +441,7 @@ class Workflow:
             on_timeout=W.check_on_timeout(where, on_timeout),
             lookback=None if lookback is None else W.seconds_of(where, "lookback", lookback),
         )
-        return self._add_node(node, after, spec)
+        return self._add_node(node, after, spec, trigger_rule)
 
     def approval(
         self,
@@ -361,6 +450,7 @@ class Workflow:
         after: Step | str | Iterable[Step | str] | None = None,
         timeout: float | str | None = None,
         on_timeout: str = "fail",
+        trigger_rule: str = R.DEFAULT_TRIGGER_RULE,
     ) -> Step:
         """A node that waits for a person: approve and it succeeds (its result holds the
         decision, comment, who and when), reject and it fails with the comment as its
@@ -371,7 +461,7 @@ class Workflow:
             timeout=None if timeout is None else W.seconds_of(where, "timeout", timeout),
             on_timeout=W.check_on_timeout(where, on_timeout),
         )
-        return self._add_node(node, after, spec)
+        return self._add_node(node, after, spec, trigger_rule)
 
     def sleep(
         self,
@@ -380,6 +470,7 @@ class Workflow:
         after: Step | str | Iterable[Step | str] | None = None,
         duration: float | str | None = None,
         until: Callable[[StepContext], Any] | None = None,
+        trigger_rule: str = R.DEFAULT_TRIGGER_RULE,
     ) -> Step:
         """A durable timer: the node succeeds `duration` after it opens, or at `until(ctx)`
         (an aware datetime; one in the past succeeds at once). The timer lives in the
@@ -397,7 +488,7 @@ class Workflow:
             duration=None if duration is None else W.seconds_of(where, "duration", duration),
             until=until,
         )
-        return self._add_node(node, after, spec)
+        return self._add_node(node, after, spec, trigger_rule)
 
     def _node_name(self, what: str, name: Any) -> str:
         if not isinstance(name, str):
@@ -411,7 +502,8 @@ class Workflow:
             )
         return node
 
-    def _add_node(self, node: str, after: Any, spec: W.WaitSpec) -> Step:
+    def _add_node(self, node: str, after: Any, spec: W.WaitSpec,
+                  trigger_rule: str = R.DEFAULT_TRIGGER_RULE) -> Step:
         step = Step(
             name=node,
             fn=_no_function(self.name, node, spec.kind),
@@ -419,6 +511,7 @@ class Workflow:
             workflow=self.name,
             kind=spec.kind,
             wait=spec,
+            trigger_rule=R.check_trigger_rule(self.name, node, trigger_rule),
         )
         self.steps[node] = step
         self._structure_changed()
@@ -474,7 +567,7 @@ class Workflow:
         """Check the whole DAG (unknown dependencies, cycles, emptiness)."""
         if not self.steps:
             raise WorkflowDefinitionError(f"workflow {self.name!r} has no steps")
-        validate_dag(self.name, {s.name: s.after for s in self.steps.values()})
+        validate_dag(self.name, self.dag)
 
     @property
     def queues(self) -> set[str]:
@@ -520,10 +613,13 @@ class Workflow:
                     "conditional": s.when is not None,
                     "concurrency": describe_concurrency(s.concurrency),
                     "kind": s.kind,
+                    "trigger_rule": s.trigger_rule,
                     **({"wait": s.wait.describe()} if s.wait is not None else {}),
                 }
                 for s in self.steps.values()
             ],
+            "on_failure": self.failure_handler,
+            "fail_on": self.fail_on,
             "concurrency": describe_concurrency(self.concurrency),
             "partition_by": self.partition_by if isinstance(self.partition_by, str) or self.partition_by is None else "<function>",
             "shards": self.shards,
@@ -535,14 +631,17 @@ class Workflow:
     def upstream(self, step: str) -> tuple[str, ...]:
         """The steps whose results `ctx.results` of `step` holds: its parents, and every
         node upstream that waits (an event's payload, a decision, is wanted far downstream).
-        Task ancestors beyond the parents are left out, as they always were."""
+        Task ancestors beyond the parents are left out, as they always were. The failure
+        handler sees every node of the DAG (what succeeded before the run failed)."""
         from .dag import ancestors
 
         found = self._upstream.get(step)
+        if found is None and self.steps[step].kind == ON_FAILURE:
+            found = self._upstream[step] = tuple(self.dag)  # the handler sees every result
         if found is None:
             parents = set(self.steps[step].after)
             found = self._upstream[step] = tuple(
-                name for name in ancestors({s.name: s.after for s in self.steps.values()}, step)
+                name for name in ancestors(self.dag, step)
                 if name in parents or self.steps[name].waits
             )
         return found

@@ -236,6 +236,7 @@ def execute(
         attempt=claim.attempt,
         logger=logger,
         events=claim.events,
+        failed=claim.failed,
     )
     heartbeats.add(claim)
     try:

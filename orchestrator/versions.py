@@ -15,8 +15,9 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import rules as R
 from . import waits as W
-from .dsl import Concurrency, Step, StepContext, Workflow
+from .dsl import ON_FAILURE, Concurrency, Step, StepContext, Workflow
 from .dsl import describe_concurrency as _limit  # one JSON form of a limit
 from .errors import StepNotLoaded
 
@@ -25,8 +26,13 @@ HASH_LENGTH = 12
 
 
 def structure(workflow: Workflow) -> dict[str, Any]:
-    """The JSON structure of a workflow: what a version names."""
-    return {
+    """The JSON structure of a workflow: what a version names.
+
+    What was added later is written only when it differs from its default (a trigger rule,
+    `fail_on`, the failure handler's kind), so the versions of workflows that use none
+    keep their hash.
+    """
+    shape: dict[str, Any] = {
         "steps": [
             {
                 "name": s.name,
@@ -40,6 +46,9 @@ def structure(workflow: Workflow) -> dict[str, Any]:
                 "concurrency": _limit(s.concurrency),
                 # Only nodes that wait say their kind: a task-only workflow keeps its hash.
                 **({"kind": s.kind, "wait": s.wait.describe()} if s.wait is not None else {}),
+                **({"kind": s.kind} if s.kind == ON_FAILURE else {}),
+                **({"trigger_rule": s.trigger_rule}
+                   if s.trigger_rule != R.DEFAULT_TRIGGER_RULE else {}),
             }
             for s in workflow.steps.values()
         ],
@@ -47,6 +56,9 @@ def structure(workflow: Workflow) -> dict[str, Any]:
         "partitioned": workflow.partition_by is not None,
         "shards": workflow.shards,
     }
+    if workflow.fail_on != R.FAIL_ON_ANY:
+        shape["fail_on"] = workflow.fail_on
+    return shape
 
 
 def structure_hash(shape: Mapping[str, Any]) -> str:
@@ -104,6 +116,7 @@ def planning_view(
     view.partition_by = (loaded.partition_by if loaded is not None and loaded.partition_by is not None
                          else ("<unknown>" if shape.get("partitioned") else None))
     view.shards = shape.get("shards")
+    view.fail_on = shape.get("fail_on", R.FAIL_ON_ANY)
     view.explicit_version = version
     view._version = version
     view._upstream = {}
@@ -117,7 +130,7 @@ def planning_view(
             )
         kind = item.get("kind", W.TASK)
         wait = None
-        if kind != W.TASK:
+        if kind not in (W.TASK, ON_FAILURE):
             same_kind = code.wait if code is not None and code.kind == kind else None
             wait = (same_kind if same_kind is not None and same_kind.describe() == item.get("wait")
                     else _restore_wait(kind, item.get("wait") or {}, same_kind,
@@ -136,6 +149,7 @@ def planning_view(
             when=when,
             concurrency=_restore_limit(item.get("concurrency")),
             workflow=name,
+            trigger_rule=item.get("trigger_rule", R.DEFAULT_TRIGGER_RULE),
         )
     return view
 
