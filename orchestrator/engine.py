@@ -912,9 +912,9 @@ class WorkflowEngine:
             row.error = error
             row.finished_at = now
             row.lease_expires_at = None
-            if run.error is None:
-                run.error = f"step {step_name!r} failed: {error}"
             workflow = self._definition_of(run, session)
+            if run.error is None and (workflow is None or step_name != workflow.failure_handler):
+                run.error = f"step {step_name!r} failed: {error}"  # the handler's is not the run's
             self._advance(run, workflow, steps, outbox, now)
             self._after_run_change(session, outbox, run, workflow)
             return True
