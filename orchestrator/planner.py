@@ -133,21 +133,22 @@ def plan(
     dag = {n: current[n] for n in deps}
     dag.update({n: s for n, s in current.items() if n not in deps and n != on_failure})
     outcome = outcome_with_rules(deps, dag, rules, fail_on)
-    handler = current.get(on_failure) if on_failure is not None else None
-    if outcome is None or handler is None:
+    if outcome is None or on_failure is None or on_failure not in current:
         result.run_status = outcome
-    elif outcome == RUN_FAILED:
+        return result
+    handler = current[on_failure]
+    if outcome == RUN_FAILED:
         if handler == PENDING:
-            result.queue.append(on_failure)  # type: ignore[arg-type]
+            result.queue.append(on_failure)
         elif handler in STEP_FINAL:
             result.run_status = RUN_FAILED
-    else:
-        if handler == PENDING:
-            result.skip.append(on_failure)  # type: ignore[arg-type]
-            result.reasons[on_failure] = "the run did not fail"  # type: ignore[index]
-            handler = SKIPPED
-        if handler in STEP_FINAL:
-            result.run_status = outcome
+        return result
+    if handler == PENDING:
+        result.skip.append(on_failure)
+        result.reasons[on_failure] = "the run did not fail"
+        handler = SKIPPED
+    if handler in STEP_FINAL:
+        result.run_status = outcome
     return result
 
 

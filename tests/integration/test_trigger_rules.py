@@ -8,6 +8,8 @@ import time
 import pytest
 from sqlalchemy import text
 
+from tests.webtools import make_app
+
 WORKFLOWS = ("tests.rule_flows",)
 
 
@@ -59,6 +61,12 @@ def test_a_diamond_with_a_failed_branch_runs_each_join_by_its_rule_then_the_fail
     assert last_step <= handler["attempts"][0]["started_at"] <= run["finished_at"]
     for name in ("start", "boom", "fine", "cleanup", "alarm", "tidy", "alert"):
         assert executions(side_channel, failing, name) == 1, name
+    # The dashboard shows the handler like any step, and the rules on the workflow page.
+    client = make_app(runtime).test_client()
+    page = client.get(f"/runs/{failing}").get_data(as_text=True)
+    assert 'data-step="alert" data-status="succeeded"' in page
+    page = client.get("/workflows/rules-diamond").get_data(as_text=True)
+    assert "(all_done)" in page and "runs when the run fails (on_failure)" in page
 
     # fail_on="unhandled": cleanup and alarm handled boom's failure, so the run succeeds
     # and its failure handler never runs.
