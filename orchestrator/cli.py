@@ -151,8 +151,13 @@ def workflows(as_json: bool) -> None:
             if version["active_runs"]:
                 current = " (current)" if version["version"] == item["version"] else ""
                 click.echo(f"  version {version['version']}{current}: {_active(version['active_runs'])}")
+        if item.get("fail_on", "any") != "any":
+            click.echo(f"  fail_on={item['fail_on']}")
         for step in item["steps"]:
             after = f" after {', '.join(step['after'])}" if step["after"] else ""
+            rule = step.get("trigger_rule", "all_success")
+            if rule != "all_success":
+                after += f" [{rule}]"
             if step.get("wait") is not None:
                 click.echo(f"  {step['kind']} {step['name']}{after} ({_wait_line(step['wait'])})")
                 continue
@@ -163,7 +168,8 @@ def workflows(as_json: bool) -> None:
                 extras.append(f"timeout={step['timeout']:g}s")
             if step["conditional"]:
                 extras.append("conditional")
-            click.echo(f"  step {step['name']}{after} ({', '.join(extras)})")
+            what = "on_failure" if step["kind"] == "on_failure" else "step"
+            click.echo(f"  {what} {step['name']}{after} ({', '.join(extras)})")
         for trigger in item["triggers"]:
             if trigger["type"] == "schedule":
                 click.echo(f"  trigger schedule cron={trigger['cron']!r} timezone={trigger['timezone']} "

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import composition as M
+from . import rules as R
 from . import waits as W
 from .dag import validate_dag
 from .emits import MAX_EMITS_PER_ATTEMPT, Emit, InvalidEmit, make_emit
@@ -48,6 +49,12 @@ MAX_SECONDS = 30 * 24 * 3600
 #: Highest concurrency limit (of a workflow or a step); it is used in SQL `LIMIT` clauses.
 MAX_CONCURRENCY_LIMIT = 1_000_000
 
+#: The kind of the failure handler (`@flow.on_failure`): a task outside the DAG.
+ON_FAILURE = "on_failure"
+#: Kinds of node whose work a worker runs; every other kind waits and holds no worker.
+#: Kinds whose node is run by a worker (a map's items are; the map node itself holds none).
+WORKER_KINDS = (W.TASK, ON_FAILURE, M.MAP)
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
 
@@ -67,7 +74,8 @@ class StepContext:
     `input` is the run's input, `results` maps each succeeded parent, and each node that
     waits anywhere upstream, to its JSON result (skipped steps are absent), `attempt` counts from 1, lines written to
     `logger` are stored with the attempt, and `emit` publishes events if the attempt
-    succeeds.
+    succeeds. The failure handler (`@flow.on_failure`) sees every succeeded step's result
+    in `results` and the failed steps' errors in `failed`.
     """
 
     run_id: str
@@ -83,6 +91,9 @@ class StepContext:
     #: came from (`topic`, `partition`, `offset`, `key`, `event_id`); its payload is in
     #: `results`.
     events: dict[str, Any] = field(default_factory=dict)
+    #: For the failure handler only: each failed step of the run -> its error.
+    failed: dict[str, str] = field(default_factory=dict)
+
     #: In an item of a `flow.map` node: the item (from `over`) and its position.
     item: Any = None
     index: int | None = None
@@ -232,6 +243,9 @@ class Step:
     kind: str = W.TASK
     #: What a waiting node waits for (`orchestrator.waits`); None for a task.
     wait: W.WaitSpec | None = None
+    #: Which outcomes of its parents let it run (`orchestrator.rules`); checked by
+    #: `rules.check_trigger_rule` whatever the kind of node.
+    trigger_rule: str = R.DEFAULT_TRIGGER_RULE
     #: A `flow.map` node's items and limits; a `flow.call` node's workflow and input.
     map: M.MapSpec | None = None
     call: M.CallSpec | None = None
@@ -242,9 +256,8 @@ class Step:
 
     @property
     def waits(self) -> bool:
-        """A node that holds no worker: it waits for an event, a decision, a timer or a
-        child run. (A map's items are tasks: a map is not a waiting node.)"""
-        return self.kind not in (W.TASK, M.MAP)
+        """A node that holds no worker: it waits for an event, a decision or a timer."""
+        return self.kind not in WORKER_KINDS
 
     def __call__(self, ctx: StepContext) -> Any:
         return self.fn(ctx)
@@ -267,6 +280,7 @@ class Workflow:
         partition_by: str | Callable[[Any], Any] | None = None,
         shards: int | None = None,
         version: str | None = None,
+        fail_on: str = R.FAIL_ON_ANY,
         output: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         self.name = _check_name("workflow", name)
@@ -278,6 +292,9 @@ class Workflow:
         #: The run's result for a parent's `flow.call` node and the API: `output(results)`,
         #: else the results of the sink steps (`composition.default_output`).
         self.output = output
+        #: Whether a run with a failed step fails (`any`) or only one whose failures were
+        #: not handled by a step downstream of them (`unhandled`; see `rules`).
+        self.fail_on = R.check_fail_on(self.name, fail_on)
         #: The version the user gave, if any; else `version` is a hash of the structure.
         self.explicit_version = None if version is None else _check_version(name, version)
         self._version: str | None = self.explicit_version
@@ -332,21 +349,16 @@ class Workflow:
         queue: str | None = None,
         when: Condition | None = None,
         concurrency: Concurrency | int | None = None,
+        trigger_rule: str = R.DEFAULT_TRIGGER_RULE,
     ) -> Any:
         """Register a step; usable as `@flow.step` or `@flow.step(...)`.
 
         The decorated name is bound to the `Step`, so later steps can say `after=that_step`.
+        `trigger_rule` says which outcomes of its parents let it run (`orchestrator.rules`).
         """
 
         def register(func: Callable[[StepContext], Any]) -> Step:
-            if not callable(func):
-                raise WorkflowDefinitionError(f"workflow {self.name!r}: a step must be a function")
-            step_name = _check_name("step", name or func.__name__)
-            if step_name in self.steps:
-                raise WorkflowDefinitionError(
-                    f"workflow {self.name!r}: duplicate step name {step_name!r}; "
-                    "give one of them name=..."
-                )
+            step_name = self._function_name(func, name)
             step = Step(
                 name=step_name,
                 fn=func,
@@ -359,6 +371,7 @@ class Workflow:
                 when=_check_when(self.name, step_name, when),
                 concurrency=_step_concurrency(self.name, step_name, concurrency),
                 workflow=self.name,
+                trigger_rule=R.check_trigger_rule(self.name, step_name, trigger_rule),
             )
             self.steps[step_name] = step
             self._structure_changed()
@@ -367,6 +380,82 @@ class Workflow:
         if fn is not None:
             return register(fn)
         return register
+
+    def on_failure(
+        self,
+        fn: Callable[[StepContext], Any] | None = None,
+        *,
+        name: str | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        timeout: float | None = None,
+        queue: str | None = None,
+    ) -> Any:
+        """Register the failure handler; usable as `@flow.on_failure` or `@flow.on_failure(...)`.
+
+        It runs once, on a worker like any step (with its retries, timeout and queue), when
+        a run fails: after the run's last step has settled with failures, and before the
+        run is marked `failed` (the run stays `running` meanwhile). `ctx.failed` maps each
+        failed step to its error. Its own failure is recorded on its step row and the run
+        stays failed; it never runs for a run that succeeded or was cancelled. At most one
+        per workflow.
+        """
+
+        def register(func: Callable[[StepContext], Any]) -> Step:
+            handler = self.failure_handler
+            if handler is not None:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}: {handler!r} is already its on_failure handler; "
+                    "a workflow has at most one (do both things in one function)"
+                )
+            step_name = self._function_name(func, name)
+            step = Step(
+                name=step_name,
+                fn=func,
+                retries=_retry_count(self.name, step_name, "retries", retries),
+                backoff=_non_negative(self.name, step_name, "backoff", backoff),
+                max_backoff=_non_negative(self.name, step_name, "max_backoff", max_backoff),
+                timeout=None if timeout is None else _positive(self.name, step_name, "timeout", timeout),
+                queue=None if queue is None else _check_name("queue", queue),
+                workflow=self.name,
+                kind=ON_FAILURE,
+            )
+            self.steps[step_name] = step
+            self._structure_changed()
+            return step
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def _function_name(self, func: Any, name: str | None) -> str:
+        """The name of a step registered from `func`, checked and not yet taken."""
+        if not callable(func):
+            raise WorkflowDefinitionError(f"workflow {self.name!r}: a step must be a function")
+        step_name = _check_name("step", name or func.__name__)
+        if step_name in self.steps:
+            raise WorkflowDefinitionError(
+                f"workflow {self.name!r}: duplicate step name {step_name!r}; "
+                "give one of them name=..."
+            )
+        return step_name
+
+    @property
+    def failure_handler(self) -> str | None:
+        """The name of the `@on_failure` handler's step, if the workflow has one."""
+        return next((s.name for s in self.steps.values() if s.kind == ON_FAILURE), None)
+
+    @property
+    def dag(self) -> dict[str, tuple[str, ...]]:
+        """Each node of the DAG -> its parents: every step but the failure handler."""
+        return {s.name: s.after for s in self.steps.values() if s.kind != ON_FAILURE}
+
+    @property
+    def trigger_rules(self) -> dict[str, str]:
+        """The nodes whose trigger rule is not the default, with their rule."""
+        return {s.name: s.trigger_rule for s in self.steps.values()
+                if s.trigger_rule != R.DEFAULT_TRIGGER_RULE}
 
     # -- composition (see `orchestrator.composition`) ---------------------------------
 
@@ -385,6 +474,7 @@ class Workflow:
         timeout: float | None = None,
         queue: str | None = None,
         when: Condition | None = None,
+        trigger_rule: str = R.DEFAULT_TRIGGER_RULE,
     ) -> Any:
         """A node that runs the decorated function once per item of `over(ctx)` (a JSON
         list, evaluated when the parents are done), each item its own step instance with
@@ -412,6 +502,7 @@ class Workflow:
                 workflow=self.name,
                 kind=M.MAP,
                 map=M.check_map(where, over, concurrency, allow_failures),
+                trigger_rule=R.check_trigger_rule(self.name, node, trigger_rule),
             )
             self.steps[node] = step
             self._structure_changed()
@@ -430,6 +521,7 @@ class Workflow:
         input: Callable[[StepContext], Any] | Mapping[str, Any] | None = None,
         retries: int = DEFAULT_RETRIES,
         when: Condition | None = None,
+        trigger_rule: str = R.DEFAULT_TRIGGER_RULE,
     ) -> Step:
         """A node that starts a run of `workflow` (a child run, with its own page) with
         `input(ctx)` and waits for it without holding a worker. The child's `output` is the
@@ -447,6 +539,7 @@ class Workflow:
             workflow=self.name,
             kind=M.CALL,
             call=M.check_call(where, workflow, input),
+            trigger_rule=R.check_trigger_rule(self.name, node, trigger_rule),
         )
         self.steps[node] = step
         self._structure_changed()
@@ -459,8 +552,9 @@ class Workflow:
 
     def sinks(self) -> list[str]:
         """Steps no other step depends on (whose results make the default `output`)."""
-        parents = {p for s in self.steps.values() for p in s.after}
-        return [name for name in self.steps if name not in parents]
+        dag = self.dag
+        parents = {p for after in dag.values() for p in after}
+        return [name for name in dag if name not in parents]
 
     # -- nodes that wait (see `orchestrator.waits`) ------------------------------------
 
@@ -475,6 +569,7 @@ class Workflow:
         timeout: float | str | None = None,
         on_timeout: str = "fail",
         lookback: float | str | None = None,
+        trigger_rule: str = R.DEFAULT_TRIGGER_RULE,
     ) -> Step:
         """A node that waits for a Kafka event on `topic` matching `match` (kafka_trigger's
         operators) whose `correlate` paths hold the values computed from the run (constants
@@ -492,7 +587,7 @@ class Workflow:
             on_timeout=W.check_on_timeout(where, on_timeout),
             lookback=None if lookback is None else W.seconds_of(where, "lookback", lookback),
         )
-        return self._add_node(node, after, spec)
+        return self._add_node(node, after, spec, trigger_rule)
 
     def approval(
         self,
@@ -501,6 +596,7 @@ class Workflow:
         after: Step | str | Iterable[Step | str] | None = None,
         timeout: float | str | None = None,
         on_timeout: str = "fail",
+        trigger_rule: str = R.DEFAULT_TRIGGER_RULE,
     ) -> Step:
         """A node that waits for a person: approve and it succeeds (its result holds the
         decision, comment, who and when), reject and it fails with the comment as its
@@ -511,7 +607,7 @@ class Workflow:
             timeout=None if timeout is None else W.seconds_of(where, "timeout", timeout),
             on_timeout=W.check_on_timeout(where, on_timeout),
         )
-        return self._add_node(node, after, spec)
+        return self._add_node(node, after, spec, trigger_rule)
 
     def sleep(
         self,
@@ -520,6 +616,7 @@ class Workflow:
         after: Step | str | Iterable[Step | str] | None = None,
         duration: float | str | None = None,
         until: Callable[[StepContext], Any] | None = None,
+        trigger_rule: str = R.DEFAULT_TRIGGER_RULE,
     ) -> Step:
         """A durable timer: the node succeeds `duration` after it opens, or at `until(ctx)`
         (an aware datetime; one in the past succeeds at once). The timer lives in the
@@ -537,7 +634,7 @@ class Workflow:
             duration=None if duration is None else W.seconds_of(where, "duration", duration),
             until=until,
         )
-        return self._add_node(node, after, spec)
+        return self._add_node(node, after, spec, trigger_rule)
 
     def _node_name(self, what: str, name: Any) -> str:
         if not isinstance(name, str):
@@ -551,7 +648,8 @@ class Workflow:
             )
         return node
 
-    def _add_node(self, node: str, after: Any, spec: W.WaitSpec) -> Step:
+    def _add_node(self, node: str, after: Any, spec: W.WaitSpec,
+                  trigger_rule: str = R.DEFAULT_TRIGGER_RULE) -> Step:
         step = Step(
             name=node,
             fn=_no_function(self.name, node, spec.kind),
@@ -559,6 +657,7 @@ class Workflow:
             workflow=self.name,
             kind=spec.kind,
             wait=spec,
+            trigger_rule=R.check_trigger_rule(self.name, node, trigger_rule),
         )
         self.steps[node] = step
         self._structure_changed()
@@ -614,7 +713,7 @@ class Workflow:
         """Check the whole DAG (unknown dependencies, cycles, emptiness)."""
         if not self.steps:
             raise WorkflowDefinitionError(f"workflow {self.name!r} has no steps")
-        validate_dag(self.name, {s.name: s.after for s in self.steps.values()})
+        validate_dag(self.name, self.dag)
 
     @property
     def queues(self) -> set[str]:
@@ -660,12 +759,15 @@ class Workflow:
                     "conditional": s.when is not None,
                     "concurrency": describe_concurrency(s.concurrency),
                     "kind": s.kind,
+                    "trigger_rule": s.trigger_rule,
                     **({"wait": s.wait.describe()} if s.wait is not None else {}),
                     **({"map": s.map.describe()} if s.map is not None else {}),
                     **({"call": s.call.describe()} if s.call is not None else {}),
                 }
                 for s in self.steps.values()
             ],
+            "on_failure": self.failure_handler,
+            "fail_on": self.fail_on,
             "concurrency": describe_concurrency(self.concurrency),
             "partition_by": self.partition_by if isinstance(self.partition_by, str) or self.partition_by is None else "<function>",
             "shards": self.shards,
@@ -677,14 +779,17 @@ class Workflow:
     def upstream(self, step: str) -> tuple[str, ...]:
         """The steps whose results `ctx.results` of `step` holds: its parents, and every
         node upstream that waits (an event's payload, a decision, is wanted far downstream).
-        Task ancestors beyond the parents are left out, as they always were."""
+        Task ancestors beyond the parents are left out, as they always were. The failure
+        handler sees every node of the DAG (what succeeded before the run failed)."""
         from .dag import ancestors
 
         found = self._upstream.get(step)
+        if found is None and self.steps[step].kind == ON_FAILURE:
+            found = self._upstream[step] = tuple(self.dag)  # the handler sees every result
         if found is None:
             parents = set(self.steps[step].after)
             found = self._upstream[step] = tuple(
-                name for name in ancestors({s.name: s.after for s in self.steps.values()}, step)
+                name for name in ancestors(self.dag, step)
                 if name in parents or self.steps[name].waits
             )
         return found

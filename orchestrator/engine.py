@@ -35,7 +35,7 @@ from . import skew as S
 from . import waiting as WT
 from . import waits as W
 from .db import versions as V
-from .db.hotpath import hot_path_for, succeeded_results
+from .db.hotpath import failed_errors, hot_path_for, succeeded_results
 from .db.models import Attempt, OutboxRow, Run, StepRun, WorkflowVersion
 from .dispatch import Dispatch, Dispatcher
 from .dsl import Concurrency, StepContext, Workflow
@@ -134,6 +134,8 @@ class Claim:
     def node_name(self) -> str:
         """The workflow node this claim runs (a map's, for an item)."""
         return self.node or self.step
+    #: For the failure handler: each failed step of the run -> its error (`ctx.failed`).
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -565,14 +567,16 @@ class WorkflowEngine:
         skewed = S.mismatch(workflow, statuses)
         if skewed is not None:
             return _failed_now(statuses, skewed, now)
-        deps = {s.name: s.after for s in workflow.steps.values()}
+        deps = workflow.dag
+        rules = workflow.trigger_rules
+        handler = workflow.failure_handler
         current = dict(statuses)
         changes: dict[str, dict[str, Any]] = {}
         openings: dict[str, dict[str, Any]] = {}
         expanded: dict[str, list[Any]] = {}
         children: dict[str, PlannedRun] = {}
         while True:
-            plan = P.plan(deps, current)
+            plan = P.plan(deps, current, rules=rules, on_failure=handler, fail_on=workflow.fail_on)
             settled = True
             for name in plan.queue:
                 step = workflow.steps[name]
@@ -627,13 +631,9 @@ class WorkflowEngine:
             if settled:
                 break
         for name in plan.skip:
-            parents = ", ".join(repr(p) for p in workflow.steps[name].after)
-            changes[name] = {"status": P.SKIPPED, "finished_at": now,
-                             "reason": f"every parent was skipped ({parents})"}
-        failed_steps = [n for n, s in current.items() if s == P.FAILED]
+            changes[name] = {"status": P.SKIPPED, "finished_at": now, "reason": plan.reasons[name]}
         for name in plan.cancel:
-            why = f"step {failed_steps[0]!r} failed" if failed_steps else "the run failed"
-            changes[name] = {"status": P.CANCELLED, "finished_at": now, "reason": why}
+            changes[name] = {"status": P.CANCELLED, "finished_at": now, "reason": plan.reasons[name]}
         decision = Decision(changes=changes, run_status=plan.run_status)
         lease = now + timedelta(seconds=self.settings.redeliver_after)
         for name in plan.queue:
@@ -667,7 +667,7 @@ class WorkflowEngine:
             }
             decision.dispatches.append(message)
         if plan.run_status == P.RUN_FAILED:
-            failed = [n for n, s in current.items() if s == P.FAILED]
+            failed = [n for n, s in current.items() if s == P.FAILED and n != handler]
             decision.run_error = f"step {failed[0]!r} failed" if failed else "failed"
         decision.closes = _closed(statuses, changes)
         return decision
@@ -1221,6 +1221,9 @@ class WorkflowEngine:
                     claim.events = WT.events_of(session, rid, waited)
                 if lenient:
                     claim.map_errors = CM.map_errors(session, rid, lenient)
+        if step_name == definition.failure_handler:
+            with self.sessions() as session:
+                claim.failed = failed_errors(session, rid)
         return claim
 
     def _check_loaded(self, session: Session, rid: uuid.UUID, step_name: str, worker: str | None) -> None:
@@ -1295,9 +1298,9 @@ class WorkflowEngine:
             row.error = error
             row.finished_at = now
             row.lease_expires_at = None
-            if run.error is None:
-                run.error = f"step {step_name!r} failed: {error}"
             workflow = self._definition_of(run, session)
+            if run.error is None and (workflow is None or step_name != workflow.failure_handler):
+                run.error = f"step {step_name!r} failed: {error}"  # the handler's is not the run's
             if row.map_node is not None:
                 self._item_ended(session, outbox, run, workflow, row, now)
             self._advance(run, workflow, steps, outbox, now)
@@ -1801,9 +1804,11 @@ class WorkflowEngine:
                 skewed = S.mismatch(workflow, steps)
                 if skewed is not None:
                     raise DeploySkew(f"run {run_id} cannot be retried: {skewed}")
-            deps = {s.name: s.after for s in workflow.steps.values()}
-            redo = P.affected_by_retry(deps, {n: r.status for n, r in steps.items()})
+            redo = P.affected_by_retry(workflow.dag, {n: r.status for n, r in steps.items()})
             redo += [n for n, r in steps.items() if r.status == P.PENDING and n not in redo]
+            handler = workflow.failure_handler
+            if redo and handler in steps and handler not in redo:
+                redo.append(handler)  # it runs again should the retried run fail again
             if not redo:
                 return False
             if not current_version:

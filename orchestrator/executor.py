@@ -239,6 +239,7 @@ def execute(
         item=claim.item,
         index=claim.index,
         map_errors=claim.map_errors,
+        failed=claim.failed,
     )
     heartbeats.add(claim)
     try:

@@ -10,6 +10,9 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import rules as R
+from .dag import ancestors, children
+
 # Step statuses.
 PENDING = "pending"
 QUEUED = "queued"
@@ -25,7 +28,7 @@ WAITING = "waiting"
 STEP_STATUSES = (PENDING, QUEUED, RUNNING, RETRYING, WAITING, SUCCEEDED, FAILED, SKIPPED, CANCELLED)
 STEP_FINAL = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED})
 STEP_ACTIVE = frozenset({QUEUED, RUNNING, RETRYING})
-#: A child may start once every parent is in one of these.
+#: An `all_success` child may start once every parent is in one of these.
 PARENT_DONE = frozenset({SUCCEEDED, SKIPPED})
 
 # Run statuses.
@@ -40,50 +43,145 @@ RUN_FINAL = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED})
 
 @dataclass
 class Plan:
-    """What to write after a step changed: steps to queue, to skip, and the run's new status."""
+    """What to write after a step changed: steps to queue, to skip, to cancel (each with
+    its reason in `reasons`), and the run's new status."""
 
     queue: list[str] = field(default_factory=list)
     skip: list[str] = field(default_factory=list)
     cancel: list[str] = field(default_factory=list)
     run_status: str | None = None
+    #: Why each node in `skip` and `cancel` is, in the user's words (shown on the run page).
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
-def plan(deps: Mapping[str, Sequence[str]], statuses: Mapping[str, str]) -> Plan:
+#: What a trigger rule says of a pending node, given its parents' statuses (`verdict`).
+RUN = "run"
+SKIP = "skip"
+CANCEL = "cancel"
+
+
+def plan(
+    deps: Mapping[str, Sequence[str]],
+    statuses: Mapping[str, str],
+    *,
+    rules: Mapping[str, str] | None = None,
+    on_failure: str | None = None,
+    fail_on: str = R.FAIL_ON_ANY,
+) -> Plan:
     """Decide the next moves of a run.
 
-    * A pending step whose parents all succeeded or were skipped is queued, unless every
-      parent was skipped: then it is skipped too (a branch whose condition was false).
-    * Once any step has failed, nothing new starts: pending steps and waiting nodes are
-      cancelled and the run fails when the steps still active have finished.
-    * The run succeeds when every step is succeeded or skipped.
+    `deps` maps each node of the DAG to its parents; `rules` holds the nodes whose trigger
+    rule is not `all_success`; `on_failure` names the failure handler, a node outside the
+    DAG (in `statuses`, not in `deps`).
+
+    * A pending node whose parents' outcomes satisfy its trigger rule is queued (`verdict`);
+      one whose rule can no longer be met is skipped (its parents did not fail: e.g. an
+      `all_success` node whose parents were all skipped, a `one_failed` node whose parents
+      all succeeded) or cancelled (a parent failed or was cancelled: Airflow's
+      `upstream_failed`), and what follows it is decided in the same plan.
+    * Once the run is bound to fail (`fail_on="any"`: a step failed; `"unhandled"`: a failed
+      step can no longer be handled), nothing new starts that no trigger rule waits for:
+      pending and waiting nodes are cancelled, except the nodes with a rule other than
+      `all_success`, what leads to them and what follows them, which go on by their rules.
+      A workflow without trigger rules thus behaves as it always did: the first failure
+      stops it.
+    * When every node of the DAG is final: the run's outcome is `outcome_with_rules`. If it is
+      `failed` and the workflow has a failure handler, the handler is queued, and the run
+      fails only once the handler has settled (whatever its own outcome); otherwise the
+      handler is skipped.
     """
+    rules = rules or {}
     current = dict(statuses)
     result = Plan()
-    failed = any(s == FAILED for s in current.values())
-    if failed:
-        for name, status in current.items():
-            if status in (PENDING, WAITING):
-                result.cancel.append(name)
-                current[name] = CANCELLED
-    else:
-        changed = True
-        while changed:
-            changed = False
-            for name, parents in deps.items():
-                if current.get(name) != PENDING:
-                    continue
-                parent_statuses = [current[p] for p in parents]
-                if not all(s in PARENT_DONE for s in parent_statuses):
-                    continue
-                if parents and all(s == SKIPPED for s in parent_statuses):
-                    current[name] = SKIPPED
-                    result.skip.append(name)
-                    changed = True
-                else:
-                    current[name] = QUEUED
-                    result.queue.append(name)
-    result.run_status = run_outcome(current.values())
+    protected = _protected(deps, rules) if rules else frozenset()
+    origin: dict[str, str] = {}  # a node cancelled here -> the failed step that caused it
+    changed = True
+    while changed:
+        changed = False
+        failed = [n for n in deps if current.get(n) == FAILED]
+        bound = bool(failed) and (fail_on == R.FAIL_ON_ANY or any(
+            not _handled(deps, current, rules, f) and not _may_handle(deps, current, rules, f)
+            for f in failed
+        ))
+        for name, parents in deps.items():
+            status = current.get(name)
+            if status not in (PENDING, WAITING):
+                continue
+            if bound and name not in protected:
+                _cancel(result, current, name, failed[0], origin)
+                changed = True
+                continue
+            if status == WAITING:
+                continue  # opened already: its wait decides it
+            parent_statuses = [current[p] for p in parents]
+            rule = rules.get(name, R.DEFAULT_TRIGGER_RULE)
+            answer = verdict(rule, parent_statuses)
+            if answer == RUN:
+                current[name] = QUEUED
+                result.queue.append(name)
+            elif answer == SKIP:
+                current[name] = SKIPPED
+                result.skip.append(name)
+                result.reasons[name] = _skip_reason(rule, parents)
+                changed = True
+            elif answer == CANCEL:
+                cause = next((p for p in parents if current[p] == FAILED), None)
+                if cause is None:
+                    cause = next((origin[p] for p in parents if p in origin), None)
+                _cancel(result, current, name, cause or (failed[0] if failed else None), origin)
+                changed = True
+    dag = {n: current[n] for n in deps}
+    dag.update({n: s for n, s in current.items() if n not in deps and n != on_failure})
+    outcome = outcome_with_rules(deps, dag, rules, fail_on)
+    if outcome is None or on_failure is None or on_failure not in current:
+        result.run_status = outcome
+        return result
+    handler = current[on_failure]
+    if outcome == RUN_FAILED:
+        if handler == PENDING:
+            result.queue.append(on_failure)
+        elif handler in STEP_FINAL:
+            result.run_status = RUN_FAILED
+        return result
+    if handler == PENDING:
+        result.skip.append(on_failure)
+        result.reasons[on_failure] = "the run did not fail"
+        handler = SKIPPED
+    if handler in STEP_FINAL:
+        result.run_status = outcome
     return result
+
+
+def verdict(rule: str, parents: Sequence[str]) -> str | None:
+    """What `rule` says of a pending node whose parents have `parents` statuses: RUN, SKIP,
+    CANCEL, or None (not yet: a parent it needs is still open). A node without parents runs.
+
+    A cancelled parent counts as failed (it was stopped by a failure, like Airflow's
+    `upstream_failed`); a skipped parent counts as not failed.
+    """
+    if not parents:
+        return RUN
+    ok = sum(1 for s in parents if s == SUCCEEDED)
+    bad = sum(1 for s in parents if s in (FAILED, CANCELLED))
+    skipped = sum(1 for s in parents if s == SKIPPED)
+    still_open = len(parents) - ok - bad - skipped
+    if rule == R.ALL_DONE:
+        return None if still_open else RUN
+    if rule == R.ONE_SUCCESS:  # Airflow: fires as soon as one parent succeeded
+        if ok:
+            return RUN
+        return None if still_open else (CANCEL if bad else SKIP)
+    if rule == R.ONE_FAILED:  # as soon as one parent failed
+        if bad:
+            return RUN
+        return None if still_open else SKIP
+    if bad:  # all_success, none_failed: a failed parent dooms them at once
+        return CANCEL
+    if still_open:
+        return None
+    if rule == R.NONE_FAILED:
+        return RUN
+    return SKIP if skipped == len(parents) else RUN
 
 
 def run_outcome(statuses: Sequence[str] | object) -> str | None:
@@ -98,13 +196,91 @@ def run_outcome(statuses: Sequence[str] | object) -> str | None:
     return RUN_SUCCEEDED
 
 
+def outcome_with_rules(
+    deps: Mapping[str, Sequence[str]],
+    statuses: Mapping[str, str],
+    rules: Mapping[str, str],
+    fail_on: str = R.FAIL_ON_ANY,
+) -> str | None:
+    """`run_outcome` under `fail_on`: with `"unhandled"`, a run whose every failed step
+    was handled succeeds. A failed step is *handled* when a node downstream of it whose
+    trigger rule accepts failure (`all_done`, `one_success`, `one_failed`) succeeded;
+    nodes cancelled because of a handled failure do not make the run fail then."""
+    outcome = run_outcome(statuses.values())
+    if outcome == RUN_FAILED and fail_on == R.FAIL_ON_UNHANDLED and all(
+        _handled(deps, statuses, rules, n) for n, s in statuses.items() if s == FAILED
+    ):
+        return RUN_SUCCEEDED
+    return outcome
+
+
+def handled_failures(
+    deps: Mapping[str, Sequence[str]], statuses: Mapping[str, str], rules: Mapping[str, str]
+) -> list[str]:
+    """The failed nodes that a node downstream of them has handled (see `run_outcome`)."""
+    return [n for n in deps if statuses.get(n) == FAILED and _handled(deps, statuses, rules, n)]
+
+
+def _cancel(result: Plan, current: dict[str, str], name: str, cause: str | None,
+            origin: dict[str, str]) -> None:
+    current[name] = CANCELLED
+    result.cancel.append(name)
+    result.reasons[name] = f"step {cause!r} failed" if cause else "a parent was cancelled"
+    if cause:
+        origin[name] = cause
+
+
+def _skip_reason(rule: str, parents: Sequence[str]) -> str:
+    if rule == R.ONE_FAILED:
+        return "trigger rule one_failed: no parent failed"
+    if rule == R.ONE_SUCCESS:
+        return "trigger rule one_success: no parent succeeded"
+    return f"every parent was skipped ({', '.join(repr(p) for p in parents)})"
+
+
+def _descendants(deps: Mapping[str, Sequence[str]], node: str) -> set[str]:
+    kids = children(deps)
+    seen: set[str] = set()
+    todo = list(kids.get(node, ()))
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(kids.get(name, ()))
+    return seen
+
+
+def _handled(deps: Mapping[str, Sequence[str]], statuses: Mapping[str, str],
+             rules: Mapping[str, str], failed: str) -> bool:
+    """Whether a node downstream of `failed` that accepts failure has succeeded."""
+    return any(rules.get(d) in R.ACCEPTS_FAILURE and statuses.get(d) == SUCCEEDED
+               for d in _descendants(deps, failed))
+
+
+def _may_handle(deps: Mapping[str, Sequence[str]], statuses: Mapping[str, str],
+                rules: Mapping[str, str], failed: str) -> bool:
+    """Whether a node downstream of `failed` that accepts failure is still open."""
+    return any(rules.get(d) in R.ACCEPTS_FAILURE and statuses.get(d) not in STEP_FINAL
+               for d in _descendants(deps, failed))
+
+
+def _protected(deps: Mapping[str, Sequence[str]], rules: Mapping[str, str]) -> frozenset[str]:
+    """Nodes a failure does not stop: those with a trigger rule other than `all_success`,
+    their ancestors (what the rule waits for) and their descendants (what follows it)."""
+    found: set[str] = set()
+    for name, rule in rules.items():
+        if name in deps and rule != R.DEFAULT_TRIGGER_RULE:
+            found.add(name)
+            found.update(ancestors(deps, name))
+            found.update(_descendants(deps, name))
+    return frozenset(found)
+
+
 def affected_by_retry(deps: Mapping[str, Sequence[str]], statuses: Mapping[str, str]) -> list[str]:
     """Steps a retry re-runs: failed and cancelled steps and everything downstream of them.
 
     Succeeded steps upstream keep their results.
     """
-    from .dag import children
-
     kids = children(deps)
     todo = [name for name, s in statuses.items() if s in (FAILED, CANCELLED)]
     seen: set[str] = set()

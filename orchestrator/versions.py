@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import composition as M
+from . import rules as R
 from . import waits as W
-from .dsl import Concurrency, Step, StepContext, Workflow
+from .dsl import ON_FAILURE, Concurrency, Step, StepContext, Workflow
 from .dsl import describe_concurrency as _limit  # one JSON form of a limit
 from .errors import StepNotLoaded
 
@@ -26,8 +27,13 @@ HASH_LENGTH = 12
 
 
 def structure(workflow: Workflow) -> dict[str, Any]:
-    """The JSON structure of a workflow: what a version names."""
-    return {
+    """The JSON structure of a workflow: what a version names.
+
+    What was added later is written only when it differs from its default (a trigger rule,
+    `fail_on`, the failure handler's kind), so the versions of workflows that use none
+    keep their hash.
+    """
+    shape: dict[str, Any] = {
         "steps": [
             {
                 "name": s.name,
@@ -43,6 +49,9 @@ def structure(workflow: Workflow) -> dict[str, Any]:
                 **({"kind": s.kind, "wait": s.wait.describe()} if s.wait is not None else {}),
                 **({"kind": s.kind, "map": s.map.describe()} if s.map is not None else {}),
                 **({"kind": s.kind, "call": s.call.describe()} if s.call is not None else {}),
+                **({"kind": s.kind} if s.kind == ON_FAILURE else {}),
+                **({"trigger_rule": s.trigger_rule}
+                   if s.trigger_rule != R.DEFAULT_TRIGGER_RULE else {}),
             }
             for s in workflow.steps.values()
         ],
@@ -50,6 +59,9 @@ def structure(workflow: Workflow) -> dict[str, Any]:
         "partitioned": workflow.partition_by is not None,
         "shards": workflow.shards,
     }
+    if workflow.fail_on != R.FAIL_ON_ANY:
+        shape["fail_on"] = workflow.fail_on
+    return shape
 
 
 def structure_hash(shape: Mapping[str, Any]) -> str:
@@ -107,6 +119,7 @@ def planning_view(
     view.partition_by = (loaded.partition_by if loaded is not None and loaded.partition_by is not None
                          else ("<unknown>" if shape.get("partitioned") else None))
     view.shards = shape.get("shards")
+    view.fail_on = shape.get("fail_on", R.FAIL_ON_ANY)
     view.explicit_version = version
     view._version = version
     view._upstream = {}
@@ -123,7 +136,7 @@ def planning_view(
         wait = None
         mapped, called = _restore_composed(kind, item, code, _missing(
             name, item["name"], version, deployed, f"the {kind} node"))
-        if kind not in (W.TASK, M.MAP, M.CALL):
+        if kind not in (W.TASK, ON_FAILURE, M.MAP, M.CALL):
             same_kind = code.wait if code is not None and code.kind == kind else None
             wait = (same_kind if same_kind is not None and same_kind.describe() == item.get("wait")
                     else _restore_wait(kind, item.get("wait") or {}, same_kind,
@@ -144,6 +157,7 @@ def planning_view(
             when=when,
             concurrency=_restore_limit(item.get("concurrency")),
             workflow=name,
+            trigger_rule=item.get("trigger_rule", R.DEFAULT_TRIGGER_RULE),
         )
     return view
 

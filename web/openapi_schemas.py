@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator import planner as P
+from orchestrator import rules as R
 from orchestrator.waits import WAIT_STATUSES
 
 from .params import OUTCOMES
@@ -92,8 +93,11 @@ SCHEMAS: dict[str, Any] = {
             "timeout": {"type": ["number", "null"]},
             "conditional": {"type": "boolean"},
             "concurrency": CONCURRENCY,
-            "kind": {"type": "string", "enum": ["task", "event", "approval", "sleep"],
-                     "description": "a task runs a function on a worker; the others wait"},
+            "kind": {"type": "string", "enum": ["task", "event", "approval", "sleep", "on_failure"],
+                     "description": "a task runs a function on a worker, as does the failure "
+                     "handler (on_failure, outside the DAG); the others wait"},
+            "trigger_rule": {"type": "string", "enum": list(R.TRIGGER_RULES),
+                             "description": "which outcomes of its parents let it run"},
             "wait": {"type": "object", "description": "what a waiting node waits for "
                      "(topic, match, correlate paths, timeout, on_timeout, lookback; or "
                      "duration/until of a sleep)"},
@@ -165,6 +169,10 @@ SCHEMAS: dict[str, Any] = {
             "partition_by": {"type": ["string", "null"], "description": "Dotted path, or <function>"},
             "shards": {"type": ["integer", "null"]},
             "queues": {"type": "array", "items": {"type": "string"}},
+            "on_failure": {**NULLABLE_STRING, "description": "The failure handler's step, if any"},
+            "fail_on": {"type": "string", "enum": list(R.FAIL_ON),
+                        "description": "any: a run with a failed step fails; unhandled: only "
+                        "if a failed step was not handled downstream"},
             "versions": {"type": "array", "items": ref("WorkflowVersion"),
                          "description": "Every recorded version, oldest first, with its live runs"},
         },

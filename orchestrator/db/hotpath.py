@@ -266,6 +266,16 @@ def succeeded_results(session: Session, rid: uuid.UUID, names: Sequence[str] | N
     return dict(found.all())
 
 
+def failed_errors(session: Session, rid: uuid.UUID) -> dict[str, str]:
+    """Each failed step of the run -> its error (what the failure handler's `ctx.failed` holds)."""
+    found = session.execute(
+        select(_steps.c.name, _steps.c.error)
+        .where(_steps.c.run_id == rid, _steps.c.status == P.FAILED, _steps.c.map_node.is_(None))
+        .order_by(_steps.c.id)
+    )
+    return {name: error or "failed" for name, error in found.all()}
+
+
 # -- portable statements (bind names avoid column names, which SQLAlchemy reserves) --------
 
 
