@@ -200,6 +200,8 @@ def ended_children(session: Session, limit: int = 500) -> list[tuple[uuid.UUID, 
     found = session.execute(
         select(_waits.c.run_id, _waits.c.correlation)
         .where(_waits.c.status == W.OPEN, _waits.c.kind == M.CALL)
+        .order_by(_waits.c.id)
+        .limit(limit * 20)  # the oldest open calls first; the next sweep takes the rest
     ).all()
     if not found:
         return []

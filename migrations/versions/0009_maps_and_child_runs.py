@@ -36,18 +36,20 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('map_node', sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column('map_index', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('item', _JSON, nullable=True))
+        batch_op.create_index('ix_steps_items', ['run_id', 'map_node', 'map_index'], unique=False, postgresql_where=sa.text('map_node IS NOT NULL'), sqlite_where=sa.text('map_node IS NOT NULL'))
         batch_op.create_index('ix_steps_items_open', ['run_id', 'map_node', 'status', 'map_index'], unique=False, postgresql_where=sa.text("map_node IS NOT NULL AND status IN ('pending', 'queued', 'running', 'retrying')"), sqlite_where=sa.text("map_node IS NOT NULL AND status IN ('pending', 'queued', 'running', 'retrying')"))
 
     with op.batch_alter_table('waits', schema=None) as batch_op:
-        batch_op.create_index('ix_waits_open_children', ['run_id'], unique=False, postgresql_where=sa.text("status = 'open' AND kind = 'child'"), sqlite_where=sa.text("status = 'open' AND kind = 'child'"))
+        batch_op.create_index('ix_waits_open_children', ['run_id'], unique=False, postgresql_where=sa.text("status = 'open' AND kind = 'call'"), sqlite_where=sa.text("status = 'open' AND kind = 'call'"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('waits', schema=None) as batch_op:
-        batch_op.drop_index('ix_waits_open_children', postgresql_where=sa.text("status = 'open' AND kind = 'child'"), sqlite_where=sa.text("status = 'open' AND kind = 'child'"))
+        batch_op.drop_index('ix_waits_open_children', postgresql_where=sa.text("status = 'open' AND kind = 'call'"), sqlite_where=sa.text("status = 'open' AND kind = 'call'"))
 
     with op.batch_alter_table('steps', schema=None) as batch_op:
         batch_op.drop_index('ix_steps_items_open', postgresql_where=sa.text("map_node IS NOT NULL AND status IN ('pending', 'queued', 'running', 'retrying')"), sqlite_where=sa.text("map_node IS NOT NULL AND status IN ('pending', 'queued', 'running', 'retrying')"))
+        batch_op.drop_index('ix_steps_items', postgresql_where=sa.text('map_node IS NOT NULL'), sqlite_where=sa.text('map_node IS NOT NULL'))
         batch_op.drop_column('item')
         batch_op.drop_column('map_index')
         batch_op.drop_column('map_node')

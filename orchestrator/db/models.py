@@ -201,6 +201,15 @@ class StepRun(Base):
             postgresql_where=text("status = 'queued' AND task_id IS NULL AND concurrency_key IS NOT NULL"),
             sqlite_where=text("status = 'queued' AND task_id IS NULL AND concurrency_key IS NOT NULL"),
         ),
+        # A map's items by index (its result, the items page).
+        Index(
+            "ix_steps_items",
+            "run_id",
+            "map_node",
+            "map_index",
+            postgresql_where=text("map_node IS NOT NULL"),
+            sqlite_where=text("map_node IS NOT NULL"),
+        ),
         # A map's open items: the next pending one by index, and whether any is left.
         Index(
             "ix_steps_items_open",
@@ -390,8 +399,8 @@ class Wait(Base):
         Index(
             "ix_waits_open_children",
             "run_id",
-            postgresql_where=text("status = 'open' AND kind = 'child'"),
-            sqlite_where=text("status = 'open' AND kind = 'child'"),
+            postgresql_where=text("status = 'open' AND kind = 'call'"),
+            sqlite_where=text("status = 'open' AND kind = 'call'"),
         ),
     )
 
