@@ -280,13 +280,17 @@ def runs(workflow: str | None, status: str | None, version: str | None, limit: i
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @friendly_errors
 def show_run(run_id: str, as_json: bool) -> None:
-    """Show one run with its steps, their attempts and what waiting nodes wait for."""
-    from .db.queries import get_run, run_dict, waits_of_run
+    """Show one run with its steps, their attempts, what waiting nodes wait for, each
+    map's progress, each call node's child run, and the run's parent and children."""
+    from .db.composed import planned_structure, run_detail
+    from .db.queries import get_run
+    from .db.versions import of_run
 
     rt = _runtime()
     with rt.sessions() as session:
         run = get_run(session, run_id)
-        item = run_dict(run, waits=waits_of_run(session, run.id))
+        versions = of_run(session, run.workflow, run.version, rt.registry.find(run.workflow))
+        item = run_detail(session, run, planned_structure(versions))
     if as_json:
         click.echo(json.dumps(item, indent=2))
         return
@@ -296,8 +300,15 @@ def show_run(run_id: str, as_json: bool) -> None:
     click.echo(f"  created {item['created_at']}  started {item['started_at']}  finished {item['finished_at']}")
     if item["error"]:
         click.echo(f"  error: {item['error']}")
+    if item["parent_run_id"]:
+        how = "ctx.start_run, detached" if item["detached"] else "call node"
+        click.echo(f"  parent: run {item['parent_run_id']} (step {item['parent_step']}, {how})")
+    if item["output"] is not None:
+        click.echo(f"  output: {json.dumps(item['output'])}")
     for step in item["steps"]:
-        click.echo(f"  step {step['name']}: {step['status']}")
+        click.echo(f"  step {step['name']}: {step['status']}" + _map_note(step["map"]))
+        if step["child_run_id"]:
+            click.echo(f"    child run: {step['child_run_id']}")
         if step["result"] is not None:
             click.echo(f"    result: {json.dumps(step['result'])}")
         if step["error"]:
@@ -310,6 +321,25 @@ def show_run(run_id: str, as_json: bool) -> None:
                 f"{attempt['started_at']} -> {attempt['finished_at']}"
                 + (f": {attempt['error']}" if attempt["error"] else "")
             )
+    if item["children"]:
+        click.echo(f"  children ({len(item['children'])}, newest first):")
+        for child in item["children"]:
+            click.echo(
+                f"    {child['id']}  {child['workflow']:<24} {child['status']:<10} step {child['step']}"
+                + ("  detached" if child["detached"] else "")
+            )
+
+
+def _map_note(progress: dict[str, int] | None) -> str:
+    """`  map 37/100 done, 2 failed` after a map node's status; nothing for other nodes."""
+    if progress is None:
+        return ""
+    note = f"  map {progress['done']}/{progress['total']} done"
+    if progress["failed"]:
+        note += f", {progress['failed']} failed"
+    if progress["cancelled"]:
+        note += f", {progress['cancelled']} cancelled"
+    return note
 
 
 def _describe_wait(wait: dict[str, Any]) -> str:
@@ -320,6 +350,8 @@ def _describe_wait(wait: dict[str, Any]) -> str:
             what += f" with {json.dumps(wait['correlate'])}"
     elif wait["kind"] == "approval":
         what = "a decision"
+    elif wait["kind"] == "call":
+        what = "its child run"
     else:
         what = "its timer"
     line = f"{wait['status']}: waits for {what}"

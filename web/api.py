@@ -68,6 +68,12 @@ def show_run(run_id: str) -> Any:
     return jsonify(services.run_json(run_id))
 
 
+@bp.get("/runs/<run_id>/steps/<step>/items")
+def list_items(run_id: str, step: str) -> Any:
+    """A map's items in index order, filtered by status, keyset paged by index (`after`)."""
+    return jsonify(services.items_page(run_id, step, request.args))
+
+
 @bp.post("/runs/<run_id>/cancel")
 @require_token
 def cancel_run(run_id: str) -> Any:

@@ -204,6 +204,55 @@ def _edge_path(points: list[tuple[float, float]]) -> str:
     return path
 
 
+# -- composed nodes: what a map or call box says beside its name ------------------------
+
+#: Width of a map's progress bar inside its box (the box's width less its padding).
+PROGRESS_WIDTH = NODE_WIDTH - 20
+
+
+@dataclass(frozen=True)
+class NodeNote:
+    """The second line of a map's or call's box: its kind, a map's progress and the
+    geometry of its progress bar (succeeded, then failed or cancelled, out of the width)."""
+
+    kind: str
+    text: str
+    done_width: float = 0.0
+    failed_width: float = 0.0
+    title: str = ""
+    #: Whether to draw the progress bar (a map whose item counts are known).
+    bar: bool = False
+
+
+def node_notes(
+    composed: Mapping[str, Mapping[str, object]],
+    progress: Mapping[str, Mapping[str, int] | None] | None = None,
+) -> dict[str, NodeNote]:
+    """The notes of the map and call nodes of a structure (name -> its structure entry):
+    `map` (with `37/100` and a bar when `progress` gives its item counts) or `call → w`."""
+    notes: dict[str, NodeNote] = {}
+    for name, step in composed.items():
+        if step.get("kind") == "call":
+            called = step.get("call")
+            workflow = called.get("workflow") if isinstance(called, Mapping) else None
+            text = f"call → {workflow}" if workflow else "call"
+            notes[name] = NodeNote("call", text if len(text) <= 24 else text[:23] + "…",
+                                   title=f"starts a run of {workflow} and waits for it")
+            continue
+        counts = (progress or {}).get(name)
+        if counts is None:
+            notes[name] = NodeNote("map", "map", title="one step instance per item of its list")
+            continue
+        total, done = counts.get("total", 0), counts.get("done", 0)
+        failed = counts.get("failed", 0) + counts.get("cancelled", 0)
+        ok = counts.get("succeeded", 0)
+        scale = PROGRESS_WIDTH / total if total else 0.0
+        title = f"{done} of {total} items done: {ok} succeeded, {failed} failed or cancelled"
+        notes[name] = NodeNote("map", f"map {done}/{total}" + (f" · {failed} failed" if failed else ""),
+                               ok * scale, failed * scale, title, bar=True)
+    return notes
+
+
 # -- timeline: one row per step, one bar per attempt -----------------------------------
 
 TIMELINE_LABEL = 150

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.db.composed import DEFAULT_ITEMS, ITEM_STATUSES, MAX_ITEMS
 from orchestrator.db.queries import LIST_STATUSES
 
 from .openapi_schemas import SCHEMAS, obj, ref
-from .params import DEFAULT_PAGE, MAX_PAGE, OUTCOMES
+from .params import DEFAULT_PAGE, MAX_INDEX, MAX_PAGE, OUTCOMES
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -129,6 +130,27 @@ PATHS: dict[str, Any] = {
             "summary": "A run with its steps, attempts, logs and triggering event",
             "parameters": [RUN_ID],
             "responses": {"200": _json(ref("RunDetail"), "The run"), "404": _error("No such run")},
+        }
+    },
+    "/api/runs/{run_id}/steps/{step}/items": {
+        "get": {
+            "summary": "A map's items in index order, keyset paged by index",
+            "description": "Each item is its own step instance (`node[index]`) with its own "
+            "attempts. Pass `next_after` back as `after` for the next page.",
+            "parameters": [
+                RUN_ID,
+                _path("step", "Name of the map node", {"type": "string"}),
+                _query("status", "Only items in this status", {"type": "string", "enum": list(ITEM_STATUSES)}),
+                _query("limit", f"Page size (default {DEFAULT_ITEMS})",
+                       {"type": "integer", "minimum": 1, "maximum": MAX_ITEMS}),
+                _query("after", "Only items after this index (`next_after` of the previous page)",
+                       {"type": "integer", "minimum": 0, "maximum": MAX_INDEX}),
+            ],
+            "responses": {
+                "200": _json(ref("ItemPage"), "A page of items"),
+                "400": _error("The step is not a map, or a bad parameter"),
+                "404": _error("No such run, or the run has no such step"),
+            },
         }
     },
     "/api/runs/{run_id}/cancel": {

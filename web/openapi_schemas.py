@@ -10,6 +10,7 @@ from typing import Any
 
 from orchestrator import planner as P
 from orchestrator import rules as R
+from orchestrator.db.composed import ITEM_STATUSES, MAX_CHILDREN
 from orchestrator.waits import WAIT_STATUSES
 
 from .params import OUTCOMES
@@ -44,6 +45,15 @@ RUN_FIELDS: dict[str, Any] = {
     "started_at": NULLABLE_TIME,
     "finished_at": NULLABLE_TIME,
     "event_id": {"type": ["integer", "null"]},
+    "parent_run_id": {"type": ["string", "null"], "format": "uuid",
+                      "description": "The run that started this one: with a `flow.call` node "
+                      "(`parent_step`), or from a step with `ctx.start_run` (then `detached`)"},
+    "parent_step": {**NULLABLE_STRING, "description": "The parent's call node or step"},
+    "detached": {"type": "boolean", "description": "Started by `ctx.start_run`: nothing waits "
+                 "for it and cancelling the parent leaves it alone"},
+    "output": {"description": "A succeeded run's output (what a parent's call node gets): "
+               "the workflow's `output(results)`, or its sinks' results for a call's child; null "
+               "before it succeeds, or when the workflow names no output and no parent waits"},
 }
 
 CONCURRENCY = {
@@ -93,11 +103,15 @@ SCHEMAS: dict[str, Any] = {
             "timeout": {"type": ["number", "null"]},
             "conditional": {"type": "boolean"},
             "concurrency": CONCURRENCY,
-            "kind": {"type": "string", "enum": ["task", "event", "approval", "sleep", "on_failure"],
+            "kind": {"type": "string",
+                     "enum": ["task", "event", "approval", "sleep", "map", "call", "on_failure"],
                      "description": "a task runs a function on a worker, as does the failure "
-                     "handler (on_failure, outside the DAG); the others wait"},
+                     "handler (on_failure, outside the DAG); a map runs it once per item of a "
+                     "list; a call starts a run of another workflow and waits for it; the others wait"},
             "trigger_rule": {"type": "string", "enum": list(R.TRIGGER_RULES),
                              "description": "which outcomes of its parents let it run"},
+            "map": {"type": "object", "description": "A map's options (concurrency, allow_failures)"},
+            "call": {"type": "object", "description": "A call's workflow"},
             "wait": {"type": "object", "description": "what a waiting node waits for "
                      "(topic, match, correlate paths, timeout, on_timeout, lookback; or "
                      "duration/until of a sleep)"},
@@ -208,12 +222,59 @@ SCHEMAS: dict[str, Any] = {
             "wait": {"oneOf": [ref("Wait"), {"type": "null"}],
                      "description": "A wait, approval or sleep node's latest wait; null for a task "
                      "or a node that has not opened yet"},
+            "map": {"oneOf": [ref("MapProgress"), {"type": "null"}],
+                    "description": "A map node's items by status; null for other nodes"},
+            "child_run_id": {"type": ["string", "null"], "format": "uuid",
+                             "description": "A call node's child run (the latest, after retries); "
+                             "null for other nodes or before it starts"},
             "attempts": {"type": "array", "items": ref("Attempt")},
+        }
+    ),
+    "MapProgress": obj(
+        {
+            **{status: {"type": "integer", "minimum": 0} for status in ITEM_STATUSES},
+            "total": {"type": "integer", "minimum": 0, "description": "Items of the map"},
+            "done": {"type": "integer", "minimum": 0,
+                     "description": "Items that ended (succeeded, failed or cancelled)"},
+        }
+    ),
+    "MapItem": obj(
+        {
+            "index": {"type": "integer", "minimum": 0},
+            "name": {"type": "string", "description": "The item's step name, `node[index]`"},
+            "status": {"type": "string", "enum": list(ITEM_STATUSES)},
+            "item": {"description": "The item's value (from `over`)"},
+            "attempts": {"type": "integer"},
+            "result": {"description": "Its JSON result once it succeeded"},
+            "error": NULLABLE_STRING,
+            "started_at": NULLABLE_TIME,
+            "finished_at": NULLABLE_TIME,
+        }
+    ),
+    "ItemPage": obj(
+        {
+            "run_id": {"type": "string", "format": "uuid"},
+            "step": {"type": "string"},
+            "map": ref("MapProgress"),
+            "items": {"type": "array", "items": ref("MapItem")},
+            "next_after": {"type": ["integer", "null"],
+                           "description": "Pass as `after` for the next page; null on the last"},
+        }
+    ),
+    "ChildRun": obj(
+        {
+            "id": {"type": "string", "format": "uuid"},
+            "workflow": {"type": "string"},
+            "status": {"type": "string", "enum": list(P.RUN_STATUSES)},
+            "step": {**NULLABLE_STRING, "description": "The parent's call node or step that started it"},
+            "detached": {"type": "boolean", "description": "Started by `ctx.start_run`"},
+            "created_at": TIME,
         }
     ),
     "Wait": obj(
         {
-            "kind": {"type": "string", "enum": ["event", "approval", "sleep"]},
+            "kind": {"type": "string", "enum": ["event", "approval", "sleep", "call"],
+                     "description": "call: a call node waiting for its child run"},
             "status": {"type": "string", "enum": list(WAIT_STATUSES),
                        "description": "open while the node is waiting; then how it ended"},
             "topic": {**NULLABLE_STRING, "description": "The topic an event wait listens to"},
@@ -275,6 +336,8 @@ SCHEMAS: dict[str, Any] = {
         {
             **RUN_FIELDS,
             "steps": {"type": "array", "items": ref("Step")},
+            "children": {"type": "array", "items": ref("ChildRun"), "maxItems": MAX_CHILDREN,
+                         "description": f"Runs this run started, newest first (at most {MAX_CHILDREN})"},
             "event": {"oneOf": [ref("EventRef"), {"type": "null"}]},
             "current_version": {"type": ["string", "null"],
                                 "description": "The loaded workflow's version (null: not loaded)"},

@@ -17,10 +17,11 @@ from werkzeug.exceptions import BadRequest, Conflict
 
 from orchestrator import planner as P
 from orchestrator import waits as W
+from orchestrator.db.composed import ITEM_STATUSES, composed_nodes
 from orchestrator.db.queries import LIST_STATUSES
 from orchestrator.errors import DeploySkew, InvalidInput, NotWaiting
 
-from . import context, params, services
+from . import context, graphics, params, services
 from .auth import csrf_token, require_login, shown_logged_in
 
 bp = Blueprint("pages", __name__)
@@ -139,8 +140,9 @@ def bulk() -> Any:
 
 @bp.get("/runs/<run_id>")
 def run(run_id: str) -> Any:
-    """A run: DAG by step status, attempts timeline, results, errors, logs, its event."""
-    return render_template("run.html", **services.run_page(run_id, _now()))
+    """A run: DAG by step status, attempts timeline, results, errors, logs, its event or
+    parent, its children, and its maps' items (`?items=<map>&item_status=&after=` pages one)."""
+    return render_template("run.html", **services.run_page(run_id, _now(), request.args))
 
 
 def _act(run_id: str, action: Any, done: str) -> Any:
@@ -246,6 +248,11 @@ def _took(start: str | None, end: str | None) -> str:
     return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
 
 
+def _definition_notes(description: dict[str, Any]) -> dict[str, Any]:
+    """The map and call labels of a workflow's drawing (`Workflow.describe()`)."""
+    return graphics.node_notes(composed_nodes(description))
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.filters["pretty"] = _pretty
     app.jinja_env.filters["when"] = _when
@@ -253,6 +260,8 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["span"] = W.span
     app.jinja_env.globals["took"] = _took
     app.jinja_env.globals["final_statuses"] = sorted(P.RUN_FINAL)
+    app.jinja_env.globals["item_statuses"] = ITEM_STATUSES
+    app.jinja_env.globals["definition_notes"] = _definition_notes
     # Globals (not a context processor) so that imported macros see them too.
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.globals["logged_in"] = shown_logged_in

@@ -144,6 +144,23 @@ def since_arg(args: Mapping[str, Any], now: datetime | None = None) -> datetime 
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+#: Highest item index an `after` may name (a map has at most ORCHESTRATOR_MAX_MAP_ITEMS).
+MAX_INDEX = 2**31 - 1
+
+
+def index_arg(args: Mapping[str, Any], name: str = "after") -> int | None:
+    """A map item's index (0 or more): the keyset position of a page of items."""
+    raw = _text(args, name)
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 10 or int(raw) > MAX_INDEX:
+        raise BadRequest(
+            f"{name} must be an item index (an integer from 0 to {MAX_INDEX}): pass next_after "
+            f"of the previous page; got {raw[:40]!r}"
+        )
+    return int(raw)
+
+
 # -- cursors: opaque to clients, a keyset position to us -------------------------------------
 
 

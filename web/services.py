@@ -8,6 +8,7 @@ both always agree.
 from __future__ import annotations
 
 import functools
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from werkzeug.exceptions import BadRequest, Conflict, NotFound
 from orchestrator import scheduler
 from orchestrator import waits as W
 from orchestrator.bulk import MAX_BULK_LIMIT, RunFilter, bulk_action
+from orchestrator.db import composed as CQ
 from orchestrator.db import queries as Q
 from orchestrator.db import stats
 from orchestrator.db import versions as V
@@ -41,11 +43,37 @@ def _run_and_version(run_id: str) -> tuple[dict[str, Any], V.RunVersion]:
     session = context.db()
     run = Q.get_run(session, run_id)
     versions = V.of_run(session, run.workflow, run.version, context.registry().find(run.workflow))
-    data = Q.run_dict(run, waits=Q.waits_of_run(session, run.id))
+    data = CQ.run_detail(session, run, CQ.planned_structure(versions))
     data["event"] = Q.event_ref(run.event)
     data["current_version"] = versions.current
     data["version_diff"] = versions.diff
     return data, versions
+
+
+def items_page(run_id: str, step: str, args: Any) -> dict[str, Any]:
+    """One page of a map's items in index order, filtered by `status`, after index
+    `after` (keyset), with the map's progress. `NotFound` for an unknown run or step,
+    `BadRequest` for a step that is not a map or a bad parameter."""
+    session = context.db()
+    run = Q.get_run(session, run_id)
+    if step not in {s.name for s in run.steps}:
+        raise NotFound(f"run {run_id} has no step {step[:200]!r}")
+    versions = V.of_run(session, run.workflow, run.version, context.registry().find(run.workflow))
+    if not CQ.is_map(session, run.id, step, CQ.planned_structure(versions)):
+        raise BadRequest(f"step {step!r} of run {run.id} is not a map: only a map node has items")
+    limit = params.limit_arg(args, default=CQ.DEFAULT_ITEMS, maximum=CQ.MAX_ITEMS)
+    status = params.status_arg(args, CQ.ITEM_STATUSES)
+    after = params.index_arg(args, "after")
+    found = CQ.list_items(session, run.id, step, status=status, after=after, limit=limit + 1)
+    more = len(found) > limit
+    found = found[:limit]
+    return {
+        "run_id": str(run.id),
+        "step": step,
+        "map": CQ.map_progress(session, run.id, [step])[step],
+        "items": found,
+        "next_after": found[-1]["index"] if more and found else None,
+    }
 
 
 def runs_page(args: Any) -> dict[str, Any]:
@@ -323,9 +351,10 @@ def workflow_page(name: str) -> dict[str, Any]:
     }
 
 
-def run_page(run_id: str, now: datetime) -> dict[str, Any]:
-    """A run with its DAG (from its own version), how the loaded version differs, and its
-    attempts' timeline."""
+def run_page(run_id: str, now: datetime, args: Any = None) -> dict[str, Any]:
+    """A run with its DAG (from its own version), how the loaded version differs, its
+    attempts' timeline, its parent, and a page of each map's items (`args`: which map is
+    filtered or paged on, see `_map_sections`)."""
     run, versions = _run_and_version(run_id)
     dag = dag_of_run(versions, context.registry().find(run["workflow"]))
     attempts = [
@@ -336,7 +365,43 @@ def run_page(run_id: str, now: datetime) -> dict[str, Any]:
     ]
     timeline = graphics.timeline(attempts, now, [s["name"] for s in run["steps"]])
     statuses = {s["name"]: s["status"] for s in run["steps"]}
-    return {"run": run, "dag": dag, "timeline": timeline, "statuses": statuses}
+    notes = graphics.node_notes(CQ.composed_nodes(CQ.planned_structure(versions)),
+                                {s["name"]: s["map"] for s in run["steps"]})
+    links = {s["name"]: s["child_run_id"] for s in run["steps"] if s["child_run_id"]}
+    session = context.db()
+    parent = CQ.run_ref(session, run["parent_run_id"]) if run["parent_run_id"] else None
+    return {"run": run, "dag": dag, "timeline": timeline, "statuses": statuses, "notes": notes,
+            "links": links, "parent": parent, "maps": _map_sections(run, args or {})}
+
+
+#: Items of each map a run page lists; the others are a "next page" link away.
+PAGE_ITEMS = 100
+
+
+def _map_sections(run: dict[str, Any], args: Any) -> list[dict[str, Any]]:
+    """A page of items for each map of a run: the first ones, except for the map the
+    query names (`items`), which gets its `item_status` filter and `after` position."""
+    maps = [s for s in run["steps"] if s["map"] is not None]
+    chosen = args.get("items") or None
+    if chosen is not None and chosen not in {s["name"] for s in maps}:
+        raise BadRequest(f"items={str(chosen)[:200]!r}: this run has no map of that name")
+    status = params.status_arg({"status": args.get("item_status")}, CQ.ITEM_STATUSES)
+    after = params.index_arg(args, "after")
+    session = context.db()
+    sections = []
+    for step in maps:
+        own = step["name"] == chosen
+        found = CQ.list_items(session, uuid.UUID(run["id"]), step["name"], status=status if own else None,
+                              after=after if own else None, limit=PAGE_ITEMS + 1)
+        sections.append({
+            "name": step["name"],
+            "map": step["map"],
+            "items": found[:PAGE_ITEMS],
+            "status": status if own else None,
+            "after": after if own else None,
+            "next_after": found[PAGE_ITEMS - 1]["index"] if len(found) > PAGE_ITEMS else None,
+        })
+    return sections
 
 
 def _time(value: str | None) -> datetime | None:

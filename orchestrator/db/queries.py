@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import exists, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
+from .. import composition as M
 from .. import planner as P
 from ..errors import EventNotFound, RunNotFound
 from .models import Attempt, Event, Run, StepRun, Wait
@@ -78,7 +79,14 @@ def waits_of_runs(session: Session, run_ids: list[uuid.UUID]) -> dict[uuid.UUID,
     return found
 
 
-def step_dict(step: StepRun, with_attempts: bool = True, wait: Wait | None = None) -> dict[str, Any]:
+def step_dict(
+    step: StepRun,
+    with_attempts: bool = True,
+    wait: Wait | None = None,
+    progress: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A step (a node of its run); `progress` is a map node's item counts
+    (`composed.map_summary`); a call node names the child run of its latest wait."""
     data: dict[str, Any] = {
         "name": step.name,
         "status": step.status,
@@ -90,6 +98,8 @@ def step_dict(step: StepRun, with_attempts: bool = True, wait: Wait | None = Non
         "started_at": iso(step.started_at),
         "finished_at": iso(step.finished_at),
         "wait": wait_dict(wait) if wait is not None else None,
+        "map": progress,
+        "child_run_id": wait.correlation if wait is not None and wait.kind == M.CALL else None,
     }
     if with_attempts:
         data["attempts"] = [attempt_dict(a) for a in step.attempt_rows]
@@ -108,8 +118,16 @@ def event_ref(event: Event | None) -> dict[str, Any] | None:
     }
 
 
-def run_dict(run: Run, with_steps: bool = True, waits: dict[str, Wait] | None = None) -> dict[str, Any]:
-    """A run; with its steps, each with its latest wait from `waits` (`waits_of_run`)."""
+def run_dict(
+    run: Run,
+    with_steps: bool = True,
+    waits: dict[str, Wait] | None = None,
+    maps: dict[str, dict[str, int]] | None = None,
+    children: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A run; with its steps, each with its latest wait from `waits` (`waits_of_run`) and,
+    for a map, its progress from `maps`; with `children` when given (`composed.run_detail`
+    gathers all of them)."""
     data: dict[str, Any] = {
         "id": str(run.id),
         "workflow": run.workflow,
@@ -121,9 +139,18 @@ def run_dict(run: Run, with_steps: bool = True, waits: dict[str, Wait] | None = 
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
         "event_id": run.event_id,
+        # Who started it: a parent's call node, or a parent's step (`ctx.start_run`: detached).
+        "parent_run_id": str(run.parent_run_id) if run.parent_run_id is not None else None,
+        "parent_step": run.parent_step,
+        "detached": bool(run.detached),
+        "output": run.output,
     }
     if with_steps:
-        data["steps"] = [step_dict(s, wait=(waits or {}).get(s.name)) for s in run.steps]
+        data["steps"] = [
+            step_dict(s, wait=(waits or {}).get(s.name), progress=(maps or {}).get(s.name)) for s in run.steps
+        ]
+    if children is not None:
+        data["children"] = children
     return data
 
 

@@ -7,7 +7,7 @@ import pytest
 from tests.webtools import WORKFLOWS, make_app
 
 #: Workflow modules of the security tests that need no Kafka.
-SECURITY_WORKFLOWS = (*WORKFLOWS, "tests.wait_flows", "tests.security.hostile_flows")
+SECURITY_WORKFLOWS = (*WORKFLOWS, "tests.wait_flows", "tests.security.hostile_flows", "tests.compose_web_flows")
 
 
 @pytest.fixture

@@ -42,8 +42,8 @@ AUTH = {
 }
 #: Workflows whose names the fuzzer uses beside generated ones.
 KNOWN_WORKFLOWS = ["diamond", "signup", "hostile-text", "branches"]
-#: Step names the fuzzer uses beside generated ones: an approval and tasks.
-KNOWN_STEPS = ["manager", "publish", "a"]
+#: Step names the fuzzer uses beside generated ones: an approval, tasks, a map and a call.
+KNOWN_STEPS = ["manager", "publish", "a", "square", "w-double"]
 
 
 def _negatable(operation: dict[str, Any]) -> bool:
@@ -75,6 +75,9 @@ def known(client, runtime) -> dict[str, list[Any]]:
         runs.append(response.get_json()["id"])
     client.post(f"/api/runs/{runs[0]}/cancel", headers=AUTH["valid"])
     runs += [runtime.engine.start_run("sign-off", {}) for _ in range(3)]
+    runs += [runtime.engine.start_run("w-squares", {"items": list(range(20))}),  # a map's items
+             runtime.engine.start_run("w-caller", {})]  # a call node, and its child
+    runs.append(client.get(f"/api/runs/{runs[-1]}").get_json()["children"][0]["id"])
     events = [
         add_event(runtime, {"type": "user.signed_up", "user": {"email": "e@f.g"}}),
         add_event(runtime, {"type": "other"}, outcome="ignored", reason=None),

@@ -42,11 +42,14 @@ def urls(app, client, runtime) -> list[str]:
     run = client.post("/api/workflows/diamond/runs", json={"input": {}}, headers=AUTH).get_json()["id"]
     event = add_event(runtime, {"type": "user.signed_up", "user": {"email": "a@b.c"}})
     values = {"run_id": run, "event_id": event, "name": "diamond", "filename": "app.js"}
+    # A route of a run's step (a map's items) names a run with a map, and its map.
+    mapped = {"run_id": runtime.engine.start_run("w-squares", {"items": [1, 2]}), "step": "square"}
     adapter = app.url_map.bind("localhost")
     found = []
     for rule in app.url_map.iter_rules():
         if "GET" in rule.methods:
-            found.append(adapter.build(rule.endpoint, {k: values[k] for k in rule.arguments}))
+            given = {**values, **mapped} if "step" in rule.arguments else values
+            found.append(adapter.build(rule.endpoint, {k: given[k] for k in rule.arguments}))
     return found
 
 

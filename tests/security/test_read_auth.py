@@ -42,8 +42,11 @@ def get_routes(app: Any, runtime: Any) -> list[tuple[str, str]]:
     ).get_json()["id"]
     event = add_event(runtime, {"type": "user.signed_up", "user": {"email": "a@b.c"}})
     values = {"run_id": run, "event_id": event, "name": "diamond", "filename": "app.css"}
+    # A route of a run's step (a map's items) names a run with a map, and its map.
+    mapped = {**values, "run_id": runtime.engine.start_run("w-squares", {"items": [1, 2]}), "step": "square"}
     adapter = app.url_map.bind("localhost")
-    routes = [(rule.endpoint, adapter.build(rule.endpoint, {k: values[k] for k in rule.arguments}))
+    routes = [(rule.endpoint, adapter.build(rule.endpoint, {k: (mapped if "step" in rule.arguments else values)[k]
+                                                            for k in rule.arguments}))
               for rule in app.url_map.iter_rules() if "GET" in rule.methods]
     assert len(routes) >= 15
     return routes
@@ -79,7 +82,8 @@ def test_the_api_documents_the_refusal_of_every_read(closed, runtime):
     anonymous = closed.test_client()
     for path, ops in document()["paths"].items():
         if "get" in ops and path != "/healthz":
-            url = path.format(name="diamond", run_id="00000000-0000-0000-0000-000000000000", event_id=1)
+            url = path.format(name="diamond", run_id="00000000-0000-0000-0000-000000000000", event_id=1,
+                              step="square")
             assert_documented(anonymous.get(url), path)
 
 

@@ -144,11 +144,15 @@ def test_no_secret_in_logs_cli_output_pages_or_api_answers(
         adapter = app.url_map.bind("localhost")
         values = {"run_id": run_ids, "event_id": event_ids, "name": ["hostile-text", "order-fulfilment"],
                   "filename": ["app.js", "run.js", "runs.js", "app.css"]}
+        mapped = runtime.engine.start_run("w-squares", {"items": [1, 2]})  # for a map's items
         for rule in app.url_map.iter_rules():
             if "GET" not in rule.methods:
                 continue
-            choices = [{}] if not rule.arguments else [{rule.arguments.copy().pop(): v}
-                                                       for v in values[next(iter(rule.arguments))]]
+            if "step" in rule.arguments:
+                choices = [{"run_id": mapped, "step": "square"}]
+            else:
+                choices = [{}] if not rule.arguments else [{rule.arguments.copy().pop(): v}
+                                                           for v in values[next(iter(rule.arguments))]]
             for args in choices:
                 path = adapter.build(rule.endpoint, args)
                 response = see(browser.get(f"{base}{path}", timeout=20), path)

@@ -135,3 +135,32 @@ def test_a_dependency_turned_around_is_still_drawn_from_the_runs_version():
     nodes, edges = kinds(layout_versions({"a": [], "b": ["a"]}, {"b": [], "a": ["b"]}))
     assert nodes == {"a": "changed", "b": "changed"}
     assert edges == {("a", "b"): "dropped"}  # the union has a cycle: the run's edges only
+
+
+# -- composed nodes --------------------------------------------------------------------------
+
+COMPOSED = {"square": {"name": "square", "kind": "map"},
+            "report": {"name": "report", "kind": "call", "call": {"workflow": "sales-report"}}}
+
+
+def test_a_map_note_counts_done_items_and_splits_its_bar_by_outcome():
+    from orchestrator.db.composed import map_summary
+    from web.graphics import PROGRESS_WIDTH, node_notes
+
+    counts = map_summary({"succeeded": 35, "failed": 1, "cancelled": 1, "running": 3, "pending": 60})
+    assert counts["total"] == 100 and counts["done"] == 37 and counts["queued"] == 0
+    note = node_notes(COMPOSED, {"square": counts})["square"]
+    assert (note.kind, note.text, note.bar) == ("map", "map 37/100 · 2 failed", True)
+    assert note.done_width == pytest.approx(PROGRESS_WIDTH * 0.35)
+    assert note.failed_width == pytest.approx(PROGRESS_WIDTH * 0.02)
+
+
+def test_a_definition_labels_maps_and_calls_and_an_empty_map_draws_no_bar():
+    from orchestrator.db.composed import map_summary
+    from web.graphics import node_notes
+
+    notes = node_notes(COMPOSED)
+    assert (notes["square"].text, notes["square"].bar) == ("map", False)
+    assert notes["report"].text == "call → sales-report" and notes["report"].kind == "call"
+    empty = node_notes(COMPOSED, {"square": map_summary({})})["square"]
+    assert (empty.text, empty.done_width, empty.failed_width) == ("map 0/0", 0.0, 0.0)

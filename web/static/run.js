@@ -10,13 +10,18 @@ document.addEventListener("DOMContentLoaded", function () {
   function pageSignature() {
     const status = document.getElementById("run-status").dataset.status;
     const steps = Array.from(document.querySelectorAll("#run-steps [data-step]")).map(
-      (step) => step.dataset.step + "=" + step.dataset.status + "/" + step.dataset.attempts,
+      (step) => step.dataset.step + "=" + step.dataset.status + "/" + step.dataset.attempts +
+        "/" + step.dataset.progress,
     );
     return status + "|" + steps.join(",");
   }
 
   function apiSignature(run) {
-    const steps = run.steps.map((step) => step.name + "=" + step.status + "/" + step.attempt_count);
+    // A map's progress counts too: its node stays `running` while its items end.
+    const steps = run.steps.map(
+      (step) => step.name + "=" + step.status + "/" + step.attempt_count + "/" +
+        (step.map ? step.map.done + "-" + step.map.failed : ""),
+    );
     return run.status + "|" + steps.join(",");
   }
 
