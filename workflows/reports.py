@@ -15,6 +15,8 @@ flow = Workflow(
         "properties": {"sales": {"type": "array", "items": {"type": "number"}}},
     },
     triggers=[kafka_trigger("reports", match={"type": {"in": ["report.requested"]}})],
+    # What a caller's `flow.call("sales-report", ...)` node gets (workflows/nightly.py).
+    output=lambda results: results["publish"],
 )
 
 
