@@ -109,3 +109,25 @@ def each_limited(ctx):
 
 nested = Workflow("c-nested")
 nested.call("c-fanout", name="inner", input=lambda ctx: {"n": 4})
+
+
+skips = Workflow("c-skips")
+
+
+@skips.step(when=lambda ctx: ctx.input.get("go", False))
+def gate(ctx):
+    return {"n": 2}
+
+
+@skips.map(over=lambda ctx: list(range(ctx.results["gate"]["n"])), after=gate)
+def after_gate(ctx):
+    return ctx.item
+
+
+skipped_call = skips.call("c-child", name="child_after_gate", after=after_gate,
+                          input=lambda ctx: {"x": len(ctx.results["after_gate"])})
+
+
+@skips.step(after=skipped_call)
+def last(ctx):
+    return ctx.results["child_after_gate"]

@@ -97,3 +97,13 @@ def test_a_child_can_map(orchestrator_test):
     run = orchestrator_test.start("c-nested")
     assert run.status == "succeeded", run
     assert run.steps["inner"].result == {"total": 14}
+
+
+def test_a_skipped_parent_skips_the_map_and_the_call_after_it(orchestrator_test):
+    run = orchestrator_test.start("c-skips", {"go": False})
+    assert run.status == "succeeded", run
+    assert [run.steps[n].status for n in ("gate", "after_gate", "child_after_gate", "last")] == ["skipped"] * 4
+    assert orchestrator_test.runs("c-child") == []
+    ran = orchestrator_test.start("c-skips", {"go": True})
+    assert ran.status == "succeeded", ran
+    assert ran.steps["last"].result == {"doubled": 4}
