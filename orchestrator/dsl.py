@@ -363,11 +363,7 @@ class Workflow:
                 name=step_name,
                 fn=func,
                 after=self._resolve_after(step_name, after),
-                retries=_retry_count(self.name, step_name, "retries", retries),
-                backoff=_non_negative(self.name, step_name, "backoff", backoff),
-                max_backoff=_non_negative(self.name, step_name, "max_backoff", max_backoff),
-                timeout=None if timeout is None else _positive(self.name, step_name, "timeout", timeout),
-                queue=None if queue is None else _check_name("queue", queue),
+                **_attempt_options(self.name, step_name, retries, backoff, max_backoff, timeout, queue),
                 when=_check_when(self.name, step_name, when),
                 concurrency=_step_concurrency(self.name, step_name, concurrency),
                 workflow=self.name,
@@ -413,11 +409,7 @@ class Workflow:
             step = Step(
                 name=step_name,
                 fn=func,
-                retries=_retry_count(self.name, step_name, "retries", retries),
-                backoff=_non_negative(self.name, step_name, "backoff", backoff),
-                max_backoff=_non_negative(self.name, step_name, "max_backoff", max_backoff),
-                timeout=None if timeout is None else _positive(self.name, step_name, "timeout", timeout),
-                queue=None if queue is None else _check_name("queue", queue),
+                **_attempt_options(self.name, step_name, retries, backoff, max_backoff, timeout, queue),
                 workflow=self.name,
                 kind=ON_FAILURE,
             )
@@ -493,11 +485,7 @@ class Workflow:
                 name=node,
                 fn=func,
                 after=self._resolve_after(node, after),
-                retries=_retry_count(self.name, node, "retries", retries),
-                backoff=_non_negative(self.name, node, "backoff", backoff),
-                max_backoff=_non_negative(self.name, node, "max_backoff", max_backoff),
-                timeout=None if timeout is None else _positive(self.name, node, "timeout", timeout),
-                queue=None if queue is None else _check_name("queue", queue),
+                **_attempt_options(self.name, node, retries, backoff, max_backoff, timeout, queue),
                 when=_check_when(self.name, node, when),
                 workflow=self.name,
                 kind=M.MAP,
@@ -864,6 +852,19 @@ def _check_when(workflow: str, step: str, when: Any) -> Condition | None:
             f"workflow {workflow!r}: step {step!r} has when={when!r}; pass a function of ctx"
         )
     return when
+
+
+def _attempt_options(workflow: str, step: str, retries: Any, backoff: Any, max_backoff: Any,
+                     timeout: Any, queue: Any) -> dict[str, Any]:
+    """The checked options of a node whose attempts a worker runs (a step, a map's items,
+    the failure handler)."""
+    return {
+        "retries": _retry_count(workflow, step, "retries", retries),
+        "backoff": _non_negative(workflow, step, "backoff", backoff),
+        "max_backoff": _non_negative(workflow, step, "max_backoff", max_backoff),
+        "timeout": None if timeout is None else _positive(workflow, step, "timeout", timeout),
+        "queue": None if queue is None else _check_name("queue", queue),
+    }
 
 
 def _retry_count(workflow: str, step: str, option: str, value: Any) -> int:

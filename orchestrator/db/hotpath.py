@@ -120,11 +120,7 @@ class GenericHotPath:
     ) -> dict[str, str] | None:
         """Mark the attempt and step succeeded; return every step's status, or None if the
         step was no longer this attempt's (its lease lapsed)."""
-        session.connection().execute(_SUCCEED_ATTEMPT, {"p_id": attempt_id, "p_now": now, "p_logs": logs})
-        settled = session.connection().execute(
-            _SUCCEED_STEP, {"p_id": step_id, "p_number": number, "p_result": result, "p_now": now}
-        )
-        if settled.rowcount != 1:
+        if not GenericHotPath.settle_item(self, session, step_id, number, attempt_id, result, logs, now):
             return None
         return dict(session.connection().execute(_STATUSES, {"p_rid": rid}).all())
 
@@ -408,9 +404,8 @@ SELECT claimed.id, claimed.attempts, claimed.map_index, claimed.item,
 """
 )
 
-# Runs after the run lock is held, so its snapshot includes every earlier lock holder's work.
-_PG_SETTLE = text(
-    """
+# A step's attempt and row succeed, if the step is still this attempt's.
+_PG_SUCCEED = """
 WITH settled AS (
     UPDATE steps
        SET status = 'succeeded', result = CAST(:result AS jsonb), error = NULL,
@@ -421,25 +416,13 @@ WITH settled AS (
     UPDATE attempts SET status = 'succeeded', finished_at = :now, logs = CAST(:logs AS jsonb)
      WHERE id = :attempt_id AND status = 'running' AND EXISTS (SELECT 1 FROM settled)
 )
+"""
+# Runs after the run lock is held, so its snapshot includes every earlier lock holder's work.
+_PG_SETTLE = text(_PG_SUCCEED + """
 SELECT s.id, s.name, s.status, EXISTS (SELECT 1 FROM settled) AS settled
   FROM steps s
  WHERE s.run_id = :rid AND s.map_node IS NULL
-"""
-)
+""")
 
 # An item of a map: its row and attempt, nothing of the run (no run lock: see `composing`).
-_PG_SETTLE_ITEM = text(
-    """
-WITH settled AS (
-    UPDATE steps
-       SET status = 'succeeded', result = CAST(:result AS jsonb), error = NULL,
-           finished_at = :now, lease_expires_at = NULL
-     WHERE id = :step_id AND status = 'running' AND attempts = :number
- RETURNING id
-), attempt AS (
-    UPDATE attempts SET status = 'succeeded', finished_at = :now, logs = CAST(:logs AS jsonb)
-     WHERE id = :attempt_id AND status = 'running' AND EXISTS (SELECT 1 FROM settled)
-)
-SELECT EXISTS (SELECT 1 FROM settled) AS settled
-"""
-)
+_PG_SETTLE_ITEM = text(_PG_SUCCEED + "SELECT EXISTS (SELECT 1 FROM settled) AS settled")
