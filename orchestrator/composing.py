@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from . import composition as M
@@ -91,9 +91,10 @@ _ANY_OPEN = select(
 )
 
 
-def items_open(session: Session, rid: uuid.UUID, node: str) -> bool:
+def items_open(session: Session | Connection, rid: uuid.UUID, node: str) -> bool:
     """Whether any item of a map is still to end (one probe of the partial index)."""
-    return bool(session.connection().scalar(_ANY_OPEN, {"p_rid": rid, "p_node": node}))
+    conn = session.connection() if isinstance(session, Session) else session
+    return bool(conn.scalar(_ANY_OPEN, {"p_rid": rid, "p_node": node}))
 
 
 def item_ends(session: Session, rid: uuid.UUID, node: str) -> list[M.ItemEnd]:

@@ -982,6 +982,22 @@ class WorkflowEngine:
         rid = parse_run_id(claim.run_id)
         workflow = self.claimed_definition(claim)
         step = workflow.steps[claim.node_name]
+        limited = step.map is not None and step.map.concurrency is not None
+        if not (limited or outcome.emits or outcome.starts):
+            # Nothing to write but the item's row and attempt: one statement committed by
+            # itself where the database allows (see `hot_path.settle_item_alone`).
+            settled = self.hot_path.settle_item_alone(
+                claim.step_id, claim.attempt, claim.attempt_id, outcome.result, outcome.logs or [], now
+            )
+            if settled is not None:
+                if not settled:
+                    with self.transaction() as (session, _):
+                        self._lease_lost(session, claim)
+                    return
+                after = Outbox()
+                after.maps.add((rid, claim.node_name))
+                self._after_commit(after)
+                return
         with self.transaction() as (session, outbox):
             if not self.hot_path.settle_item(session, claim.step_id, claim.attempt, claim.attempt_id,
                                              outcome.result, outcome.logs or [], now):
@@ -1034,8 +1050,8 @@ class WorkflowEngine:
 
     def _map_item_ended(self, rid: uuid.UUID, node: str) -> None:
         """After an item's commit: if no item of the map is left, settle the map."""
-        with self.sessions() as session:
-            if CM.items_open(session, rid, node):
+        with self.hot_path.reader() as conn:
+            if CM.items_open(conn, rid, node):
                 return
         self.settle_map(rid, node)
 

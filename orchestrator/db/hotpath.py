@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, create_engine, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from .. import planner as P
@@ -144,6 +145,21 @@ class GenericHotPath:
         )
         return settled.rowcount == 1
 
+    def settle_item_alone(
+        self, step_id: int, number: int, attempt_id: int, result: Any, logs: list[dict[str, Any]],
+        now: datetime,
+    ) -> bool | None:
+        """`settle_item` as one statement committed on its own (no BEGIN and COMMIT round
+        trips), for an item whose success writes nothing else; None where the database has
+        no such statement (the caller then opens a transaction)."""
+        return None
+
+    @contextmanager
+    def reader(self) -> Iterator[Connection]:
+        """A connection for a read after a commit (the probe of a map's open items)."""
+        with self.db.connect() as conn:
+            yield conn
+
 
 class PostgresHotPath(GenericHotPath):
     """The same answers in fewer round trips, with PostgreSQL's data-modifying CTEs."""
@@ -247,6 +263,27 @@ class PostgresHotPath(GenericHotPath):
              "result": json.dumps(result), "logs": json.dumps(logs), "now": now},
         ).one()
         return bool(row.settled)
+
+    def settle_item_alone(
+        self, step_id: int, number: int, attempt_id: int, result: Any, logs: list[dict[str, Any]],
+        now: datetime,
+    ) -> bool | None:
+        # The pool's own connections (synchronous commit: a success is durable), in
+        # autocommit for this one statement; the pool gives them back in their own mode.
+        with self.db.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            row = conn.execute(
+                _PG_SETTLE_ITEM,
+                {"step_id": step_id, "number": number, "attempt_id": attempt_id,
+                 "result": json.dumps(result), "logs": json.dumps(logs), "now": now},
+            ).one()
+        return bool(row.settled)
+
+    @contextmanager
+    def reader(self) -> Iterator[Connection]:
+        # A read needs no transaction: one round trip instead of BEGIN, SELECT, ROLLBACK.
+        with self.autocommit.connect() as conn:
+            yield conn
 
 
 def hot_path_for(db: Engine) -> GenericHotPath:
