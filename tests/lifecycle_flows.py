@@ -14,7 +14,9 @@ from tests.flows import record
 patient = Workflow("patient")
 
 
-@patient.step(retries=1, backoff=8)
+# 30 s: the retry must still be waiting, reserved, when the test looks at the broker, which
+# on a machine loaded by the other test files can be more than 8 s after the first attempt.
+@patient.step(retries=1, backoff=30)
 def fails_first(ctx: StepContext) -> dict:
     record(ctx)
     if ctx.attempt == 1:

@@ -65,7 +65,7 @@ def test_sigterm_on_a_worker_finishes_running_steps_and_returns_reserved_message
 ):
     engine = runtime.engine
     worker = start_worker(concurrency=2)
-    # A retry with an 8 s backoff: its message waits inside the worker, reserved, not started.
+    # A retry with a 30 s backoff: its message waits inside the worker, reserved, not started.
     patient = engine.start_run("patient", {})
     wait_for(lambda: rows(runtime, "SELECT status FROM steps WHERE run_id = :r", r=patient) == [("retrying",)],
              30, message="the first attempt to fail")
