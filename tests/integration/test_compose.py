@@ -69,8 +69,7 @@ def test_maps_of_zero_and_one_item_failing_items_and_allowed_failures(runtime, s
 
 
 def test_a_thousand_items_never_run_more_than_five_at_once(runtime, start_worker, wait_for_run, side_channel):
-    start_worker(concurrency=4)
-    start_worker(concurrency=4)
+    start_worker(concurrency=6)  # more processes than the map's limit of 5
     run_id = runtime.engine.start_run("it-map", {"n": 1000, "flaky": [3, 500]})
     run = wait_for_run(run_id, timeout=120)
     assert run["status"] == "succeeded", run

@@ -70,9 +70,9 @@ def test_sigterm_on_a_worker_finishes_running_steps_and_returns_reserved_message
     wait_for(lambda: rows(runtime, "SELECT status FROM steps WHERE run_id = :r", r=patient) == [("retrying",)],
              30, message="the first attempt to fail")
     wait_for(lambda: broker_messages(redis_url) == (0, 1), 30, message="the worker to reserve the retry")
-    # 8 s steps: the broker's counts below hold only while both still run (3 s steps could
+    # 15 s steps: the broker's counts below hold only while both still run (3 s steps could
     # end, and their successors be queued, before a loaded machine got to look).
-    longs = [engine.start_run("long", {"sleep": 8}) for _ in range(3)]
+    longs = [engine.start_run("long", {"sleep": 15}) for _ in range(3)]
     wait_for(lambda: count(runtime, "SELECT count(*) FROM steps WHERE name = 'linger' AND status = 'running'") == 2,
              30, message="two steps to be running")
     running = {r for (r,) in rows(runtime, "SELECT run_id FROM steps WHERE name = 'linger' AND status = 'running'")}
