@@ -327,14 +327,15 @@ class WorkflowEngine:
         ended, a parent whose child ended, children whose parent stopped waiting. Each in
         its own transaction; the recovery loop does the same should this process die
         first (`settle_composed`)."""
-        for what, args, action in (
-            *[("map", (rid, node), self._map_item_ended) for rid, node in sorted(outbox.maps)],
-            *[("child", (rid,), self._child_ended) for rid in outbox.ended],
-            *[("orphans", (rid, nodes), self._cancel_children) for rid, nodes in outbox.orphans
-              if nodes is not None],
-            *([("orphans", (tuple(rid for rid, nodes in outbox.orphans if nodes is None), None),
-                self._cancel_children)] if any(n is None for _, n in outbox.orphans) else []),
-        ):
+        todo: list[tuple[str, tuple[Any, ...], Callable[..., Any]]] = []
+        todo += [("map", (rid, node), self._map_item_ended) for rid, node in sorted(outbox.maps)]
+        todo += [("child", (rid,), self._child_ended) for rid in outbox.ended]
+        whole = tuple(rid for rid, nodes in outbox.orphans if nodes is None)
+        if whole:  # every child of these runs, in one query
+            todo.append(("orphans", (whole, None), self._cancel_children))
+        todo += [("orphans", (rid, nodes), self._cancel_children)
+                 for rid, nodes in outbox.orphans if nodes is not None]
+        for what, args, action in todo:
             try:
                 action(*args)
             except Exception:  # noqa: BLE001 - committed; the recovery loop tries again
@@ -689,9 +690,8 @@ class WorkflowEngine:
             return
 
         def context_for(name: str) -> StepContext:
-            results = {p: steps[p].result for p in workflow.upstream(name)
-                       if p in steps and steps[p].status == P.SUCCEEDED}
-            return StepContext(str(run.id), workflow.name, name, run.input, results, attempt=0)
+            return StepContext(str(run.id), workflow.name, name, run.input,
+                               _upstream_results(workflow, steps, name), attempt=0)
 
         partition = run.concurrency_key if workflow.partition_by is not None else None
         decision = self._decide(
@@ -1026,7 +1026,7 @@ class WorkflowEngine:
         it fails its map, unless the map allows failures; then its slot goes to the next."""
         if row.status not in P.STEP_FINAL or row.map_node is None:
             return
-        node = next((r for r in run.steps if r.name == row.map_node), None)
+        node = _node_row(run, row.map_node)
         step = workflow.steps.get(row.map_node) if workflow is not None else None
         if node is None or node.status != P.RUNNING:
             return
@@ -1062,7 +1062,7 @@ class WorkflowEngine:
         now = utcnow()
         with self.transaction() as (session, outbox):
             run = self._lock_run(session, rid)
-            row = next((r for r in run.steps if r.name == node), None)
+            row = _node_row(run, node)
             if row is None or row.status != P.RUNNING or CM.items_open(session, rid, node):
                 return False
             workflow = self._definition_of(run, session)
@@ -1097,7 +1097,7 @@ class WorkflowEngine:
                 return False
             node = child.parent_step
             wait_id = CM.open_call(session, parent, node, child_id)
-            row = next((r for r in run.steps if r.name == node), None)
+            row = _node_row(run, node)
             if wait_id is None or row is None or row.status != P.WAITING:
                 return False
             WT.end_wait(session, wait_id, W.MATCHED if child.status == P.RUN_SUCCEEDED else W.CLOSED, now)
@@ -1112,8 +1112,8 @@ class WorkflowEngine:
                 if (step is not None and step.call is not None and row.attempts < row.max_attempts
                         and child.status == P.RUN_FAILED and run.status not in P.RUN_FINAL):
                     try:  # a new child, with the node's input computed again
-                        ctx = StepContext(str(run.id), run.workflow, node, run.input, self._results_for(
-                            session, run, workflow, node), attempt=0)
+                        ctx = StepContext(str(run.id), run.workflow, node, run.input, _upstream_results(
+                            workflow, {s.name: s for s in run.steps}, node), attempt=0)
                         planned = self._plan_child(run.id, workflow, step, ctx)  # type: ignore[arg-type]
                     except Exception as exc:  # noqa: BLE001 - user code
                         error = _composition_error(step, exc)
@@ -1129,13 +1129,6 @@ class WorkflowEngine:
                 self._advance(run, workflow, {s.name: s for s in run.steps}, outbox, now)
             self._after_run_change(session, outbox, run, workflow)
             return True
-
-    def _results_for(self, session: Session, run: Run, workflow: Workflow | None, node: str) -> dict[str, Any]:
-        if workflow is None:
-            return {}
-        rows = {s.name: s for s in run.steps}
-        return {p: rows[p].result for p in workflow.upstream(node)
-                if p in rows and rows[p].status == P.SUCCEEDED}
 
     def _cancel_children(self, parents: uuid.UUID | tuple[uuid.UUID, ...], nodes: tuple[str, ...] | None) -> None:
         """Cancel the live children of runs (of their call nodes `nodes`, or all of them)."""
@@ -1599,7 +1592,7 @@ class WorkflowEngine:
             row.error = error
             row.finished_at = now
             row.lease_expires_at = None
-            node = next((r for r in run.steps if r.name == row.map_node), None) if row.map_node else None
+            node = _node_row(run, row.map_node)
             if node is not None and node.status == P.RUNNING:
                 self._fail_map(session, outbox, run, node, f"item {row.map_index} of map {node.name!r} "
                                f"failed: {error}", now)
@@ -1944,6 +1937,17 @@ def _closed(statuses: Mapping[str, str], changes: Mapping[str, Mapping[str, Any]
             if statuses.get(name) == P.WAITING and values.get("status", P.WAITING) != P.WAITING]
 
 
+def _node_row(run: Run, name: str | None) -> StepRun | None:
+    """A loaded run's node row called `name` (nodes only: `Run.steps` holds no items)."""
+    return next((r for r in run.steps if r.name == name), None)
+
+
+def _upstream_results(workflow: Workflow, steps: Mapping[str, StepRun], name: str) -> dict[str, Any]:
+    """`ctx.results` of node `name` from a run's loaded rows (`Workflow.upstream`)."""
+    return {p: steps[p].result for p in workflow.upstream(name)
+            if p in steps and steps[p].status == P.SUCCEEDED}
+
+
 def _is_map_node(row: StepRun) -> bool:
     """A map node still expanding: `running` without an attempt of its own (every claimed
     step has one); its items are the tasks."""
@@ -1969,7 +1973,7 @@ def _fail_running_attempt(session: Session, row: StepRun, error: str, now: datet
 def _end_waiting_step(run: Run, step: str, status: str, now: datetime, *, result: Any = None,
                       error: str | None = None, reason: str | None = None) -> StepRun | None:
     """Set a locked run's waiting node to `status`; None if it is not waiting."""
-    row = next((r for r in run.steps if r.name == step), None)
+    row = _node_row(run, step)
     if row is None or row.status != P.WAITING:
         return None
     row.status = status
