@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from celery import Celery
 
 from .dispatch import Dispatch
 from .dsl import DEFAULT_QUEUE
 from .settings import Settings
+from .tracing import TRACEPARENT
 
 log = logging.getLogger("orchestrator.dispatch")
 
@@ -64,9 +66,11 @@ class CeleryDispatcher:
     def send(self, dispatches: Iterable[Dispatch]) -> None:
         with self.app.producer_or_acquire() as producer:
             for d in dispatches:
-                options = {}
+                options: dict[str, Any] = {}
                 if d.timeout:
                     options["time_limit"] = d.timeout + HARD_LIMIT_GRACE
+                if d.traceparent:
+                    options["headers"] = {TRACEPARENT: d.traceparent}
                 self.app.send_task(
                     RUN_STEP_TASK,
                     args=(d.run_id, d.step),

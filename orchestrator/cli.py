@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from . import tracing
 from .db.queries import LIST_STATUSES
 from .errors import ConfigurationError, OrchestratorError
 from .runtime import Runtime, install
@@ -64,11 +65,16 @@ def _json_arg(raw: str, what: str) -> Any:
 @click.group()
 @click.version_option(package_name="kafka-orchestrator")
 @click.option("--log-level", default="INFO", show_default=True, envvar="ORCHESTRATOR_LOG_LEVEL")
-def main(log_level: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str) -> None:
     """Event-driven workflow orchestrator: Kafka events in, Celery steps out, state in SQL."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from . import logs
+
+    try:
+        logs.configure(log_level, None)
+        tracing.configure(f"orchestrator-{ctx.invoked_subcommand or 'cli'}")
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # start-up noise
 
 
@@ -744,8 +750,11 @@ def publish(topic: str, payload: str, key: str | None, raw: bool) -> None:
     except KafkaError as exc:
         raise click.ClickException(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     try:
-        sent = producer.send(topic, value=payload.encode(), key=key.encode() if key is not None else None)
-        metadata = sent.get(timeout=30)
+        with tracing.publish_span(topic) as traceparent:  # tracing on: the event starts a trace
+            headers = [(tracing.TRACEPARENT, traceparent.encode())] if traceparent else None
+            sent = producer.send(topic, value=payload.encode(),
+                                 key=key.encode() if key is not None else None, headers=headers)
+            metadata = sent.get(timeout=30)
     except KafkaError as exc:
         raise click.ClickException(f"could not publish to {topic}: {exc}") from None
     finally:

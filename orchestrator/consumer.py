@@ -42,6 +42,7 @@ from kafka.errors import CommitFailedError, CorruptRecordError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
+from . import tracing
 from .dead_letters import ensure_dead_letter_topics, send_dead_letters
 from .engine import WorkflowEngine
 from .errors import ConfigurationError
@@ -303,7 +304,26 @@ class EventConsumer:
         )
 
     def handle_assessed(self, assessments: list[Assessment]) -> BatchResult | None:
-        """Record, dead-letter and commit assessed messages; rewinds them if a step fails."""
+        """Record, dead-letter and commit assessed messages; rewinds them if a step fails.
+
+        With tracing on, each message gets an `event.intake` span (child of its
+        `traceparent` header), parent of the runs it starts, ended once the batch is done.
+        """
+        if not tracing.enabled:
+            return self._handle_assessed(assessments)
+        for a in assessments:
+            m = a.message
+            a.trace = tracing.start_intake(m.topic, m.partition, m.offset, m.headers)
+            if a.event_id is not None:
+                a.trace.set_attribute("orchestrator.event.redelivered", True)
+        try:
+            return self._handle_assessed(assessments)
+        finally:
+            for a in assessments:
+                a.trace.set_attribute("orchestrator.event.outcome", a.outcome)
+                a.trace.end()
+
+    def _handle_assessed(self, assessments: list[Assessment]) -> BatchResult | None:
         messages = [a.message for a in assessments]
         try:
             result = self._record(assessments)

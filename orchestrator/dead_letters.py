@@ -16,6 +16,7 @@ from typing import Any
 
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 
+from . import tracing
 from .intake import Message
 from .kafka import create_admin, ensure_topics
 from .settings import Settings
@@ -41,6 +42,8 @@ class DeadLetter:
     message: Message
     reason: str
     event_id: int
+    #: The `traceparent` of the event's intake (tracing on): replaces the original's.
+    traceparent: str | None = None
 
 
 def dead_letter_topic(topic: str, settings: Settings) -> str:
@@ -51,7 +54,7 @@ def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
     """The original headers plus the orchestrator's: why, from where, which event."""
     message = letter.message
     return [
-        *message.headers,
+        *tracing.with_traceparent(message.headers, letter.traceparent),
         (REASON_HEADER, letter.reason.encode("utf-8", "backslashreplace")),
         (SOURCE_HEADER, json.dumps([message.topic, message.partition, message.offset]).encode()),
         (EVENT_ID_HEADER, str(letter.event_id).encode()),

@@ -18,6 +18,8 @@ class Dispatch:
     timeout: float | None = None
     countdown: float | None = None
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: The run's W3C `traceparent` (tracing on), sent as the message's `traceparent` header.
+    traceparent: str | None = None
 
 
 class Dispatcher(Protocol):

@@ -10,6 +10,7 @@ workers can never both hold the same step.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -26,7 +27,7 @@ from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
-from . import clock
+from . import clock, tracing
 from . import composing as CM
 from . import composition as M
 from . import concurrency as C
@@ -312,7 +313,7 @@ class WorkflowEngine:
             self.dispatcher.revoke(outbox.terminate, terminate=True)
         if outbox:
             try:
-                self.dispatcher.send(outbox)
+                self.dispatcher.send(self._traced(outbox) if tracing.enabled else outbox)
             except Exception as exc:  # noqa: BLE001 - committed state is the source of truth
                 log.warning(
                     "could not send %d step message(s) (%s); the recovery loop will re-send them",
@@ -321,6 +322,19 @@ class WorkflowEngine:
                 )
         if outbox.maps or outbox.ended or outbox.orphans:
             self._after_commit(outbox)
+
+    def _traced(self, dispatches: list[Dispatch]) -> list[Dispatch]:
+        """Step messages with their run's `traceparent` (one query), so the attempt's span
+        continues the run's trace wherever and however often the message is sent."""
+        ids = {parse_run_id(d.run_id) for d in dispatches if d.traceparent is None}
+        if not ids:
+            return dispatches
+        with self.sessions() as session:
+            found = dict(session.execute(
+                select(Run.id, Run.traceparent).where(Run.id.in_(ids), Run.traceparent.is_not(None))
+            ).all())
+        return [d if d.traceparent is not None or uuid.UUID(d.run_id) not in found
+                else dataclasses.replace(d, traceparent=found[uuid.UUID(d.run_id)]) for d in dispatches]
 
     def _after_commit(self, outbox: Outbox) -> None:
         """What a committed transaction leaves to others: a map whose last item may have
@@ -416,6 +430,7 @@ class WorkflowEngine:
             "parent_step": parent[1] if parent else None,
             "detached": parent[2] if parent else None,
             "output": None,
+            "traceparent": tracing.run_started(workflow.name, str(rid)) if tracing.enabled else None,
         }
 
         def context_for(name: str) -> StepContext:

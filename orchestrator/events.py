@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from . import clock, waiting
+from . import clock, tracing, waiting
 from .db.inserts import insert_all, insert_ignoring_conflicts
 from .db.models import Event, Run, StepRun
 from .dead_letters import DeadLetter
@@ -77,6 +77,11 @@ class BatchResult:
     resent: int = 0
     #: Events of the batch that completed at least one open wait (`wait_for_event`).
     waits_completed: int = 0
+
+
+def _traceparent(assessment: Assessment) -> str | None:
+    """The `traceparent` of an event's intake span (tracing on), for its dead letter."""
+    return None if assessment.trace is None else tracing.traceparent_of(assessment.trace)
 
 
 def _key(message: Message) -> tuple[str, int, int]:
@@ -158,6 +163,14 @@ def plan_runs(engine: WorkflowEngine, assessment: Assessment) -> tuple[Assessmen
     """
     planned: list[PlannedRun] = []
     refused: dict[str, str] = {}
+    if assessment.trace is not None:  # the runs' spans are children of the event's intake
+        with tracing.attached(assessment.trace):
+            return _plan_runs(engine, assessment, planned, refused)
+    return _plan_runs(engine, assessment, planned, refused)
+
+
+def _plan_runs(engine: WorkflowEngine, assessment: Assessment, planned: list[PlannedRun],
+               refused: dict[str, str]) -> tuple[Assessment, list[PlannedRun]]:
     for decision in assessment.to_start:
         try:
             planned.append(
@@ -317,7 +330,8 @@ def record_batch(
     for assessment in known.values():
         if assessment.outcome == REJECTED and assessment.event_id is not None:
             result.dead_letters.append(
-                DeadLetter(assessment.message, assessment.reason or "rejected", assessment.event_id)
+                DeadLetter(assessment.message, assessment.reason or "rejected", assessment.event_id,
+                           _traceparent(assessment))
             )
     if not unique:
         return result
@@ -345,13 +359,14 @@ def record_batch(
                     to_insert.append(planned)
                 if assessment.outcome == REJECTED:
                     result.dead_letters.append(
-                        DeadLetter(assessment.message, assessment.reason or "rejected", event_id)
+                        DeadLetter(assessment.message, assessment.reason or "rejected", event_id,
+                                   _traceparent(assessment))
                     )
             elif key in earlier:
                 event_id, outcome, reason = earlier[key]
                 if outcome == REJECTED:
                     result.dead_letters.append(
-                        DeadLetter(assessment.message, reason or "rejected", event_id)
+                        DeadLetter(assessment.message, reason or "rejected", event_id, _traceparent(assessment))
                     )
             else:  # not at this offset: its orchestrator-event-id is recorded (a re-send)
                 message = assessment.message

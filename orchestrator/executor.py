@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
+from . import logs, tracing
 from .dsl import StepContext
 from .engine import Claim, Outcome, WorkflowEngine, check_json
 from .errors import InvalidInput, StepNotLoaded, WorkflowNotFound
@@ -200,6 +201,8 @@ def execute(
     worker: str | None = None,
     handed_back: int = 0,
     body: Callable[[StepContext], Any] | None = None,  # instead of the step's own function
+    traceparent: str | None = None,  # the run's, from the step message (tracing)
+    queue: str | None = None,
 ) -> str:
     """Claim, run and record one attempt of a step. Returns what happened, for the task log.
 
@@ -241,6 +244,20 @@ def execute(
         map_errors=claim.map_errors,
         failed=claim.failed,
     )
+    with logs.fields(run_id=claim.run_id, step=claim.step, attempt=claim.attempt):
+        if not tracing.enabled:
+            return _attempt(engine, heartbeats, claim, step, ctx, capture, body)
+        with tracing.step_span(traceparent, claim.workflow, claim.run_id, claim.step,
+                               claim.attempt, queue) as span:
+            done = _attempt(engine, heartbeats, claim, step, ctx, capture, body)
+            if done != "succeeded":
+                tracing.failed(span, done)
+            return done
+
+
+def _attempt(engine: WorkflowEngine, heartbeats: Heartbeats, claim: Claim, step: Any,
+             ctx: StepContext, capture: _Capture, body: Callable[[StepContext], Any] | None) -> str:
+    """Run a claimed attempt and record its outcome (see `execute`)."""
     heartbeats.add(claim)
     try:
         try:
@@ -251,7 +268,8 @@ def execute(
             check_json(result, f"result of step {claim.step!r}")
             engine.check_starts(ctx.starts)
             # The emits ride with the success only: every failure below drops them.
-            outcome = Outcome(ok=True, result=result, logs=capture.lines, emits=ctx.emits,
+            emits = tracing.stamped(ctx.emits) if tracing.enabled else ctx.emits
+            outcome = Outcome(ok=True, result=result, logs=capture.lines, emits=emits,
                               starts=ctx.starts)
         except (InvalidInput, WorkflowNotFound) as exc:
             outcome = Outcome(ok=False, error=str(exc), logs=capture.lines)

@@ -96,6 +96,8 @@ class Assessment:
     #: were not evaluated again, `outcome` and `reason` are the recorded ones, and nothing
     #: more is written for it.
     event_id: int | None = None
+    #: Its `event.intake` span while the consumer handles it (tracing on), else None.
+    trace: Any = None
 
     @property
     def to_start(self) -> list[Decision]:

@@ -199,7 +199,9 @@ def _keeper_main(settings: Settings, directory: str, parent: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the worker decides
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import logs
+
+    logs.configure(logging.INFO)  # ORCHESTRATOR_LOG_FORMAT, checked by the parent already
     board = LeaseBoard(Path(directory))
     rt = Runtime(settings, pre_ping=True)
     # It renews leases and nothing else: no workflow code to load, no message to send.

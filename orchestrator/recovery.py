@@ -303,7 +303,12 @@ def _recovery_main(settings: Settings, parent: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the worker decides
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import logs
+
+    logs.configure(logging.INFO)  # ORCHESTRATOR_LOG_FORMAT, checked by the parent already
+    from . import tracing
+
+    tracing.configure("orchestrator-recovery")
     rt = Runtime(settings, pre_ping=True)
     failing = False
     broken: str | None = None  # the last unexpected error, logged once

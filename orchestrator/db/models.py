@@ -158,6 +158,9 @@ class Run(Base):
     detached: Mapped[bool | None] = mapped_column(Boolean)
     #: The workflow's `output` of a succeeded run (what a parent's call node gets).
     output: Mapped[Any | None] = mapped_column(Json)
+    #: W3C `traceparent` of the run's `run` span (tracing on): its step attempts' parent,
+    #: carried by every step message, re-sent ones included.
+    traceparent: Mapped[str | None] = mapped_column(String(128))
 
     #: The run's nodes; the items of its maps are `StepRun` rows too, left out here.
     steps: Mapped[list[StepRun]] = relationship(
