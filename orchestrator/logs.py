@@ -79,6 +79,7 @@ def configure(level: str | int = logging.INFO, fmt: str | None = None) -> None:
     handler._orchestrator = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    logging.captureWarnings(chosen == "json")  # Python's warnings as log lines too, not raw text
 
 
 @contextmanager
