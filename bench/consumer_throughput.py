@@ -167,7 +167,29 @@ def orchestrator_consumer(settings: Settings, registry: Registry, events: int,
     return events / (service.last - service.first), recorded, runs, report
 
 
+def trace_if_asked() -> None:
+    """BENCH_TRACING=1 (set by bench/tracing_overhead.py): tracing on, through the SDK with a
+    BatchSpanProcessor whose exporter drops the spans (the cost measured is the orchestrator's)."""
+    if not os.environ.get("BENCH_TRACING"):
+        return
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from orchestrator import tracing
+
+    class Dropped(SpanExporter):
+        def export(self, spans):  # noqa: ANN001, ANN201
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    trace.set_tracer_provider(provider)
+    tracing.configure("bench")
+
+
 def main() -> None:
+    trace_if_asked()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--run-every", type=int, default=10, help="one event in N starts a run")

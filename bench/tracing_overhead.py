@@ -1,0 +1,71 @@
+"""Consumer throughput with tracing off and on against today's code (before tracing).
+
+Runs `bench/consumer_throughput.py` (Tansu, PostgreSQL, Redis; see it) in turns:
+
+- today: that script and the orchestrator as of `--baseline` (default: the commit before
+  tracing, 8723fbc), extracted with `git archive` into a temporary directory;
+- off:   this tree, tracing not configured (the default);
+- on:    this tree, tracing on through the OpenTelemetry SDK (spans made, then dropped).
+
+Each mode runs `--repeat` times, interleaved, and the best rate of each is compared (the
+best is the least disturbed by other load). The target: off >= 0.97x today.
+
+    python bench/tracing_overhead.py [--events 20000] [--repeat 3] [--baseline REF]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The commit before tracing (issue 13's dependencies only).
+BASELINE = "8723fbc"
+#: What tracing off may cost at most, as a fraction of today's throughput.
+TARGET = 0.97
+
+
+def rate(tree: Path, events: int, tracing: bool) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("BENCH_TRACING", None)
+    if tracing:
+        env["BENCH_TRACING"] = "1"
+    done = subprocess.run([sys.executable, str(tree / "bench" / "consumer_throughput.py"),
+                           "--events", str(events)], env=env, cwd=tree, capture_output=True,
+                          text=True, timeout=1200)
+    found = re.search(r"orchestrator consumer:\s+([\d,]+) events/s", done.stdout)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"the benchmark failed in {tree}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return float(found.group(1).replace(",", ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--baseline", default=BASELINE, help="git ref of today's code")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-today-") as tmp:
+        today_tree = Path(tmp)
+        archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(today_tree)], input=archive.stdout, check=True)
+        rates: dict[str, list[float]] = {"today": [], "off": [], "on": []}
+        for n in range(args.repeat):
+            for mode, tree, traced in (("today", today_tree, False), ("off", ROOT, False), ("on", ROOT, True)):
+                rates[mode].append(rate(tree, args.events, traced))
+                print(f"run {n + 1} {mode:5}: {rates[mode][-1]:10,.0f} events/s", flush=True)
+    best = {mode: max(values) for mode, values in rates.items()}
+    print(f"today (baseline {args.baseline}): {best['today']:10,.0f} events/s (best of {args.repeat})")
+    print(f"tracing off:              {best['off']:10,.0f} events/s = {best['off'] / best['today']:.3f}x today")
+    print(f"tracing on (SDK):         {best['on']:10,.0f} events/s = {best['on'] / best['today']:.3f}x today")
+    verdict = "meets" if best["off"] >= TARGET * best["today"] else "MISSES"
+    print(f"target off >= {TARGET}x today:  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
