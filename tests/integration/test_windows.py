@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from tests.conftest import wait_for
 from tests.kafka_fixtures import count
+from tests.webtools import AUTH, make_app
 
 
 @pytest.fixture
@@ -94,6 +95,13 @@ def test_a_full_batch_starts_at_once_and_the_rest_when_the_window_ends(
             "SELECT count(*), count(DISTINCT w.run_id) FROM window_events e JOIN windows w ON w.id = e.window_id"
         )).one()
     assert tuple(absorbed) == (7, 2)
+    # The event page and API link an absorbed event to its run.
+    client = make_app(runtime).test_client()
+    first = event_ids(runtime, rows)[0]
+    (joined,) = client.get(f"/api/events/{first}", headers=AUTH).get_json()["windows"]
+    assert (joined["workflow"], joined["kind"], joined["open"], joined["run_id"]) == ("batched", "batch", False, full_id)
+    page = client.get(f"/events/{first}", headers=AUTH).get_data(as_text=True)
+    assert "absorbed by run" in page and f"/runs/{full_id}" in page
 
 
 def test_a_keyed_batch_collects_each_key_apart(runtime, kafka, topic_prefix, start_consumer):
