@@ -21,6 +21,8 @@ from .errors import WorkflowDefinitionError as WorkflowDefinitionError
 from .errors import WorkflowNotFound as WorkflowNotFound
 from .schedules import schedule as schedule
 from .triggers import kafka_trigger as kafka_trigger
+from .windows import Batch as Batch
+from .windows import Debounce as Debounce
 
 
 def start_run(name: str, input: dict[str, Any] | None = None) -> str:
@@ -34,6 +36,8 @@ def start_run(name: str, input: dict[str, Any] | None = None) -> str:
 
 
 __all__ = [
+    "Batch",
+    "Debounce",
     "Concurrency",
     "InvalidEmit",
     "InvalidInput",

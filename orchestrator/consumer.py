@@ -43,6 +43,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import tracing
+from .db import windows
 from .dead_letters import ensure_dead_letter_topics, send_dead_letters
 from .engine import WorkflowEngine
 from .errors import ConfigurationError
@@ -73,6 +74,8 @@ KAFKA_CALL_TIMEOUT_MS = 5000
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 #: Seconds between two progress lines in the log.
 REPORT_INTERVAL = 30.0
+#: Seconds between two passes of the consumer's closer of due debounce/batch windows.
+WINDOW_INTERVAL = 1.0
 #: Fraction of `ORCHESTRATOR_KAFKA_MAX_POLL_INTERVAL` one batch may spend evaluating
 #: triggers; the rest is left for recording it, its dead letters and its offset commit.
 ASSESS_BUDGET = 0.5
@@ -131,6 +134,9 @@ class EventConsumer:
         self._last_report = time.monotonic()
         #: Workflows whose slow triggers were already reported (see `_too_slow`).
         self._slow_warned: set[str] = set()
+        #: Whether a loaded trigger has a debounce or batch window (then the loop closes them).
+        self._windowed = any(getattr(t, "window", None) for w in engine.registry for t in w.triggers)
+        self._last_window_pass = -float("inf")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -219,6 +225,7 @@ class EventConsumer:
                 self.kafka.down(exc)
                 self.stopping.wait(self.kafka.pause())
                 continue
+            self._close_windows()
             if not batch:
                 self._idle(started)
                 continue
@@ -241,6 +248,23 @@ class EventConsumer:
                 self.kafka.down("no broker answers")
         if self.kafka.is_down and now - started < POLL_TIMEOUT_MS / 1000:
             self.stopping.wait(self.kafka.pause())  # the client returned at once: do not spin
+
+    def _close_windows(self) -> None:
+        """Close due debounce/batch windows about every `WINDOW_INTERVAL`, so a deployment
+        without the recovery process still closes them (`FOR UPDATE SKIP LOCKED`: the two
+        never close one window twice). A failure is logged and retried next pass."""
+        if not self._windowed or time.monotonic() - self._last_window_pass < WINDOW_INTERVAL:
+            return
+        self._last_window_pass = time.monotonic()
+        try:
+            started = windows.close_due(self.engine)
+        except (OperationalError, InterfaceError, DisconnectionError) as exc:
+            self.database.down(_first_line(exc))
+            return
+        except Exception:  # noqa: BLE001 - the events must keep flowing
+            log.exception("closing due debounce/batch windows failed; will try again")
+            return
+        self.counts["runs"] += len(started)
 
     def handle(self, messages: list[Message]) -> BatchResult | None:
         """Assess, record, dead-letter and commit one batch; rewinds it if a step fails.

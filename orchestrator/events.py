@@ -30,6 +30,7 @@ from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from . import clock, tracing, waiting
+from .db import windows
 from .db.inserts import insert_all, insert_ignoring_conflicts
 from .db.models import Event, Run, StepRun
 from .dead_letters import DeadLetter
@@ -350,10 +351,12 @@ def record_batch(
             )
             earlier = {(t, p, o): (i, outcome, reason) for t, p, o, i, outcome, reason in found}
         to_insert: list[PlannedRun] = []
+        joining: list[windows.Joining] = []
         for key, assessment in unique.items():
             if key in new_ids:
                 event_id = new_ids[key]
                 result.outcomes[assessment.outcome] += 1
+                joining.extend(windows.Joining(event_id, d) for d in assessment.to_window)
                 for planned in plans[key]:
                     planned.run["event_id"] = event_id
                     to_insert.append(planned)
@@ -376,7 +379,9 @@ def record_batch(
                          message.offset, source_event_id(message))
         result.recorded = len(new_ids)
         result.duplicates += len(unique) - len(new_ids)
-        result.run_ids = insert_runs(engine, session, outbox, to_insert)
+        # Windows first: their locks come before the runs' concurrency keys (db.windows).
+        result.run_ids = windows.absorb(engine, session, outbox, joining, received_at) if joining else []
+        result.run_ids += insert_runs(engine, session, outbox, to_insert)
         fresh = [(new_ids[k], a.message, a.payload) for k, a in unique.items()
                  if k in new_ids and a.payload is not None]
         completed = waiting.match_events(engine, session, outbox, fresh,
@@ -424,6 +429,10 @@ def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
         assessment, planned = plan_runs(engine, assessment)
         for p in planned:
             p.run["event_id"] = event.id
+        for decision in assessment.to_window:  # see `_outside_window`
+            direct = _outside_window(engine, session, event.id, decision)
+            if direct is not None:
+                planned.append(direct)
         run_ids = insert_runs(engine, session, outbox, planned)
         if (assessment.outcome, assessment.reason) != (event.outcome, event.reason):
             before = event.outcome + (f": {event.reason}" if event.reason else "")
@@ -432,3 +441,25 @@ def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
         if event.payload is None and assessment.payload is not None:
             event.payload = assessment.payload
     return run_ids
+
+
+def _outside_window(engine: WorkflowEngine, session: Session, event_id: int,
+                    decision: Decision) -> PlannedRun | None:
+    """A replayed event that a debounce or batch trigger matches: if it is in a window
+    already (open, or closed with its run), nothing; else a run of its own, with the input
+    a window of just this event would give (`$events` or `events` of one)."""
+    if windows.window_of_event(session, event_id, decision.workflow) is not None:
+        return None
+    from .windows import run_input
+
+    try:
+        planned = engine.plan_run(
+            engine.registry.get(decision.workflow),
+            run_input(decision.window, [(event_id, decision.input or {})]),
+            dedupe_key=None if decision.window.kind == "batch" else decision.dedupe_key,
+        )
+    except OrchestratorError as exc:
+        log.warning("replay of event %s: workflow %r: %s", event_id, decision.workflow, exc)
+        return None
+    planned.run["event_id"] = event_id
+    return planned

@@ -81,6 +81,10 @@ class Decision:
     input: dict[str, Any] | None = None
     dedupe_key: str | None = None
     reason: str | None = None
+    #: The matching trigger's `Debounce` or `Batch`: the event joins a window (its key is
+    #: `window_key`) instead of starting a run (see `orchestrator.windows`).
+    window: Any = None
+    window_key: str | None = None
 
 
 @dataclass
@@ -101,8 +105,13 @@ class Assessment:
 
     @property
     def to_start(self) -> list[Decision]:
-        """The decisions that start a run."""
-        return [d for d in self.decisions if d.outcome == MATCHED]
+        """The decisions that start a run (of their own: not those joining a window)."""
+        return [d for d in self.decisions if d.outcome == MATCHED and d.window is None]
+
+    @property
+    def to_window(self) -> list[Decision]:
+        """The decisions that add the event to a debounce or batch window."""
+        return [d for d in self.decisions if d.outcome == MATCHED and d.window is not None]
 
 
 class Rejected(OrchestratorError):
@@ -317,6 +326,14 @@ def decide(workflow: Workflow, triggers: list[KafkaTrigger], payload: dict[str, 
         except Exception as exc:  # noqa: BLE001 - e.g. a schema check recursing too deep
             return Decision(workflow.name, REJECTED, reason=_user_error("input validation", exc))
         key = dedupe_key(trigger.dedupe_value(payload))
+        if trigger.window is not None:
+            window_key = trigger.window_key(payload)
+            if window_key is None:
+                return Decision(workflow.name, REJECTED, reason=(
+                    f"the {trigger.window.kind} key {trigger.window.key!r} is missing from the event "
+                    "(or null)"))
+            return Decision(workflow.name, MATCHED, input=data, dedupe_key=key,
+                            window=trigger.window, window_key=dedupe_key(window_key))
         return Decision(workflow.name, MATCHED, input=data, dedupe_key=key)
     return Decision(workflow.name, IGNORED)
 

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import planner as P
 from . import scheduler
+from .db import windows
 from .db.models import StepRun
 from .engine import WorkflowEngine
 from .settings import Settings
@@ -83,6 +84,22 @@ def _schedule(engine: WorkflowEngine, broken: list[str]) -> None:
     except Exception as exc:  # noqa: BLE001 - the sweep after it must still run
         if [str(exc)] != broken:
             log.exception("recovery loop: the scheduler pass failed; will keep trying")
+        broken[:] = [str(exc)]
+    else:
+        broken.clear()
+
+
+def _close_windows(engine: WorkflowEngine, broken: list[str]) -> None:
+    """Close due debounce/batch windows (`db.windows.close_due`, safe beside the consumers'
+    closers); an error is logged once while it lasts, and never stops the sweeps."""
+    try:
+        while len(windows.close_due(engine)) >= windows.CLOSE_BATCH:
+            pass
+    except CONNECTION_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the sweep after it must still run
+        if [str(exc)] != broken:
+            log.exception("recovery loop: closing debounce/batch windows failed; will keep trying")
         broken[:] = [str(exc)]
     else:
         broken.clear()
@@ -317,6 +334,7 @@ def _recovery_main(settings: Settings, parent: int) -> None:
     last_sweep = time.monotonic()
     last_schedule = -float("inf")
     schedule_broken: list[str] = []
+    windows_broken: list[str] = []
     try:
         while not stop.wait(tick):
             if os.getppid() != parent:
@@ -326,6 +344,7 @@ def _recovery_main(settings: Settings, parent: int) -> None:
                 if time.monotonic() - last_schedule >= scheduler.INTERVAL:
                     last_schedule = time.monotonic()
                     _schedule(rt.engine, schedule_broken)
+                    _close_windows(rt.engine, windows_broken)
                 if time.monotonic() - last_sweep < settings.recovery_interval:
                     if fire_timers(rt.engine):  # between sweeps: only timers, so they are on time
                         log.debug("recovery loop: timers fired")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import WorkflowDefinitionError
+from .windows import Batch, Debounce, Window
 
 if TYPE_CHECKING:
     from .dsl import Workflow
@@ -121,6 +122,8 @@ class KafkaTrigger:
     match: Mapping[str, Any] | Callable[[Any], Any] | None = None
     input: Callable[[Any], Any] | None = None
     dedupe: str | None = None
+    #: A `Debounce` or `Batch`: matched events wait in a window instead of starting a run each.
+    window: Window | None = None
     workflow: str = field(default="", init=False)
 
     def bind(self, workflow: Workflow) -> None:
@@ -159,7 +162,20 @@ class KafkaTrigger:
             "match": match,
             "input": None if self.input is None else "<function>",
             "dedupe": self.dedupe,
+            "window": None if self.window is None else self.window.describe(),
         }
+
+    def window_key(self, event: Any) -> str | None:
+        """The event's window key, "" for a keyless batch; None when the key path is missing."""
+        path = self.window.key if self.window is not None else None
+        if path is None:
+            return ""
+        value = lookup(event, path)
+        if value is _MISSING or value is None:
+            return None
+        from .windows import key_text
+
+        return key_text(value)
 
 
 def kafka_trigger(
@@ -168,6 +184,8 @@ def kafka_trigger(
     match: Mapping[str, Any] | Callable[[Any], Any] | None = None,
     input: Callable[[Any], Any] | None = None,
     dedupe: str | None = None,
+    debounce: Debounce | None = None,
+    batch: Batch | None = None,
 ) -> KafkaTrigger:
     """Declare that events on `topic` start the workflow (see the module docstring)."""
     if not isinstance(topic, str) or not topic or len(topic) > 249:
@@ -177,4 +195,17 @@ def kafka_trigger(
         raise WorkflowDefinitionError(f"kafka_trigger({topic!r}): input must be a function of the event")
     if dedupe is not None and (not isinstance(dedupe, str) or not dedupe):
         raise WorkflowDefinitionError(f"kafka_trigger({topic!r}): dedupe must be a dotted path string")
-    return KafkaTrigger(topic=topic, match=match, input=input, dedupe=dedupe)
+    if debounce is not None and not isinstance(debounce, Debounce):
+        raise WorkflowDefinitionError(f"kafka_trigger({topic!r}): debounce must be Debounce(key=..., period=...)")
+    if batch is not None and not isinstance(batch, Batch):
+        raise WorkflowDefinitionError(f"kafka_trigger({topic!r}): batch must be Batch(max_size=..., window=...)")
+    if debounce is not None and batch is not None:
+        raise WorkflowDefinitionError(
+            f"kafka_trigger({topic!r}): give debounce= or batch=, not both"
+        )
+    if batch is not None and dedupe is not None:
+        raise WorkflowDefinitionError(
+            f"kafka_trigger({topic!r}): dedupe= cannot be used with batch= (a batch run holds many "
+            "events); use debounce=, or dedupe the events in the workflow"
+        )
+    return KafkaTrigger(topic=topic, match=match, input=input, dedupe=dedupe, window=debounce or batch)

@@ -149,3 +149,41 @@ slow = Workflow("slow-match", triggers=[kafka_trigger(topic("slow"), match=_slow
 @slow.step
 def after_slow_match(ctx: StepContext) -> int:
     return ctx.input.get("i", 0)
+
+
+# -- windows: debounce per user, batches per tenant and overall ------------------------------
+from orchestrator import Batch, Debounce  # noqa: E402
+
+debounced = Workflow(
+    "debounced",
+    triggers=[kafka_trigger(topic("clicks"), input=lambda e: {"user": e["user"].get("id"), "n": e["n"]},
+                            debounce=Debounce(key="user.id", period="1.5s", max_wait="4s"))],
+    input_schema={"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
+)
+
+
+@debounced.step
+def settle(ctx: StepContext) -> dict:
+    record(ctx)
+    return {"events": ctx.input["$events"]}
+
+
+batched = Workflow("batched", triggers=[kafka_trigger(topic("rows"), batch=Batch(max_size=5, window="1.5s"))])
+
+
+@batched.step
+def load_rows(ctx: StepContext) -> int:
+    record(ctx)
+    return len(ctx.input["events"])
+
+
+per_tenant = Workflow(
+    "per-tenant",
+    triggers=[kafka_trigger(topic("tenants"), batch=Batch(max_size=100, window="1.5s", key="tenant"))],
+)
+
+
+@per_tenant.step
+def load_tenant(ctx: StepContext) -> int:
+    record(ctx)
+    return len(ctx.input["events"])

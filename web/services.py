@@ -21,6 +21,7 @@ from orchestrator.db import composed as CQ
 from orchestrator.db import queries as Q
 from orchestrator.db import stats
 from orchestrator.db import versions as V
+from orchestrator.db.windows import windows_of_event
 from orchestrator.dsl import Workflow
 from orchestrator.queues import QueueReport
 from orchestrator.schedules import schedules_of
@@ -153,9 +154,11 @@ def event_json(event_id: int) -> dict[str, Any]:
         raise NotFound(f"no event {event_id}")
     session = context.db()
     event = Q.get_event(session, event_id)
-    return Q.event_dict(
+    found = Q.event_dict(
         event, Q.runs_of_events(session, [event.id])[event.id], Q.waits_of_events(session, [event.id])[event.id]
     )
+    found["windows"] = windows_of_event(session, event.id)  # debounce/batch windows it joined
+    return found
 
 
 def start_run(name: str, body: dict[str, Any]) -> str:

@@ -463,3 +463,53 @@ class ScheduleState(Base):
     #: Why the newest handled tick started no run, or the missed ticks `catchup="all"` dropped.
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class WindowState(Base):
+    """A debounce or batch window of a workflow's Kafka trigger (see `orchestrator.windows`).
+
+    Open while `closed_at` is NULL; at most one open window per (workflow, key). Closing it
+    starts its run and records the run's id, in one transaction.
+    """
+
+    __tablename__ = "windows"
+    __table_args__ = (
+        Index(
+            "uq_windows_open", "workflow", "key", unique=True,
+            postgresql_where=text("closed_at IS NULL"), sqlite_where=text("closed_at IS NULL"),
+        ),
+        Index(
+            "ix_windows_due", "closes_at",
+            postgresql_where=text("closed_at IS NULL"), sqlite_where=text("closed_at IS NULL"),
+        ),
+        Index("ix_windows_run", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    workflow: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    #: The key's value ("" for a batch without a key), hashed like dedupe keys when long.
+    key: Mapped[str] = mapped_column(String(255))
+    opened_at: Mapped[datetime] = mapped_column(Timestamp)
+    closes_at: Mapped[datetime] = mapped_column(Timestamp)
+    size: Mapped[int] = mapped_column(Integer)
+    closed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("runs.id", ondelete="SET NULL"))
+    #: Why a closed window started no run (its workflow refused to plan it, say).
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class WindowEvent(Base):
+    """An event absorbed by a window: one row per (event, workflow), so never two windows."""
+
+    __tablename__ = "window_events"
+    __table_args__ = (Index("ix_window_events_window", "window_id", "event_id"),)
+
+    event_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("events.id", ondelete="CASCADE"), primary_key=True
+    )
+    workflow: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_id: Mapped[int] = mapped_column(BigId, ForeignKey("windows.id", ondelete="CASCADE"))
+    #: The event's mapped, validated input, and its dedupe key (a debounce run takes the last).
+    input: Mapped[Any] = mapped_column(Json)
+    dedupe_key: Mapped[str | None] = mapped_column(String(255))
