@@ -21,7 +21,7 @@ from orchestrator.db import composed as CQ
 from orchestrator.db import queries as Q
 from orchestrator.db import stats
 from orchestrator.db import versions as V
-from orchestrator.db.windows import windows_of_event
+from orchestrator.db.windows import events_of_run, windows_of_event
 from orchestrator.dsl import Workflow
 from orchestrator.queues import QueueReport
 from orchestrator.schedules import schedules_of
@@ -46,6 +46,7 @@ def _run_and_version(run_id: str) -> tuple[dict[str, Any], V.RunVersion]:
     versions = V.of_run(session, run.workflow, run.version, context.registry().find(run.workflow))
     data = CQ.run_detail(session, run, CQ.planned_structure(versions))
     data["event"] = Q.event_ref(run.event)
+    data["absorbed_events"] = events_of_run(session, run.id)  # a debounce/batch run's events
     data["current_version"] = versions.current
     data["version_diff"] = versions.diff
     return data, versions

@@ -100,6 +100,8 @@ def test_a_full_batch_starts_at_once_and_the_rest_when_the_window_ends(
     first = event_ids(runtime, rows)[0]
     (joined,) = client.get(f"/api/events/{first}", headers=AUTH).get_json()["windows"]
     assert (joined["workflow"], joined["kind"], joined["open"], joined["run_id"]) == ("batched", "batch", False, full_id)
+    absorbed_ids = client.get(f"/api/runs/{full_id}", headers=AUTH).get_json()["absorbed_events"]
+    assert absorbed_ids == event_ids(runtime, rows)[:5]
     page = client.get(f"/events/{first}", headers=AUTH).get_data(as_text=True)
     assert "absorbed by run" in page and f"/runs/{full_id}" in page
 
