@@ -335,6 +335,8 @@ SCHEMAS: dict[str, Any] = {
     "RunDetail": obj(
         {
             **RUN_FIELDS,
+            "absorbed_events": {"type": "array", "items": {"type": "integer"},
+                                "description": "A debounce or batch run's events (ids); empty for other runs"},
             "steps": {"type": "array", "items": ref("Step")},
             "children": {"type": "array", "items": ref("ChildRun"), "maxItems": MAX_CHILDREN,
                          "description": f"Runs this run started, newest first (at most {MAX_CHILDREN})"},
@@ -371,6 +373,25 @@ SCHEMAS: dict[str, Any] = {
             "runs": {"type": "array", "items": ref("RunRef")},
             "waits": {"type": "array", "items": ref("WaitRef"),
                       "description": "The waiting nodes this event completed"},
+            "windows": {"type": "array", "items": ref("Window"),
+                        "description": "The debounce/batch windows this event joined "
+                        "(in `GET /api/events/<id>` only)"},
+        },
+        required=["id", "topic", "partition", "offset", "key", "headers", "payload", "raw",
+                  "kafka_timestamp", "received_at", "outcome", "reason", "runs", "waits"],
+    ),
+    "Window": obj(
+        {
+            "window_id": {"type": "integer"},
+            "workflow": {"type": "string"},
+            "kind": {"type": "string", "enum": ["debounce", "batch"]},
+            "key": NULLABLE_STRING,
+            "size": {"type": "integer"},
+            "open": {"type": "boolean"},
+            "closes_at": TIME,
+            "closed_at": NULLABLE_TIME,
+            "run_id": {"type": ["string", "null"], "format": "uuid"},
+            "error": NULLABLE_STRING,
         }
     ),
     "RunPage": obj(
