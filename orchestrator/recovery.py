@@ -74,32 +74,25 @@ def fire_schedules(engine: WorkflowEngine) -> int:
         return 0 if conn is None else len(scheduler.fire_due(engine).started)
 
 
-def _schedule(engine: WorkflowEngine, broken: list[str]) -> None:
-    """`fire_schedules` for the loop: an error in it (a bug, a schema not upgraded) is
-    logged once while it lasts (`broken` holds the last one), and never stops the sweeps."""
-    try:
-        fire_schedules(engine)
-    except CONNECTION_ERRORS:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the sweep after it must still run
-        if [str(exc)] != broken:
-            log.exception("recovery loop: the scheduler pass failed; will keep trying")
-        broken[:] = [str(exc)]
-    else:
-        broken.clear()
-
-
-def _close_windows(engine: WorkflowEngine, broken: list[str]) -> None:
+def _close_windows(engine: WorkflowEngine) -> None:
     """Close due debounce/batch windows (`db.windows.close_due`, safe beside the consumers'
-    closers); an error is logged once while it lasts, and never stops the sweeps."""
+    closers), a batch at a time until fewer than a full batch were due."""
+    while len(windows.close_due(engine)) >= windows.CLOSE_BATCH:
+        pass
+
+
+def _pass(what: str, action: Callable[[WorkflowEngine], object], engine: WorkflowEngine,
+          broken: list[str]) -> None:
+    """One periodic pass for the loop (`fire_schedules`, `_close_windows`): an error in it (a
+    bug, a schema not upgraded) is logged once while it lasts (`broken` holds the last one),
+    and never stops the sweeps; a lost connection propagates to the loop's reconnect."""
     try:
-        while len(windows.close_due(engine)) >= windows.CLOSE_BATCH:
-            pass
+        action(engine)
     except CONNECTION_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001 - the sweep after it must still run
         if [str(exc)] != broken:
-            log.exception("recovery loop: closing debounce/batch windows failed; will keep trying")
+            log.exception("recovery loop: %s failed; will keep trying", what)
         broken[:] = [str(exc)]
     else:
         broken.clear()
@@ -343,8 +336,8 @@ def _recovery_main(settings: Settings, parent: int) -> None:
             try:
                 if time.monotonic() - last_schedule >= scheduler.INTERVAL:
                     last_schedule = time.monotonic()
-                    _schedule(rt.engine, schedule_broken)
-                    _close_windows(rt.engine, windows_broken)
+                    _pass("the scheduler pass", fire_schedules, rt.engine, schedule_broken)
+                    _pass("closing debounce/batch windows", _close_windows, rt.engine, windows_broken)
                 if time.monotonic() - last_sweep < settings.recovery_interval:
                     if fire_timers(rt.engine):  # between sweeps: only timers, so they are on time
                         log.debug("recovery loop: timers fired")
