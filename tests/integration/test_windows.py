@@ -4,6 +4,7 @@ processes and real Celery workers; windows live in PostgreSQL."""
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 from sqlalchemy import text
@@ -68,8 +69,6 @@ def test_a_key_that_never_goes_quiet_starts_its_run_at_max_wait(
         kafka.publish(clicks, {"user": {"id": 5}, "n": n})
         kafka.flush()
         n += 1
-        import time
-
         time.sleep(0.5)
     (_, first), *_ = runs_of(runtime, "debounced")
     assert 3 <= len(first["$events"]) < n, (first, n)
