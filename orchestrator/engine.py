@@ -130,6 +130,8 @@ class Claim:
     item: Any = None
     #: Failed items of upstream maps that allow failures (`ctx.map_errors`).
     map_errors: dict[str, dict[int, str]] = field(default_factory=dict)
+    #: The event that started the run, if one did.
+    event_id: int | None = None
 
     @property
     def node_name(self) -> str:
@@ -1228,6 +1230,7 @@ class WorkflowEngine:
             node=node if row.map_index is not None else None,
             index=row.map_index,
             item=row.item,
+            event_id=row.event_id,
         )
         definition = self.claimed_definition(claim)
         own = definition.upstream(node)

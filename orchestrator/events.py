@@ -459,7 +459,8 @@ def _outside_window(engine: WorkflowEngine, session: Session, event_id: int,
             dedupe_key=None if decision.window.kind == "batch" else decision.dedupe_key,
         )
     except OrchestratorError as exc:
-        log.warning("replay of event %s: workflow %r: %s", event_id, decision.workflow, exc)
+        log.warning("replay of event %s: workflow %r: %s", event_id, decision.workflow, exc,
+                    extra={"event_id": event_id})
         return None
     planned.run["event_id"] = event_id
     return planned

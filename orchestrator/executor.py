@@ -244,7 +244,8 @@ def execute(
         map_errors=claim.map_errors,
         failed=claim.failed,
     )
-    with logs.fields(run_id=claim.run_id, step=claim.step, attempt=claim.attempt):
+    with logs.fields(run_id=claim.run_id, step=claim.step, attempt=claim.attempt,
+                     event_id=claim.event_id):
         if not tracing.enabled:
             return _attempt(engine, heartbeats, claim, step, ctx, capture, body)
         with tracing.step_span(traceparent, claim.workflow, claim.run_id, claim.step,

@@ -45,6 +45,8 @@ class ClaimedRow:
     #: For an item of a map: its position and value.
     map_index: int | None = None
     item: Any = None
+    #: The event that started the run, if one did (its id, for the step's log lines).
+    event_id: int | None = None
 
 
 class GenericHotPath:
@@ -101,7 +103,7 @@ class GenericHotPath:
         results = succeeded_results(session, rid, parents) if parents else {}
         return ClaimedRow(
             claimed.id, claimed.attempts, attempt_id, claimed.workflow, claimed.input, results,
-            claimed.run_key, claimed.version, claimed.map_index, claimed.item,
+            claimed.run_key, claimed.version, claimed.map_index, claimed.item, claimed.event_id,
         )
 
     def lock_run(self, session: Session, rid: uuid.UUID) -> Any:
@@ -211,7 +213,7 @@ class PostgresHotPath(GenericHotPath):
             return None
         return ClaimedRow(
             row.id, row.attempts, row.attempt_id, row.workflow, row.input, row.results or {},
-            row.concurrency_key, row.version, row.map_index, row.item,
+            row.concurrency_key, row.version, row.map_index, row.item, row.event_id,
         )
 
     def settle_success(
@@ -359,6 +361,7 @@ _CLAIM_STEP = (
         _of_run(_runs.c.input).label("input"),
         _of_run(_runs.c.concurrency_key).label("run_key"),
         _of_run(_runs.c.version).label("version"),
+        _of_run(_runs.c.event_id).label("event_id"),
     )
 )
 _INSERT_ATTEMPT = (
@@ -431,7 +434,7 @@ WITH claimed AS (
 )
 SELECT claimed.id, claimed.attempts, claimed.map_index, claimed.item,
        attempt.id AS attempt_id, runs.workflow, runs.input,
-       runs.concurrency_key, runs.version,
+       runs.concurrency_key, runs.version, runs.event_id,
        (SELECT jsonb_object_agg(p.name, p.result) FROM steps p
          WHERE p.run_id = :rid AND p.name = ANY(CAST(:parents AS varchar[]))
            AND p.status = 'succeeded') AS results

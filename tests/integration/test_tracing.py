@@ -144,7 +144,7 @@ def test_a_rejected_events_dead_letter_carries_the_intake_traceparent(
     assert intake[0]["attributes"]["orchestrator.event.outcome"] == "rejected"
 
 
-def test_json_logs_are_one_object_per_line_with_the_steps_run_step_and_attempt(
+def test_json_logs_are_one_object_per_line_with_the_steps_run_step_attempt_and_event(
     runtime, settings, kafka, topic_prefix, launch, wait_for_run
 ):
     source = f"{topic_prefix}traced"
@@ -163,6 +163,8 @@ def test_json_logs_are_one_object_per_line_with_the_steps_run_step_and_attempt(
     (step_line,) = [o for o in lines[worker_err] if o["message"].startswith("first step of")]
     assert step_line["step"] == "first" and step_line["attempt"] == 1
     assert step_line["run_id"] == step_line["message"].split()[-1]
+    event_id = count(runtime, f"SELECT event_id FROM runs WHERE id = '{step_line['run_id']}'")
+    assert event_id and step_line["event_id"] == event_id  # the event that started the run
 
 
 def test_an_unknown_log_format_is_one_error_line_naming_the_setting(settings, redis_url, topic_prefix):
