@@ -86,7 +86,9 @@ def absorb(
                             "input": j.decision.input or {}, "dedupe_key": j.decision.dedupe_key})
             size += 1
             if isinstance(spec, Batch) and size >= spec.max_size:
-                _set_size(session, window_id, size, None)
+                # Closed at once (its run starts below, in this transaction), so the key's
+                # next event may open the next window: only one window of a key is open.
+                _set_size(session, window_id, size, None, closed_at=now)
                 full.append(window_id)
                 window_id = None
         if window_id is not None:
@@ -99,10 +101,13 @@ def absorb(
     return _close(engine, session, outbox, rows, now)
 
 
-def _set_size(session: Session, window_id: int, size: int, closes_at: datetime | None) -> None:
+def _set_size(session: Session, window_id: int, size: int, closes_at: datetime | None,
+              closed_at: datetime | None = None) -> None:
     values: dict[str, Any] = {"size": size}
     if closes_at is not None:
         values["closes_at"] = closes_at
+    if closed_at is not None:
+        values["closed_at"] = closed_at
     session.execute(update(_windows).where(_windows.c.id == window_id).values(**values))
 
 
@@ -131,7 +136,8 @@ def close_due(engine: WorkflowEngine, now: datetime | None = None, limit: int = 
 def _close(
     engine: WorkflowEngine, session: Session, outbox: list[Dispatch], rows: Sequence[Any], now: datetime
 ) -> list[str]:
-    """Start the runs of locked, open windows and mark them closed (caller's transaction)."""
+    """Start the runs of locked windows (open, or full and just closed by `absorb`) and mark
+    them closed (caller's transaction)."""
     from ..events import insert_runs
 
     ids = [r.id for r in rows]
