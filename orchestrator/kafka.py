@@ -198,6 +198,8 @@ def check_connection(settings: Settings, timeout: float = 5.0) -> bool:
                         continue
                     if kafka_security.uses_sasl(settings):
                         kafka_security.authenticate(sock, settings, where)
+                    else:
+                        kafka_security.check_no_login_needed(sock, settings, where)
                 except (OSError, struct.error):
                     continue  # a broker going away mid-probe: an outage, not a setting
         return True

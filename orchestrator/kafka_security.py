@@ -28,7 +28,7 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: Client id of the start-up probe's requests.
 PROBE_CLIENT_ID = b"orchestrator-probe"
 
-_SASL_HANDSHAKE, _SASL_AUTHENTICATE = 17, 36
+_METADATA, _SASL_HANDSHAKE, _SASL_AUTHENTICATE = 3, 17, 36
 
 
 class Secret(str):
@@ -175,8 +175,8 @@ def handshake_failure(settings: Settings, where: str, exc: BaseException) -> Con
         setting = "ORCHESTRATOR_KAFKA_SSL_CAFILE (unset: the system's CAs)"
     if isinstance(exc, ssl.SSLCertVerificationError):
         reason = f"certificate verify failed: {exc.verify_message}"
-        if "mismatch" in (exc.verify_message or ""):
-            reason += " (ORCHESTRATOR_KAFKA_SSL_CHECK_HOSTNAME=true)"
+        if "mismatch" in (exc.verify_message or ""):  # the CA is right, the name is not
+            setting = "ORCHESTRATOR_KAFKA_SSL_CHECK_HOSTNAME=true"
     elif isinstance(exc, ssl.SSLError):
         reason = exc.reason or str(exc)
     elif isinstance(exc, TimeoutError | socket.timeout):
@@ -227,6 +227,19 @@ def _authenticate_once(sock: socket.socket, correlation: int, auth: bytes) -> tu
     return error, message, data[at + 4:at + 4 + max(length, 0)]
 
 
+def check_no_login_needed(sock: socket.socket, settings: Settings, where: str) -> None:
+    """Without SASL, ask for metadata (v1, no topics): a broker that wants a login first
+    closes the connection here, which kafka-python would only report as "Unable to bootstrap"."""
+    try:
+        _exchange(sock, _METADATA, 1, 2, struct.pack(">i", 0))
+    except ConnectionError:
+        raise ConfigurationError(
+            f"ORCHESTRATOR_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}: the broker at {where} "
+            "closed the connection before any login: it requires SASL authentication (set "
+            "ORCHESTRATOR_KAFKA_SECURITY_PROTOCOL=SASL_SSL or SASL_PLAINTEXT and the ORCHESTRATOR_KAFKA_SASL_* settings)"
+        ) from None
+
+
 def authenticate(sock: socket.socket, settings: Settings, where: str) -> None:
     """Log in on `sock` (after ApiVersions) as Kafka's SaslHandshake v1 and SaslAuthenticate
     v1 do; a ConfigurationError, naming the setting, when the broker refuses."""
@@ -235,7 +248,13 @@ def authenticate(sock: socket.socket, settings: Settings, where: str) -> None:
     mechanism = settings.kafka_sasl_mechanism or ""
     user = settings.kafka_sasl_username or ""
     name = mechanism.encode()
-    data = _exchange(sock, _SASL_HANDSHAKE, 1, 1, struct.pack(">h", len(name)) + name)
+    try:
+        data = _exchange(sock, _SASL_HANDSHAKE, 1, 1, struct.pack(">h", len(name)) + name)
+    except ConnectionError:
+        raise ConfigurationError(
+            f"ORCHESTRATOR_KAFKA_SASL_MECHANISM={mechanism}: the broker at {where} closed the connection "
+            f"at the SASL handshake: it does not offer {mechanism}"
+        ) from None
     (error, count) = struct.unpack_from(">hi", data, 0)
     offered, at = [], 6
     for _ in range(max(count, 0)):
@@ -243,8 +262,9 @@ def authenticate(sock: socket.socket, settings: Settings, where: str) -> None:
         offered.append(value or "")
     if error != 0 or mechanism not in offered:
         raise ConfigurationError(
-            f"ORCHESTRATOR_KAFKA_SASL_MECHANISM={mechanism}: the broker at {where} does not offer it "
-            f"(it offers {', '.join(offered) or 'no SASL mechanism'})"
+            f"ORCHESTRATOR_KAFKA_SASL_MECHANISM={mechanism}: the broker at {where} refused the SASL "
+            f"handshake (error code {error}; mechanisms it lists: {', '.join(offered) or 'none'}): check "
+            "the mechanism, and that this listener uses SASL"
         )
 
     def refused(reason: str) -> ConfigurationError:
