@@ -48,7 +48,7 @@ def uses_sasl(settings: Settings) -> bool:
 
 def _readable(name: str, path: str) -> None:
     if not os.path.isfile(path):
-        raise ConfigurationError(f"{name}={path}: no such file")
+        raise ConfigurationError(f"{name}={path}: {'not a file' if os.path.exists(path) else 'no such file'}")
     try:
         with open(path, "rb") as handle:
             handle.read(1)
