@@ -9,6 +9,7 @@ SASL mechanisms), which need no broker.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 
 import pytest
@@ -20,6 +21,7 @@ from kafka.net.transport import KafkaSSLTransport
 from orchestrator import kafka, kafka_security
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import Settings
+from tests.conftest import ROOT
 from tests.tls import issue, make_authority
 
 PASSWORD = "kafka-pass-4f7a91"
@@ -167,3 +169,27 @@ def test_the_password_handed_to_kafka_python_never_shows_in_its_logged_configura
         logging.getLogger("kafka.admin.client").debug("Starting KafkaAdminClient with configuration: %s", options)
     assert "'sasl_plain_password': '***'" in caplog.text and PASSWORD not in caplog.text
     assert options["sasl_plain_password"].encode() == PASSWORD.encode()  # the real value for the login
+
+
+def _commented_settings(*paths: str) -> dict[str, str]:
+    """The `# ORCHESTRATOR_KAFKA_...: value` lines of deployment files: their SASL_SSL examples."""
+    found: dict[str, str] = {}
+    for path in paths:
+        for line in (ROOT / path).read_text().splitlines():
+            match = re.fullmatch(r"\s*# (ORCHESTRATOR_KAFKA_[A-Z_]+): (\S+)", line)
+            if match:
+                found[match.group(1)] = match.group(2)
+    return found
+
+
+@pytest.mark.parametrize("paths", [("compose.yaml",),
+                                   ("deploy/kubernetes/configmap.yaml", "deploy/kubernetes/secret.yaml")])
+def test_the_deployment_files_sasl_ssl_examples_are_valid_settings(pki, paths):
+    example = _commented_settings(*paths)
+    assert {"ORCHESTRATOR_KAFKA_SECURITY_PROTOCOL", "ORCHESTRATOR_KAFKA_SASL_MECHANISM",
+            "ORCHESTRATOR_KAFKA_SASL_USERNAME", "ORCHESTRATOR_KAFKA_SASL_PASSWORD",
+            "ORCHESTRATOR_KAFKA_SSL_CAFILE"} <= set(example), example
+    settings = Settings.from_env({**example, "ORCHESTRATOR_KAFKA_BOOTSTRAP": "kafka.example.com:9096",
+                                  "ORCHESTRATOR_KAFKA_SSL_CAFILE": pki["ca"]})  # the mounted file, here
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    kafka_security.check_settings(settings)
