@@ -193,3 +193,100 @@ def test_the_deployment_files_sasl_ssl_examples_are_valid_settings(pki, paths):
                                   "ORCHESTRATOR_KAFKA_SSL_CAFILE": pki["ca"]})  # the mounted file, here
     assert settings.kafka_security_protocol == "SASL_SSL"
     kafka_security.check_settings(settings)
+
+
+# -- the start-up probe's SASL exchange, against the server side of RFC 5802 ------------------
+# Tansu cannot hold a user (see tests/integration/test_kafka_security.py), so a successful
+# login is checked here: a loopback server written from RFC 5802 and Kafka's protocol guide
+# (ApiVersions v0, SaslHandshake v1, SaslAuthenticate v1), one connection per probe.
+
+
+def _scram_server(password: str, plain_error: tuple[int, str] | None = None):  # noqa: ANN202
+    import base64
+    import hashlib
+    import hmac
+    import socket
+    import struct
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    salt, iterations = b"pepper-salt", 4096
+    seen: list[str] = []
+
+    def answer(conn: socket.socket, correlation: int, body: bytes) -> None:
+        conn.sendall(struct.pack(">ii", len(body) + 4, correlation) + body)
+
+    def authenticate_answer(error: int, message: str | None, data: bytes) -> bytes:
+        text = struct.pack(">h", -1) if message is None else struct.pack(">h", len(message)) + message.encode()
+        return struct.pack(">h", error) + text + struct.pack(">i", len(data)) + data + struct.pack(">q", 0)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            first_bare = server_first = b""
+            while True:
+                head = conn.recv(4, socket.MSG_WAITALL)
+                if len(head) < 4:
+                    return
+                request = conn.recv(struct.unpack(">i", head)[0], socket.MSG_WAITALL)
+                api_key, _version, correlation, id_length = struct.unpack_from(">hhih", request)
+                body = request[10 + id_length:]
+                seen.append({18: "ApiVersions", 17: "SaslHandshake", 36: "SaslAuthenticate"}[api_key])
+                if api_key == 18:
+                    answer(conn, correlation, struct.pack(">hi", 0, 0))
+                elif api_key == 17:
+                    mechanism = body[2:]
+                    answer(conn, correlation, struct.pack(">hih", 0, 1, len(mechanism)) + mechanism)
+                elif plain_error is not None:
+                    answer(conn, correlation, authenticate_answer(plain_error[0], plain_error[1], b""))
+                    return
+                else:
+                    message = body[4:4 + struct.unpack_from(">i", body)[0]]
+                    if not first_bare:
+                        first_bare = message[3:]  # after the "n,," header
+                        nonce = dict(p.split(b"=", 1) for p in first_bare.split(b","))[b"r"] + b"srv"
+                        server_first = b"r=%s,s=%s,i=%d" % (nonce, base64.b64encode(salt), iterations)
+                        answer(conn, correlation, authenticate_answer(0, None, server_first))
+                        continue
+                    without_proof, _, proof = message.rpartition(b",p=")
+                    salted = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+                    client_key = hmac.digest(salted, b"Client Key", "sha512")
+                    auth_message = first_bare + b"," + server_first + b"," + without_proof
+                    signature = hmac.digest(hashlib.sha512(client_key).digest(), auth_message, "sha512")
+                    claimed = bytes(a ^ b for a, b in zip(base64.b64decode(proof), signature, strict=True))
+                    if hashlib.sha512(claimed).digest() == hashlib.sha512(client_key).digest():
+                        server_key = hmac.digest(salted, b"Server Key", "sha512")
+                        final = b"v=" + base64.b64encode(hmac.digest(server_key, auth_message, "sha512"))
+                    else:
+                        final = b"e=invalid-proof"
+                    answer(conn, correlation, authenticate_answer(0, None, final))
+                    return
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, seen
+
+
+@pytest.mark.parametrize(("given", "refusal"), [(PASSWORD, None), ("not-the-password", "invalid-proof")])
+def test_the_startup_probe_logs_in_with_scram_and_names_a_refusal(given, refusal):
+    listener, seen = _scram_server(PASSWORD)
+    with listener:
+        settings = _sasl(kafka_bootstrap=f"127.0.0.1:{listener.getsockname()[1]}", kafka_sasl_password=given)
+        if refusal is None:
+            assert kafka.check_connection(settings, timeout=5.0) is True
+        else:
+            with pytest.raises(ConfigurationError) as raised:
+                kafka.check_connection(settings, timeout=5.0)
+            assert str(raised.value) == ("ORCHESTRATOR_KAFKA_SASL_USERNAME=alice: the broker refused SASL "
+                                         f"authentication (SCRAM-SHA-512): {refusal}")
+            assert given not in str(raised.value)
+    assert seen == ["ApiVersions", "SaslHandshake", "SaslAuthenticate", "SaslAuthenticate"]
+
+
+def test_the_startup_probe_names_a_plain_login_kafka_refuses_with_an_error_code():
+    message = "Authentication failed: Invalid username or password"
+    listener, seen = _scram_server(PASSWORD, plain_error=(58, message))
+    with listener:
+        settings = _sasl(kafka_bootstrap=f"127.0.0.1:{listener.getsockname()[1]}", kafka_sasl_mechanism="PLAIN")
+        with pytest.raises(ConfigurationError, match=f"refused SASL authentication .PLAIN.: {message}$"):
+            kafka.check_connection(settings, timeout=5.0)
+    assert seen == ["ApiVersions", "SaslHandshake", "SaslAuthenticate"]
