@@ -160,11 +160,12 @@ def test_healthz_reaches_kafka_over_tls_and_names_a_wrong_ca(runtime, settings, 
            "certificate verify failed" in detail, detail
 
 
-def test_a_wrong_ca_stops_consume_and_publish_with_one_line_naming_it(settings, tls, topic_prefix, redis_url):
+def test_a_wrong_ca_stops_consume_publish_relay_and_web_with_one_line_naming_it(settings, tls, topic_prefix, redis_url):
     env = kafka_env(settings, topic_prefix, redis_url, **tls_env(tls.stranger))
     expected = (f"ORCHESTRATOR_KAFKA_SSL_CAFILE={tls.stranger}: TLS handshake with {tls.address} failed: "
                 "certificate verify failed: unable to get local issuer certificate")
-    for command in (["consume"], ["publish", f"{topic_prefix}bad", "{}"], ["relay"]):
+    for command in (["consume"], ["publish", f"{topic_prefix}bad", "{}"], ["relay"],
+                    ["web", "--port", str(free_port())]):
         assert expected in one_line_error(orchestrator(command, env)), command
 
 
