@@ -30,7 +30,6 @@ import uuid
 from pathlib import Path
 
 import redis
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from sqlalchemy import text
 
@@ -43,6 +42,7 @@ from orchestrator.celery_app import CeleryDispatcher, create_celery_app  # noqa:
 from orchestrator.consumer import EventConsumer  # noqa: E402
 from orchestrator.db.session import create_db_engine, session_factory  # noqa: E402
 from orchestrator.engine import WorkflowEngine  # noqa: E402
+from orchestrator.kafka import create_admin, create_consumer, create_producer  # noqa: E402
 from orchestrator.registry import Registry  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 from orchestrator.tansu import TansuBroker  # noqa: E402
@@ -81,10 +81,10 @@ def workflows() -> Registry:
 
 
 def publish(bootstrap: str, events: int, run_every: int, partitions: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = create_admin(Settings(kafka_bootstrap=bootstrap))
     admin.create_topics([NewTopic(TOPIC, partitions, 1)])
     admin.close()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    producer = create_producer(Settings(kafka_bootstrap=bootstrap), linger_ms=20, batch_size=256 * 1024)
     for i in range(events):
         total = 150 if i % run_every == 0 else 20  # one event in `run_every` starts a run
         body = {"type": "order.created", "order": {"id": i, "total": total, "currency": "EUR"},
@@ -96,11 +96,11 @@ def publish(bootstrap: str, events: int, run_every: int, partitions: int) -> Non
 
 def bare_consumer(bootstrap: str, events: int, batch_size: int) -> float:
     """Events per second of a kafka-python consumer that only reads."""
-    consumer = KafkaConsumer(
-        TOPIC, bootstrap_servers=bootstrap, group_id=f"bench-bare-{uuid.uuid4().hex[:6]}",
-        enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000,
-        max_poll_records=batch_size,
-    )
+    consumer = create_consumer(Settings(
+        kafka_bootstrap=bootstrap, kafka_group=f"bench-bare-{uuid.uuid4().hex[:6]}",
+        kafka_session_timeout=6.0, kafka_batch_size=batch_size,
+    ))
+    consumer.subscribe([TOPIC])
     seen = 0
     first = 0.0
     while seen < events:

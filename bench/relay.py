@@ -33,7 +33,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
@@ -46,6 +45,7 @@ from orchestrator.dispatch import RecordingDispatcher  # noqa: E402
 from orchestrator.dsl import Workflow  # noqa: E402
 from orchestrator.engine import WorkflowEngine  # noqa: E402
 from orchestrator.executor import Heartbeats, execute  # noqa: E402
+from orchestrator.kafka import create_admin, create_consumer, create_producer  # noqa: E402
 from orchestrator.registry import Registry  # noqa: E402
 from orchestrator.relay import create_relay_producer, relay_batch  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
@@ -97,8 +97,7 @@ def relay_seconds(database_url: str, bootstrap: str, batch: int) -> float:
 
 
 def producer_seconds(bootstrap: str, events: int) -> float:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                             max_in_flight_requests_per_connection=1)
+    producer = create_producer(Settings(kafka_bootstrap=bootstrap), max_in_flight_requests_per_connection=1)
     began = time.perf_counter()
     for n in range(events):
         producer.send(TOPIC + ".baseline", value=json.dumps({"n": n, "pad": "x" * 64}).encode(),
@@ -112,7 +111,7 @@ def producer_seconds(bootstrap: str, events: int) -> float:
 def latency(database_url: str, bootstrap: str, count: int) -> tuple[list[float], list[float]]:
     """Milliseconds from outbox row written to message read, and to message timestamp, for
     `count` steps emitting one event each, run one at a time beside an `orchestrator relay`."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = create_admin(Settings(kafka_bootstrap=bootstrap))
     admin.create_topics([NewTopic(wait_flows.EMITTED, 1, 1)])
     admin.close()
     settings = Settings(database_url=database_url, kafka_bootstrap=bootstrap, workflows=("bench.wait_flows",))
@@ -126,8 +125,8 @@ def latency(database_url: str, bootstrap: str, count: int) -> tuple[list[float],
     stopping = threading.Event()
 
     def reader() -> None:
-        consumer = KafkaConsumer(wait_flows.EMITTED, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                 enable_auto_commit=False, fetch_max_wait_ms=5)
+        consumer = create_consumer(Settings(kafka_bootstrap=bootstrap), group_id=None, fetch_max_wait_ms=5)
+        consumer.subscribe([wait_flows.EMITTED])
         while not consumer.assignment():
             consumer.poll(timeout_ms=100)
         reading.set()

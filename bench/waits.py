@@ -34,7 +34,6 @@ import uuid
 from pathlib import Path
 
 import redis
-from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from sqlalchemy import create_engine, text
 
@@ -45,6 +44,7 @@ from bench import wait_flows  # noqa: E402
 from bench.common import fresh_database, worker_env  # noqa: E402
 from bench.consumer_throughput import orchestrator_consumer  # noqa: E402
 from bench.engine_vs_celery import start, stop  # noqa: E402
+from orchestrator.kafka import create_admin, create_producer  # noqa: E402
 from orchestrator.registry import Registry  # noqa: E402
 from orchestrator.runtime import Runtime  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
@@ -100,13 +100,13 @@ def payment(order_id: int) -> bytes:
 
 
 def create_topic(bootstrap: str, partitions: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = create_admin(Settings(kafka_bootstrap=bootstrap))
     admin.create_topics([NewTopic(TOPIC, partitions, 1)])
     admin.close()
 
 
 def publish_all(bootstrap: str, events: int) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    producer = create_producer(Settings(kafka_bootstrap=bootstrap), linger_ms=20, batch_size=256 * 1024)
     for i in range(events):
         producer.send(TOPIC, payment(i), key=str(i).encode())
     producer.flush()
@@ -152,7 +152,7 @@ def latency(settings: Settings, open_waits: int, count: int) -> tuple[list[float
     to `now` of its matching), queued -> started (the commit, Celery, the worker's claim)."""
     reset(settings.database_url, open_waits)
     rt = Runtime(settings)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0)
+    producer = create_producer(settings, linger_ms=0)
     base = 10_000_000 * (1 + bool(open_waits))  # ids no other round used
     runs = [rt.engine.start_run("bench-waiter", {"order_id": base + i}) for i in range(count + 10)]
     started_sql = text(

@@ -613,6 +613,10 @@ def web_command(host: str | None, port: int | None, threads: int, shutdown_timeo
     rt = _runtime()
     rt.registry  # noqa: B018 - load and validate the workflows before serving
     settings = rt.settings
+    if settings.kafka_bootstrap:
+        from .kafka import check_connection
+
+        check_connection(settings)  # a refused TLS handshake or login stops it; an outage does not
     host = host or settings.web_host
     port = port or settings.web_port
     if not settings.api_token:
@@ -706,12 +710,12 @@ def relay_command() -> None:
     """
     import signal
 
-    from .kafka import bootstrap_servers, quiet_client_logs
+    from .kafka import check_connection, quiet_client_logs
     from .relay import Relay
     from .supervision import announce_ready
 
     rt = Runtime(_kafka_settings())
-    bootstrap_servers(rt.settings)  # a clear error now rather than in the loop
+    check_connection(rt.settings)  # a clear error now rather than in the loop (an outage is waited for)
     _check_database(rt)
     quiet_client_logs()
     service = Relay(rt.db, rt.settings)
@@ -739,13 +743,15 @@ def publish(topic: str, payload: str, key: str | None, raw: bool) -> None:
     """Publish one event, PAYLOAD (JSON), to TOPIC; prints its partition and offset."""
     from kafka.errors import KafkaError
 
-    from .kafka import create_producer, quiet_client_logs
+    from .kafka import check_connection, create_producer, quiet_client_logs
 
     if not raw:
         _json_arg(payload, "PAYLOAD")
     quiet_client_logs()
     settings = _kafka_settings()
     try:
+        if not check_connection(settings):
+            raise click.ClickException(f"cannot reach Kafka at {settings.kafka_bootstrap}: no broker answers")
         producer = create_producer(settings)
     except KafkaError as exc:
         raise click.ClickException(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None

@@ -52,6 +52,7 @@ from .events import replay_event as replay_event  # the dashboard's replay calls
 from .intake import MATCHED, REJECTED, Assessment, Message, Timings, TriggerIndex, assess
 from .kafka import (
     bootstrap_servers,
+    check_connection,
     create_consumer,
     create_producer,
     quiet_client_logs,
@@ -159,6 +160,8 @@ class EventConsumer:
                 "legal: use 1-249 letters, digits, '.', '_' or '-'"
             )
         quiet_client_logs()
+        if not check_connection(self.settings):  # a refused TLS handshake or login: one line, exit
+            log.warning("no Kafka broker answers at %s yet; waiting for one", self.settings.kafka_bootstrap)
         log.info(
             "consuming %s as group %r from %s",
             ", ".join(self.index.topics), self.settings.kafka_group, self.settings.kafka_bootstrap,

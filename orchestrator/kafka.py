@@ -1,18 +1,22 @@
 """Kafka client factories (kafka-python), built from `Settings`. Nothing connects at import.
 
-Every client gets the same bootstrap servers and the same patient reconnect policy: a broker
-that goes away is retried with exponential backoff up to `RECONNECT_BACKOFF_MAX_MS`, never
-in a tight loop.
+Every client gets the same bootstrap servers, the same connection security (TLS and SASL:
+`kafka_security`) and the same patient reconnect policy: a broker that goes away is retried
+with exponential backoff up to `RECONNECT_BACKOFF_MAX_MS`, never in a tight loop.
+`check_connection` tells, at start-up, a broker that is away (waited for) from one that
+refuses the TLS handshake or the login (a ConfigurationError: one line naming the setting).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Iterable
 from typing import Any
 
+from . import kafka_security
 from .errors import ConfigurationError
 from .settings import Settings
 
@@ -45,26 +49,38 @@ def bootstrap_servers(settings: Settings) -> list[str]:
     return servers
 
 
-def answers_kafka(host: str, port: int, timeout: float = 1.0) -> bool:
+def answers_kafka(host: str, port: int, timeout: float = 1.0, tls: ssl.SSLContext | None = None) -> bool:
     """True when a Kafka broker at host:port answers an ApiVersions (v0) request.
 
     A probe independent of any client's state: the consumer uses it to tell an outage
-    from a quiet topic, `orchestrator dev` to know its broker is up.
+    from a quiet topic, `orchestrator dev` to know its broker is up. With `tls` the probe
+    speaks TLS first (ApiVersions needs no SASL login, so none is attempted).
     """
-    client_id = b"orchestrator-probe"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            raw.settimeout(timeout)
+            with _wrapped(raw, host, tls) as sock:
+                return _api_versions(sock)
+    except OSError:  # ssl.SSLError included: a broker we cannot talk to does not answer
+        return False
+
+
+def _wrapped(sock: socket.socket, host: str, tls: ssl.SSLContext | None) -> socket.socket:
+    return sock if tls is None else tls.wrap_socket(sock, server_hostname=host)
+
+
+def _api_versions(sock: socket.socket) -> bool:
+    client_id = kafka_security.PROBE_CLIENT_ID
     correlation = 0x0C0FFEE
     request = struct.pack(">hhih", 18, 0, correlation, len(client_id)) + client_id
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(struct.pack(">i", len(request)) + request)
-            header = _read(sock, 8)
-    except OSError:
-        return False
+    sock.sendall(struct.pack(">i", len(request)) + request)
+    header = _read(sock, 8)
     if header is None:
         return False
     size, answered = struct.unpack(">ii", header)
-    return size >= 4 and answered == correlation
+    if size < 4 or answered != correlation:
+        return False
+    return _read(sock, size - 4) is not None  # the rest, so that a SASL exchange may follow
 
 
 def _read(sock: socket.socket, count: int) -> bytes | None:
@@ -78,6 +94,7 @@ def _read(sock: socket.socket, count: int) -> bytes | None:
 
 
 def _common(settings: Settings) -> dict[str, Any]:
+    """The options every client gets: servers, connection security, reconnect policy."""
     return {
         "bootstrap_servers": bootstrap_servers(settings),
         "client_id": "orchestrator",
@@ -85,6 +102,7 @@ def _common(settings: Settings) -> dict[str, Any]:
         "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
         "request_timeout_ms": REQUEST_TIMEOUT_MS,
         "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+        **kafka_security.client_options(settings),
     }
 
 
@@ -141,12 +159,50 @@ def create_admin(settings: Settings, **overrides: Any) -> Any:
     return KafkaAdminClient(**_known(KafkaAdminClient, config))
 
 
+def _addresses(settings: Settings) -> list[tuple[str, int]]:
+    return [(host.strip("[]"), int(port)) for host, _, port in
+            (server.rpartition(":") for server in bootstrap_servers(settings))]
+
+
 def reachable(settings: Settings) -> bool:
-    """True when some bootstrap server answers Kafka requests."""
-    for server in bootstrap_servers(settings):
-        host, _, port = server.rpartition(":")
-        if answers_kafka(host.strip("[]"), int(port)):
-            return True
+    """True when some bootstrap server answers Kafka requests (over TLS if configured)."""
+    tls = kafka_security.tls_context(settings)
+    return any(answers_kafka(host, port, tls=tls) for host, port in _addresses(settings))
+
+
+def check_connection(settings: Settings, timeout: float = 5.0) -> bool:
+    """Connect to each bootstrap server as the clients will: TCP, TLS, ApiVersions, SASL login.
+
+    True when one answered and accepted the login; False when none could be reached (an
+    outage: callers wait for it, or say it). A TLS handshake that fails, or a login the
+    broker refuses, raises a ConfigurationError naming the setting to fix (kafka-python
+    would only say "Unable to bootstrap", again and again). The password is never shown.
+    """
+    kafka_security.check_settings(settings)
+    tls = kafka_security.tls_context(settings)
+    for host, port in _addresses(settings):
+        where = f"{host}:{port}"
+        try:
+            raw = socket.create_connection((host, port), timeout=timeout)
+        except OSError:
+            continue
+        with raw:
+            raw.settimeout(timeout)
+            try:
+                sock = _wrapped(raw, host, tls)
+            except (ssl.SSLError, OSError) as exc:
+                raise kafka_security.handshake_failure(settings, where, exc) from None
+            with sock:
+                try:
+                    if not _api_versions(sock):
+                        continue
+                    if kafka_security.uses_sasl(settings):
+                        kafka_security.authenticate(sock, settings, where)
+                    else:
+                        kafka_security.check_no_login_needed(sock, settings, where)
+                except (OSError, struct.error):
+                    continue  # a broker going away mid-probe: an outage, not a setting
+        return True
     return False
 
 

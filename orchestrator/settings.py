@@ -58,6 +58,14 @@ DEFAULT_VERSION_GRACE = 600.0
 DEFAULT_RELAY_INTERVAL = 0.5
 #: Most outbox rows one relay transaction publishes.
 DEFAULT_RELAY_BATCH_SIZE = 500
+#: How Kafka clients reach the brokers when ORCHESTRATOR_KAFKA_SECURITY_PROTOCOL is unset.
+DEFAULT_KAFKA_SECURITY_PROTOCOL = "PLAINTEXT"
+
+
+def _upper(env: Mapping[str, str], name: str) -> str | None:
+    """An enumerated value (a protocol, a mechanism) as upper case; unset or empty is None."""
+    raw = (env.get(name) or "").strip()
+    return raw.upper() or None
 
 
 def _number(
@@ -117,10 +125,10 @@ FLAG_ON = ("1", "true", "yes", "on")
 FLAG_OFF = ("0", "false", "no", "off")
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
-        return False
+        return default
     word = raw.strip().lower()
     if word not in FLAG_ON + FLAG_OFF:
         raise ConfigurationError(f"{name}={raw!r} must be 1 or 0 (or true/false, yes/no, on/off)")
@@ -181,6 +189,23 @@ class Settings:
     relay_batch_size: int = DEFAULT_RELAY_BATCH_SIZE
     #: ORCHESTRATOR_MAX_MAP_ITEMS: most items one `flow.map` node may expand to.
     max_map_items: int = DEFAULT_MAX_MAP_ITEMS
+    #: ORCHESTRATOR_KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    #: (checked, with the other Kafka security settings, by `kafka_security.check_settings`).
+    kafka_security_protocol: str = DEFAULT_KAFKA_SECURITY_PROTOCOL
+    #: ORCHESTRATOR_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    #: ORCHESTRATOR_KAFKA_SASL_PASSWORD: never shown (repr, logs, errors, /healthz).
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    #: ORCHESTRATOR_KAFKA_SSL_CAFILE: PEM file of the CA(s) that signed the brokers'
+    #: certificates; unset: the system's CAs.
+    kafka_ssl_cafile: str | None = None
+    #: ORCHESTRATOR_KAFKA_SSL_CERTFILE and _KEYFILE: this client's certificate (mutual TLS).
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    #: ORCHESTRATOR_KAFKA_SSL_CHECK_HOSTNAME: the broker's certificate must name the host
+    #: (or IP address) the client connects to.
+    kafka_ssl_check_hostname: bool = True
     #: Every ORCHESTRATOR_* variable as read (may hold secrets: never printed).
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -224,6 +249,15 @@ class Settings:
             relay_interval=_float(env, "ORCHESTRATOR_RELAY_INTERVAL", DEFAULT_RELAY_INTERVAL),
             relay_batch_size=_positive_int(env, "ORCHESTRATOR_RELAY_BATCH_SIZE", DEFAULT_RELAY_BATCH_SIZE),
             max_map_items=_positive_int(env, "ORCHESTRATOR_MAX_MAP_ITEMS", DEFAULT_MAX_MAP_ITEMS),
+            kafka_security_protocol=_upper(env, "ORCHESTRATOR_KAFKA_SECURITY_PROTOCOL")
+            or DEFAULT_KAFKA_SECURITY_PROTOCOL,
+            kafka_sasl_mechanism=_upper(env, "ORCHESTRATOR_KAFKA_SASL_MECHANISM"),
+            kafka_sasl_username=env.get("ORCHESTRATOR_KAFKA_SASL_USERNAME") or None,
+            kafka_sasl_password=env.get("ORCHESTRATOR_KAFKA_SASL_PASSWORD") or None,
+            kafka_ssl_cafile=env.get("ORCHESTRATOR_KAFKA_SSL_CAFILE") or None,
+            kafka_ssl_certfile=env.get("ORCHESTRATOR_KAFKA_SSL_CERTFILE") or None,
+            kafka_ssl_keyfile=env.get("ORCHESTRATOR_KAFKA_SSL_KEYFILE") or None,
+            kafka_ssl_check_hostname=_flag(env, "ORCHESTRATOR_KAFKA_SSL_CHECK_HOSTNAME", default=True),
             extra={k: v for k, v in env.items() if k.startswith("ORCHESTRATOR_")},
         )
 

@@ -74,10 +74,16 @@ class TansuBroker:
     """One in-memory Tansu broker process on a loopback port (chosen free when not given)."""
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1",
-                 log_path: Path | None = None, die_with_parent: bool = False) -> None:
+                 log_path: Path | None = None, die_with_parent: bool = False,
+                 advertised: str | None = None, authentication: bool = False) -> None:
         self.host = host
         self.port = port
         self.log_path = log_path
+        #: host:port the broker tells clients to connect to (default: where it listens), e.g.
+        #: a TLS terminator in front of it (Tansu 0.6 cannot serve TLS itself).
+        self.advertised = advertised
+        #: `--authentication`: clients must log in with SASL (Tansu offers SCRAM-SHA-512).
+        self.authentication = authentication
         #: Killed when the process (thread) that started it dies, as `orchestrator dev` wants.
         self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
@@ -101,11 +107,12 @@ class TansuBroker:
             port = self.port if fixed else free_port(self.host)
             assert port is not None
             url = f"tcp://{self.host}:{port}"
+            advertised = f"tcp://{self.advertised}" if self.advertised else url
             if self.log_path is not None:
                 self._log = self.log_path.open("ab")
             self.process = subprocess.Popen(
-                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],
+                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
+                 "--storage-engine", "memory://tansu/", *(["--authentication"] if self.authentication else [])],
                 stdout=self._log or subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -16,6 +16,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
+from orchestrator.kafka import check_connection
+
 from . import context, kafka_admin
 from .kafka_admin import PROBE_TIMEOUT_MS
 
@@ -38,7 +40,10 @@ def check_broker() -> str:
 
 
 def check_kafka(bootstrap: str) -> str:
+    """Brokers in the cluster; a refused TLS handshake or login says which setting is wrong."""
     settings = context.settings().with_(kafka_bootstrap=bootstrap)
+    if not check_connection(settings, timeout=PROBE_TIMEOUT_MS / 1000):
+        raise ConnectionError(f"no broker answers at {bootstrap}")
     return f"{kafka_admin.ping(settings)} broker(s)"
 
 

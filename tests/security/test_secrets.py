@@ -1,5 +1,6 @@
-"""Secrets never leak: the database password, the broker password, the API token and the
-session key appear in no log, no CLI output, no page and no API answer.
+"""Secrets never leak: the database password, the broker password, the API token, the
+session key and the Kafka SASL password appear in no log, no CLI output, no page and no API
+answer.
 
 Real processes run with secrets in their settings: a worker, a consumer and `orchestrator
 web` (waitress) on PostgreSQL and Redis URLs that carry passwords (a Redis ACL user made for
@@ -24,9 +25,10 @@ import redis
 import requests
 from sqlalchemy.engine import make_url
 
+from orchestrator.kafka import _common
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
-from orchestrator.tansu import free_port
+from orchestrator.tansu import TansuBroker, free_port
 from tests.conftest import ROOT, wait_for
 from tests.kafka_fixtures import KAFKA_TEST_WORKFLOWS, count, kafka_env
 from tests.security.conftest import SECURITY_WORKFLOWS
@@ -38,6 +40,7 @@ SECRETS = {
     "broker password": f"brokerpass{SUFFIX}",
     "API token": f"apitoken{SUFFIX}",
     "session key": f"sessionkey{SUFFIX}",
+    "Kafka password": f"kafkapass{SUFFIX}",
 }
 
 
@@ -213,7 +216,37 @@ def test_probes_and_error_pages_of_unreachable_services_hide_their_passwords(run
 
 def test_settings_and_runtime_never_show_their_secrets(settings):
     full = settings.with_(api_token=SECRETS["API token"], secret_key=SECRETS["session key"],
-                          extra={"ORCHESTRATOR_API_TOKEN": SECRETS["API token"]})
-    for shown in (repr(full), str(full), repr(Runtime(full))):
+                          kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="SCRAM-SHA-512",
+                          kafka_sasl_username="alice", kafka_sasl_password=SECRETS["Kafka password"],
+                          extra={"ORCHESTRATOR_API_TOKEN": SECRETS["API token"],
+                                 "ORCHESTRATOR_KAFKA_SASL_PASSWORD": SECRETS["Kafka password"]})
+    # kafka-python logs its clients' configuration (the factory's options) at DEBUG level.
+    for shown in (repr(full), str(full), repr(Runtime(full)), repr(_common(full)), str(_common(full))):
         assert not leaks(shown), shown
     assert ":***@127.0.0.1" in repr(full)  # still says where it connects, as which user
+
+
+def test_a_kafka_login_the_broker_refuses_never_shows_the_password(runtime, settings, topic_prefix, redis_url,
+                                                                    tmp_path):
+    """A real broker that wants a SASL login (Tansu --authentication) refuses ours: /healthz,
+    the pages and `orchestrator consume`/`publish` at DEBUG level say so without the password."""
+    sasl = {"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "SCRAM-SHA-512",
+            "kafka_sasl_username": "alice", "kafka_sasl_password": SECRETS["Kafka password"]}
+    with TansuBroker(authentication=True, log_path=tmp_path / "tansu.log") as broker:
+        refused = Runtime(settings.with_(kafka_bootstrap=broker.bootstrap, **sasl))
+        client = make_app(refused, API_TOKEN=SECRETS["API token"]).test_client()
+        answers = [client.get(path) for path in ("/healthz", "/metrics", "/runs", "/api/runs", "/")]
+        refused.close()
+        assert answers[0].status_code == 503
+        assert "refused SASL authentication" in answers[0].get_json()["checks"]["kafka"]["detail"]
+        for response in answers:
+            assert not leaks(response.get_data(as_text=True)), response.get_data(as_text=True)
+        env = kafka_env(settings.with_(kafka_bootstrap=broker.bootstrap), topic_prefix, redis_url,
+                        ORCHESTRATOR_LOG_LEVEL="DEBUG", ORCHESTRATOR_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+                        ORCHESTRATOR_KAFKA_SASL_MECHANISM="SCRAM-SHA-512", ORCHESTRATOR_KAFKA_SASL_USERNAME="alice",
+                        ORCHESTRATOR_KAFKA_SASL_PASSWORD=SECRETS["Kafka password"])
+        for command in (["consume"], ["publish", f"{topic_prefix}orders", "{}"]):
+            done = subprocess.run([sys.executable, "-m", "orchestrator", *command], env=env, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 1 and "refused SASL authentication" in done.stderr, done.stderr
+            assert not leaks(done.stdout + done.stderr), done.stdout + done.stderr
