@@ -60,12 +60,13 @@ def too_large(limit: int | None) -> str:
 
 def status_of(exc: OrchestratorError) -> int:
     from orchestrator.events import EventNotReplayable
+    from orchestrator.reprocess import KafkaUnreachable
 
     if isinstance(exc, (WorkflowNotFound, RunNotFound, EventNotFound, ScheduleNotFound)):
         return 404
     if isinstance(exc, (EventNotReplayable, DeploySkew, NotWaiting)):
         return 409
-    if isinstance(exc, ConfigurationError):
+    if isinstance(exc, (ConfigurationError, KafkaUnreachable)):
         return 503
     return 400
 

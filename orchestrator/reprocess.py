@@ -1,0 +1,432 @@
+"""Reprocessing a topic: read a time or offset range of it again and start what is missing.
+
+`orchestrator reprocess` and `POST /api/reprocess` call `reprocess`. It reads the range with a
+consumer of its own (no group: `assign` and `seek`, so the production group's offsets are
+never read nor moved) and evaluates each message against today's triggers:
+
+- a message never recorded is recorded and starts its runs exactly as the consumer would
+  (`events.record_batch`): every workflow it matches, even with `workflow=`, since the
+  consumer, reaching it later, skips it as recorded;
+- a recorded one starts what `replay` would (`events.replay_assessed`), assessed as read
+  from Kafka: at most one run per (event, workflow) and per dedupe value, so reprocessing
+  twice starts nothing the second time.
+
+The end of a range without `to`/`to_offset` is each partition's high watermark when it is
+first fetched: messages published later are not waited for. The high watermark is read
+from the fetch (`highwater`), not `end_offsets`, which Tansu answers short (the last
+batch's first offset + 1). Tansu also answers `offsets_for_times` with offset 0 and
+timestamp -1 whatever the time, so an answer without a timestamp counts as "from the
+start", and a time range is always filtered by the messages' own timestamps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import or_, select, tuple_
+
+from .db.models import Event, Run
+from .engine import WorkflowEngine
+from .errors import OrchestratorError
+from .events import narrowed, plan_runs, record_batch, recorded_events, replay_assessed
+from .intake import IGNORED, REJECTED, Assessment, Message, TriggerIndex, assess
+from .kafka import create_consumer, quiet_client_logs, reachable
+
+log = logging.getLogger("orchestrator.reprocess")
+
+#: Milliseconds one poll of the range waits for messages.
+POLL_TIMEOUT_MS = 500
+#: Consecutive empty polls after which a partition whose end is still unknown is taken as
+#: read to its end (it has no message at or after the start).
+EMPTY_POLLS = 4
+#: Seconds without a single fetch answer after which Kafka counts as unreachable.
+FETCH_TIMEOUT = 20.0
+#: Most run ids (and would-start entries) a summary lists; the counts are always complete.
+MAX_LISTED = 1000
+
+
+class ReprocessError(OrchestratorError):
+    """A reprocess request that cannot be done as asked (the message says what to change)."""
+
+
+class KafkaUnreachable(OrchestratorError):
+    """No Kafka broker answers; nothing was read or written."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to reprocess: a time range over every partition, or an offset range of one.
+
+    Times are inclusive at `start_time`, exclusive at `end_time`; offsets inclusive at
+    `start_offset`, exclusive at `end_offset` (like Kafka's end offsets).
+    """
+
+    topic: str
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    partition: int | None = None
+    start_offset: int | None = None
+    end_offset: int | None = None
+    workflow: str | None = None
+    dry_run: bool = False
+
+    def keeps(self, message: Message) -> bool:
+        """Whether a message read in the range's partitions belongs to the range."""
+        if self.start_time is None:
+            return self.end_offset is None or message.offset < self.end_offset
+        if message.timestamp_ms is None:
+            return False
+        moment = message.timestamp_ms / 1000
+        return moment >= self.start_time.timestamp() and (
+            self.end_time is None or moment < self.end_time.timestamp()
+        )
+
+
+def parse_time(text: str, what: str) -> datetime:
+    """An ISO 8601 moment (`2026-11-01T00:00Z`); one without a zone is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ReprocessError(
+            f"{what} {text!r} is not an ISO 8601 time; write it like 2026-11-01T00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_position(text: str, what: str) -> tuple[int, int]:
+    """`P:O`, a partition and an offset, both integers from 0."""
+    partition, sep, offset = text.strip().partition(":")
+    if not sep or not partition.isdigit() or not offset.isdigit():
+        raise ReprocessError(f"{what} {text!r} is not PARTITION:OFFSET (like 0:1500)")
+    return int(partition), int(offset)
+
+
+def make_request(
+    topic: str,
+    start: str | None = None,
+    end: str | None = None,
+    from_offset: str | None = None,
+    to_offset: str | None = None,
+    workflow: str | None = None,
+    dry_run: bool = False,
+) -> Request:
+    """Check the options of a reprocess (pure); `ReprocessError` names the wrong one."""
+    if not topic or not topic.strip():
+        raise ReprocessError("give the topic to reprocess")
+    if (start is None) == (from_offset is None):
+        raise ReprocessError("give either --from TIME or --from-offset P:O (exactly one)")
+    if start is not None:
+        if to_offset is not None:
+            raise ReprocessError("--to-offset goes with --from-offset, not --from (use --to TIME)")
+        begin = parse_time(start, "--from")
+        finish = parse_time(end, "--to") if end is not None else None
+        if finish is not None and finish <= begin:
+            raise ReprocessError(f"--to {end} is not after --from {start}")
+        return Request(topic, start_time=begin, end_time=finish, workflow=workflow, dry_run=dry_run)
+    if end is not None:
+        raise ReprocessError("--to goes with --from, not --from-offset (use --to-offset P:O)")
+    assert from_offset is not None
+    partition, offset = parse_position(from_offset, "--from-offset")
+    stop: int | None = None
+    if to_offset is not None:
+        last_partition, stop = parse_position(to_offset, "--to-offset")
+        if last_partition != partition:
+            raise ReprocessError(
+                f"--to-offset {to_offset} is of partition {last_partition}, --from-offset of "
+                f"partition {partition}: an offset range is within one partition"
+            )
+        if stop <= offset:
+            raise ReprocessError(f"--to-offset {to_offset} is not after --from-offset {from_offset}")
+    return Request(topic, partition=partition, start_offset=offset, end_offset=stop,
+                   workflow=workflow, dry_run=dry_run)
+
+
+@dataclass
+class Summary:
+    """What a reprocess did (or, dry, would do); every message read is in exactly one of
+    `already_handled`, `new` (it started a run), `rejected` and `ignored`."""
+
+    topic: str
+    dry_run: bool
+    read: int = 0
+    #: Messages recorded for the first time (dry: that would be).
+    recorded: int = 0
+    #: Matched messages that start nothing new: their runs exist (or they joined a window).
+    already_handled: int = 0
+    #: Messages that started at least one run.
+    new: int = 0
+    #: Messages today's triggers reject, or no workflow matches.
+    rejected: int = 0
+    ignored: int = 0
+    #: Runs started (dry: that would start).
+    started: int = 0
+    runs: list[str] = field(default_factory=list)
+    would_start: list[dict[str, Any]] = field(default_factory=list)
+    #: (workflow, dedupe value) pairs a dry run has seen start already, across batches.
+    dedupes: set[tuple[str, str]] = field(default_factory=set, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic, "dry_run": self.dry_run, "read": self.read,
+            "recorded": self.recorded, "already_handled": self.already_handled,
+            "started": self.started, "rejected": self.rejected, "ignored": self.ignored,
+            "runs": self.runs[:MAX_LISTED], "would_start": self.would_start[:MAX_LISTED],
+        }
+
+    def line(self) -> str:
+        verb = "would start" if self.dry_run else "started"
+        return (f"read {self.read} message(s) of {self.topic}: {self.already_handled} already handled, "
+                f"{verb} {self.started} run(s), {self.rejected} rejected, {self.ignored} ignored; "
+                f"{self.recorded} {'would be ' if self.dry_run else ''}recorded for the first time")
+
+    def count(self, outcome: str, started: bool) -> None:
+        if outcome == REJECTED:
+            self.rejected += 1
+        elif outcome == IGNORED:
+            self.ignored += 1
+        elif started:
+            self.new += 1
+        else:
+            self.already_handled += 1
+
+
+#: Called with the messages scanned so far and the range's size once known.
+Progress = Callable[[int, int | None], None]
+
+
+# -- the service -------------------------------------------------------------------------
+
+
+def reprocess(engine: WorkflowEngine, request: Request, progress: Progress | None = None) -> Summary:
+    """Read the range and start what it calls for (see the module docstring)."""
+    settings = engine.settings
+    index = TriggerIndex(engine.registry)
+    if request.topic not in index.topics:
+        raise ReprocessError(
+            f"no loaded workflow has a Kafka trigger (or a wait_for_event) on topic {request.topic!r}"
+        )
+    if request.workflow is not None:
+        names = [w.name for w, _ in index.for_topic(request.topic)]
+        if request.workflow not in names:
+            known = request.workflow in {w.name for w in engine.registry}
+            raise ReprocessError(
+                f"workflow {request.workflow!r} has no trigger on {request.topic!r}"
+                if known else f"no loaded workflow is named {request.workflow!r}"
+            )
+    quiet_client_logs()
+    if not reachable(settings):
+        raise KafkaUnreachable(f"cannot reach Kafka at {settings.kafka_bootstrap}")
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = create_consumer(settings, group_id=None, allow_auto_create_topics=False,
+                                   max_poll_records=max(1, settings.kafka_batch_size))
+    except KafkaError as exc:
+        raise KafkaUnreachable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
+    summary = Summary(request.topic, request.dry_run)
+    if not request.dry_run:
+        engine.record_versions()
+    try:
+        for batch in read_range(consumer, request, progress):
+            kept = [m for m in batch if request.keeps(m)]
+            summary.read += len(kept)
+            if kept:
+                _evaluate(engine, index, request, kept, summary)
+    except KafkaError as exc:
+        raise KafkaUnreachable(f"reading {request.topic} from Kafka failed: {exc}") from None
+    finally:
+        consumer.close(autocommit=False)
+    summary.started = len(summary.runs) if not request.dry_run else len(summary.would_start)
+    return summary
+
+
+def read_range(consumer: Any, request: Request, progress: Progress | None = None) -> Iterator[list[Message]]:
+    """The messages of the range's partitions from its start to its end, batch by batch."""
+    from kafka.structs import TopicPartition
+
+    partitions = consumer.partitions_for_topic(request.topic)
+    if not partitions:
+        raise ReprocessError(f"topic {request.topic!r} does not exist in Kafka")
+    if request.partition is not None:
+        if request.partition not in partitions:
+            raise ReprocessError(
+                f"topic {request.topic!r} has no partition {request.partition} "
+                f"(it has {len(partitions)}: 0-{max(partitions)})"
+            )
+        partitions = {request.partition}
+    tps = [TopicPartition(request.topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    starts = _starts(consumer, request, tps)
+    for tp in tps:
+        consumer.seek(tp, starts[tp])
+    ends: dict[Any, int] = {}
+    empty = 0
+    scanned = 0
+    heard = time.monotonic()
+    open_ = set(tps)
+    while open_:
+        records = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        batch: list[Message] = []
+        for tp in list(open_):
+            if tp not in ends and consumer.highwater(tp) is not None:
+                high = consumer.highwater(tp)
+                ends[tp] = high if request.end_offset is None else min(high, request.end_offset)
+                heard = time.monotonic()
+            for record in records.get(tp, ()):
+                if tp in ends and record.offset >= ends[tp]:
+                    break
+                batch.append(Message.from_record(record))
+            if tp in ends and consumer.position(tp) >= ends[tp]:
+                open_.discard(tp)
+                consumer.pause(tp)
+        if records:
+            empty = 0
+        else:
+            empty += 1
+            if empty >= EMPTY_POLLS and all(tp in ends for tp in open_):
+                break  # positions short of the end (compacted or deleted records): done
+            if not ends and time.monotonic() - heard > FETCH_TIMEOUT:
+                raise KafkaUnreachable(f"Kafka answered no fetch of {request.topic} within {FETCH_TIMEOUT:g}s")
+        scanned += len(batch)
+        if progress is not None:
+            total = sum(ends[tp] - starts[tp] for tp in tps) if len(ends) == len(tps) else None
+            progress(scanned, None if total is None else max(total, scanned))
+        if batch:
+            yield batch
+
+
+def _starts(consumer: Any, request: Request, tps: Sequence[Any]) -> dict[Any, int]:
+    """Each partition's first offset to read: the offset asked for, or the one Kafka gives
+    for the start time; an answer without a timestamp (Tansu's) means the beginning."""
+    beginning = consumer.beginning_offsets(list(tps))
+    if request.start_offset is not None:
+        return {tp: max(request.start_offset, beginning[tp]) for tp in tps}
+    assert request.start_time is not None
+    wanted = int(request.start_time.timestamp() * 1000)
+    try:
+        found = consumer.offsets_for_times({tp: wanted for tp in tps})
+    except Exception:  # noqa: BLE001 - a broker without ListOffsets by time: read it all
+        log.info("offsets_for_times failed; reading %s from the beginning", request.topic, exc_info=True)
+        found = {}
+    starts: dict[Any, int] = {}
+    for tp in tps:
+        answer = found.get(tp)
+        if answer is None or answer.timestamp is None or answer.timestamp < wanted:
+            starts[tp] = beginning[tp]
+        else:
+            starts[tp] = max(answer.offset, beginning[tp])
+    return starts
+
+
+# -- evaluating a batch -----------------------------------------------------------------------
+
+
+def _evaluate(engine: WorkflowEngine, index: TriggerIndex, request: Request,
+              messages: list[Message], summary: Summary) -> None:
+    known = recorded_events(engine, messages)
+    fresh = [assess(m, index, engine.settings.max_event_bytes)
+             for m in messages if _key(m) not in known]
+    recorded = [a for a in (known.get(_key(m)) for m in messages) if a is not None]
+    if request.dry_run:
+        _dry(engine, index, request, fresh, recorded, summary)
+        return
+    if fresh:
+        _record(engine, fresh, summary)
+    if recorded:
+        _replay(engine, index, request, recorded, summary)
+
+
+def _record(engine: WorkflowEngine, fresh: list[Assessment], summary: Summary) -> None:
+    """Record never-recorded messages as the consumer does; count them by what they did."""
+    result = record_batch(engine, fresh)
+    summary.recorded += result.recorded
+    summary.runs += result.run_ids
+    with engine.sessions() as session:
+        started = set(session.scalars(
+            select(Run.event_id).where(Run.id.in_(result.run_ids)).distinct()
+        )) if result.run_ids else set()
+        keys = [_key(a.message) for a in fresh]
+        rows = session.execute(
+            select(Event.id, Event.topic, Event.partition, Event.offset, Event.outcome)
+            .where(tuple_(Event.topic, Event.partition, Event.offset).in_(keys))
+        ).all()
+    for event_id, _topic, _partition, _offset, outcome in rows:
+        summary.count(outcome, event_id in started)
+
+
+def _replay(engine: WorkflowEngine, index: TriggerIndex, request: Request,
+            recorded: list[Assessment], summary: Summary) -> None:
+    """Start what today's triggers call for of recorded messages, one transaction per batch."""
+    by_id = {a.event_id: a.message for a in recorded}
+    with engine.transaction() as (session, outbox):
+        events = session.scalars(
+            select(Event).where(Event.id.in_(list(by_id))).order_by(Event.id).with_for_update()
+        ).all()
+        for event in events:
+            assessment = assess(by_id[event.id], index, engine.settings.max_event_bytes)
+            planned, run_ids = replay_assessed(engine, session, outbox, event, assessment,
+                                               only=request.workflow)
+            summary.runs += run_ids
+            summary.count(planned.outcome, bool(run_ids))
+
+
+def _dry(engine: WorkflowEngine, index: TriggerIndex, request: Request, fresh: list[Assessment],
+         recorded: list[Assessment], summary: Summary) -> None:
+    """What `_record` and `_replay` would start, found by planning (no I/O) and one query
+    for the runs already there; nothing is written."""
+    items: list[tuple[Message, int | None, Assessment]] = []
+    for a in fresh:
+        items.append((a.message, None, a))
+    for a in recorded:
+        fresh_look = assess(a.message, index, engine.settings.max_event_bytes)
+        if request.workflow is not None:
+            fresh_look = narrowed(fresh_look, request.workflow)
+        items.append((a.message, a.event_id, fresh_look))
+    planned_items = []
+    for message, event_id, a in items:
+        a, planned = plan_runs(engine, a)
+        planned_items.append((message, event_id, a, [(p.run["workflow"], p.run["dedupe_key"]) for p in planned]))
+    event_ids = [e for _, e, _, _ in planned_items if e is not None]
+    dedupes = {pair for *_, runs in planned_items for pair in runs if pair[1] is not None}
+    with engine.sessions() as session:
+        clauses = []
+        if event_ids:
+            clauses.append(Run.event_id.in_(event_ids))
+        if dedupes:
+            clauses.append(tuple_(Run.workflow, Run.dedupe_key).in_(list(dedupes)))
+        existing = session.execute(
+            select(Run.event_id, Run.workflow, Run.dedupe_key).where(or_(*clauses))
+        ).all() if clauses else []
+    by_event = {(e, w) for e, w, _ in existing}
+    taken = {(w, d) for _, w, d in existing if d is not None}
+    taken |= summary.dedupes
+    for message, event_id, a, runs in planned_items:
+        starting = []
+        for workflow, dedupe in runs:
+            if event_id is not None and (event_id, workflow) in by_event:
+                continue
+            if dedupe is not None and (workflow, dedupe) in taken:
+                continue
+            if dedupe is not None:
+                taken.add((workflow, dedupe))
+            starting.append(workflow)
+        summary.would_start += [
+            {"topic": message.topic, "partition": message.partition, "offset": message.offset,
+             "workflow": w} for w in starting
+        ]
+        if event_id is None:
+            summary.recorded += 1
+        summary.count(a.outcome, bool(starting))
+    summary.dedupes = taken
+
+
+def _key(message: Message) -> tuple[str, int, int]:
+    return (message.topic, message.partition, message.offset)
+
+
+__all__ = ["KafkaUnreachable", "ReprocessError", "Request", "Summary", "make_request", "reprocess"]
