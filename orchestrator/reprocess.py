@@ -225,6 +225,7 @@ def reprocess(engine: WorkflowEngine, request: Request, progress: Progress | Non
 
     try:
         consumer = create_consumer(settings, group_id=None, allow_auto_create_topics=False,
+                                   auto_offset_reset="none",  # past the end: raise, never rewind
                                    max_poll_records=max(1, settings.kafka_batch_size))
     except KafkaError as exc:
         raise KafkaUnreachable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
@@ -247,6 +248,7 @@ def reprocess(engine: WorkflowEngine, request: Request, progress: Progress | Non
 
 def read_range(consumer: Any, request: Request, progress: Progress | None = None) -> Iterator[list[Message]]:
     """The messages of the range's partitions from its start to its end, batch by batch."""
+    from kafka.errors import OffsetOutOfRangeError
     from kafka.structs import TopicPartition
 
     partitions = consumer.partitions_for_topic(request.topic)
@@ -270,7 +272,14 @@ def read_range(consumer: Any, request: Request, progress: Progress | None = None
     heard = time.monotonic()
     open_ = set(tps)
     while open_:
-        records = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        try:
+            records = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        except OffsetOutOfRangeError as exc:  # a start past the partition's end: nothing to read
+            beyond = set(exc.args[0]) if exc.args and isinstance(exc.args[0], dict) else set(open_)
+            for tp in beyond & open_:
+                open_.discard(tp)
+                consumer.pause(tp)
+            continue
         batch: list[Message] = []
         for tp in list(open_):
             if tp not in ends and consumer.highwater(tp) is not None:
