@@ -6,7 +6,8 @@ never read nor moved) and evaluates each message against today's triggers:
 
 - a message never recorded is recorded and starts its runs exactly as the consumer would
   (`events.record_batch`): every workflow it matches, even with `workflow=`, since the
-  consumer, reaching it later, skips it as recorded;
+  consumer, reaching it later, skips it as recorded; a rejected one is copied to the
+  dead-letter topic, as the consumer copies it;
 - a recorded one starts what `replay` would (`events.replay_assessed`), assessed as read
   from Kafka: at most one run per (event, workflow) and per dedupe value, so reprocessing
   twice starts nothing the second time.
@@ -31,11 +32,13 @@ from typing import Any
 from sqlalchemy import or_, select, tuple_
 
 from .db.models import Event, Run
+from .dead_letters import DeadLetter, ensure_dead_letter_topics, send_dead_letters
 from .engine import WorkflowEngine
 from .errors import OrchestratorError
 from .events import narrowed, plan_runs, record_batch, recorded_events, replay_assessed
 from .intake import IGNORED, REJECTED, Assessment, Message, TriggerIndex, assess
-from .kafka import create_consumer, quiet_client_logs, reachable
+from .kafka import create_consumer, create_producer, quiet_client_logs, reachable
+from .settings import Settings
 
 log = logging.getLogger("orchestrator.reprocess")
 
@@ -230,6 +233,7 @@ def reprocess(engine: WorkflowEngine, request: Request, progress: Progress | Non
     except KafkaError as exc:
         raise KafkaUnreachable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     summary = Summary(request.topic, request.dry_run)
+    letters = _DeadLetters(settings)
     if not request.dry_run:
         engine.record_versions()
     try:
@@ -237,11 +241,12 @@ def reprocess(engine: WorkflowEngine, request: Request, progress: Progress | Non
             kept = [m for m in batch if request.keeps(m)]
             summary.read += len(kept)
             if kept:
-                _evaluate(engine, index, request, kept, summary)
+                letters.send(_evaluate(engine, index, request, kept, summary))
     except KafkaError as exc:
-        raise KafkaUnreachable(f"reading {request.topic} from Kafka failed: {exc}") from None
+        raise KafkaUnreachable(f"Kafka failed while reprocessing {request.topic}: {exc}") from None
     finally:
         consumer.close(autocommit=False)
+        letters.close()
     summary.started = len(summary.runs) if not request.dry_run else len(summary.would_start)
     return summary
 
@@ -324,33 +329,61 @@ def _starts(consumer: Any, request: Request, tps: Sequence[Any]) -> dict[Any, in
         found = {}
     starts: dict[Any, int] = {}
     for tp in tps:
-        answer = found.get(tp)
-        if answer is None or answer.timestamp is None or answer.timestamp < wanted:
-            starts[tp] = beginning[tp]
+        answer = found.get(tp, _NO_ANSWER) if found else _NO_ANSWER
+        if answer is None:  # Kafka: no message at or after the time
+            starts[tp] = max(consumer.end_offsets([tp])[tp], beginning[tp])
+        elif answer is _NO_ANSWER or answer.timestamp is None or answer.timestamp < wanted:
+            starts[tp] = beginning[tp]  # Tansu's "offset 0, timestamp -1": read it all
         else:
             starts[tp] = max(answer.offset, beginning[tp])
     return starts
 
 
+#: `offsets_for_times` gave nothing for the partition (it failed).
+_NO_ANSWER = object()
+
+
 # -- evaluating a batch -----------------------------------------------------------------------
 
 
+class _DeadLetters:
+    """The dead-letter copies of the rejected messages reprocess records (a producer made
+    on the first one)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: Any = None
+
+    def send(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        if self._producer is None:
+            ensure_dead_letter_topics(self.settings, [letters[0].message.topic])
+            self._producer = create_producer(self.settings)
+        send_dead_letters(self._producer, letters, self.settings)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+
+
 def _evaluate(engine: WorkflowEngine, index: TriggerIndex, request: Request,
-              messages: list[Message], summary: Summary) -> None:
+              messages: list[Message], summary: Summary) -> list[DeadLetter]:
+    """Evaluate one batch of the range; returns the dead letters of what it recorded."""
     known = recorded_events(engine, messages)
     fresh = [assess(m, index, engine.settings.max_event_bytes)
              for m in messages if _key(m) not in known]
     recorded = [a for a in (known.get(_key(m)) for m in messages) if a is not None]
     if request.dry_run:
         _dry(engine, index, request, fresh, recorded, summary)
-        return
-    if fresh:
-        _record(engine, fresh, summary)
+        return []
+    letters = _record(engine, fresh, summary) if fresh else []
     if recorded:
         _replay(engine, index, request, recorded, summary)
+    return letters
 
 
-def _record(engine: WorkflowEngine, fresh: list[Assessment], summary: Summary) -> None:
+def _record(engine: WorkflowEngine, fresh: list[Assessment], summary: Summary) -> list[DeadLetter]:
     """Record never-recorded messages as the consumer does; count them by what they did."""
     result = record_batch(engine, fresh)
     summary.recorded += result.recorded
@@ -366,6 +399,7 @@ def _record(engine: WorkflowEngine, fresh: list[Assessment], summary: Summary) -
         ).all()
     for event_id, _topic, _partition, _offset, outcome in rows:
         summary.count(outcome, event_id in started)
+    return result.dead_letters
 
 
 def _replay(engine: WorkflowEngine, index: TriggerIndex, request: Request,
