@@ -282,6 +282,7 @@ def read_range(consumer: Any, request: Request, progress: Progress | None = None
         except OffsetOutOfRangeError as exc:  # a start past the partition's end: nothing to read
             beyond = set(exc.args[0]) if exc.args and isinstance(exc.args[0], dict) else set(open_)
             for tp in beyond & open_:
+                ends.setdefault(tp, starts[tp])
                 open_.discard(tp)
                 consumer.pause(tp)
             continue
@@ -300,15 +301,17 @@ def read_range(consumer: Any, request: Request, progress: Progress | None = None
                 consumer.pause(tp)
         if records:
             empty = 0
+            heard = time.monotonic()
         else:
             empty += 1
             if empty >= EMPTY_POLLS and all(tp in ends for tp in open_):
                 break  # positions short of the end (compacted or deleted records): done
-            if not ends and time.monotonic() - heard > FETCH_TIMEOUT:
+            if open_ and time.monotonic() - heard > FETCH_TIMEOUT:
                 raise KafkaUnreachable(f"Kafka answered no fetch of {request.topic} within {FETCH_TIMEOUT:g}s")
         scanned += len(batch)
         if progress is not None:
-            total = sum(ends[tp] - starts[tp] for tp in tps) if len(ends) == len(tps) else None
+            total = (sum(max(0, ends[tp] - starts[tp]) for tp in tps)
+                     if len(ends) == len(tps) else None)
             progress(scanned, None if total is None else max(total, scanned))
         if batch:
             yield batch
