@@ -18,6 +18,7 @@ from orchestrator.errors import (
     ConfigurationError,
     DeploySkew,
     EventNotFound,
+    KafkaUnreachable,
     NotWaiting,
     OrchestratorError,
     RunNotFound,
@@ -60,7 +61,6 @@ def too_large(limit: int | None) -> str:
 
 def status_of(exc: OrchestratorError) -> int:
     from orchestrator.events import EventNotReplayable
-    from orchestrator.reprocess import KafkaUnreachable
 
     if isinstance(exc, (WorkflowNotFound, RunNotFound, EventNotFound, ScheduleNotFound)):
         return 404
