@@ -32,6 +32,8 @@ POLL_TIMEOUT_MS = 500
 EMPTY_POLLS = 4
 #: Seconds without a single fetch answer after which Kafka counts as unreachable.
 FETCH_TIMEOUT = 20.0
+
+
 class ReprocessError(OrchestratorError):
     """A reprocess request that cannot be done as asked (the message says what to change)."""
 
