@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, tuple_
 
+from . import tracing
 from .db.models import Event, Run
 from .dead_letters import DeadLetter, ensure_dead_letter_topics, send_dead_letters
 from .engine import WorkflowEngine
@@ -175,8 +176,23 @@ def _evaluate(engine: WorkflowEngine, index: TriggerIndex, request: Request,
 
 
 def _record(engine: WorkflowEngine, fresh: list[Assessment], summary: Summary) -> list[DeadLetter]:
-    """Record never-recorded messages as the consumer does; count them by what they did."""
-    result = record_batch(engine, fresh)
+    """Record never-recorded messages as the consumer does; count them by what they did.
+
+    With tracing on, each gets an `event.intake` span (child of its `traceparent` header),
+    parent of the runs it starts, as in the consumer.
+    """
+    if tracing.enabled:
+        for a in fresh:
+            m = a.message
+            a.trace = tracing.start_intake(m.topic, m.partition, m.offset, m.headers)
+            a.trace.set_attribute("orchestrator.event.reprocessed", True)
+    try:
+        result = record_batch(engine, fresh)
+    finally:
+        for a in fresh:
+            if a.trace is not None:
+                a.trace.set_attribute("orchestrator.event.outcome", a.outcome)
+                a.trace.end()
     summary.recorded += result.recorded
     summary.runs += result.run_ids
     with engine.sessions() as session:

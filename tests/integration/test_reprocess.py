@@ -7,6 +7,7 @@ Redis); no worker is needed to see what started. One test drives the real CLI pr
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -330,3 +331,27 @@ def test_reading_stops_at_the_end_the_partition_had_and_moves_no_group_offsets(r
         assert group.committed(TopicPartition(topic, 0)) is None
     finally:
         group.close()
+
+
+def test_with_tracing_on_an_events_traceparent_is_continued_by_the_run_it_starts(
+        runtime, kafka, settings, redis_url, topic_prefix, tmp_path):
+    trace_id, event_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    topic = f"{topic_prefix}traced"  # tests.tracing_flows: the "traced" workflow
+    kafka.create_topic(topic, partitions=1)
+    kafka.publish(topic, {"type": "traced"}, partition=0,
+                  headers=[("traceparent", f"00-{trace_id}-{event_span}-01".encode())])
+    kafka.flush()
+    spans_file = tmp_path / "spans.jsonl"
+    env = kafka_env(settings, topic_prefix, redis_url, TEST_SPANS_FILE=str(spans_file),
+                    ORCHESTRATOR_WORKFLOWS="tests.flows,tests.kafka_flows,tests.tracing_flows")
+    done = subprocess.run([sys.executable, "-m", "tests.tracing_launcher", "reprocess", topic,
+                           "--from-offset", "0:0"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=90)
+    assert done.returncode == 0, done.stderr
+    spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    (intake,) = [s for s in spans if s["name"] == "event.intake"]
+    assert (intake["trace_id"], intake["parent_id"]) == (trace_id, event_span)
+    assert intake["attributes"]["orchestrator.event.reprocessed"] is True
+    with runtime.sessions() as session:
+        (stored,) = session.scalars(select(Run.traceparent).where(Run.workflow == "traced")).all()
+    assert stored.startswith(f"00-{trace_id}-")
