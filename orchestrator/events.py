@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from . import clock, tracing, waiting
@@ -395,6 +396,45 @@ def record_batch(
                 result.outcomes[IGNORED] -= len(ignored)
                 result.outcomes[MATCHED] += len(ignored)
     return result
+
+
+def record_batch_setting_aside(engine: WorkflowEngine, assessments: Sequence[Assessment]) -> BatchResult:
+    """`record_batch`; if the database refuses the batch's data, the events are recorded one
+    by one and the one it refuses is recorded `rejected` without its data ("could not be
+    stored: ..."), so one event can never stop the consumer (or a reprocess). The database
+    being away (`OperationalError` and kin) is raised, for the caller to retry."""
+    try:
+        return record_batch(engine, assessments)
+    except (OperationalError, InterfaceError, DisconnectionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one event's data must not stop the intake
+        if len(assessments) == 1:
+            return _record_unstorable(engine, assessments[0], exc)
+        log.warning("the database refused a batch (%s); recording its events one by one",
+                    _first_line(exc))
+        total = BatchResult()
+        for assessment in assessments:
+            one = record_batch_setting_aside(engine, [assessment])
+            total.recorded += one.recorded
+            total.duplicates += one.duplicates
+            total.resent += one.resent
+            total.run_ids += one.run_ids
+            total.dead_letters += one.dead_letters
+            total.outcomes.update(one.outcomes)
+        return total
+
+
+def _record_unstorable(engine: WorkflowEngine, assessment: Assessment, exc: Exception) -> BatchResult:
+    reason = f"could not be stored: {_first_line(exc)}"
+    log.warning("event %s/%s/%s %s", assessment.message.topic, assessment.message.partition,
+                assessment.message.offset, reason)
+    return record_batch(engine, [Assessment(assessment.message, REJECTED, reason)])
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:

@@ -27,7 +27,13 @@ from .db.models import Event, Run
 from .dead_letters import DeadLetter, ensure_dead_letter_topics, send_dead_letters
 from .engine import WorkflowEngine
 from .errors import KafkaUnreachable
-from .events import narrowed, plan_runs, record_batch, recorded_events, replay_assessed
+from .events import (
+    narrowed,
+    plan_runs,
+    record_batch_setting_aside,
+    recorded_events,
+    replay_assessed,
+)
 from .intake import IGNORED, REJECTED, Assessment, Message, TriggerIndex, assess
 from .kafka import create_consumer, create_producer, quiet_client_logs, reachable
 from .ranges import Progress, ReprocessError, Request, make_request, read_range
@@ -187,7 +193,7 @@ def _record(engine: WorkflowEngine, fresh: list[Assessment], summary: Summary) -
             a.trace = tracing.start_intake(m.topic, m.partition, m.offset, m.headers)
             a.trace.set_attribute("orchestrator.event.reprocessed", True)
     try:
-        result = record_batch(engine, fresh)
+        result = record_batch_setting_aside(engine, fresh)
     finally:
         for a in fresh:
             if a.trace is not None:
