@@ -6,9 +6,11 @@ without a consumer group (`assign` and `seek`), so no group's offsets are read o
 The end of a range without `to`/`to_offset` is each partition's high watermark when it is
 first fetched: messages published later are not waited for. The high watermark is read
 from the fetch (`highwater`), not `end_offsets`, which Tansu answers short (the last
-batch's first offset + 1). Tansu also answers `offsets_for_times` with offset 0 and
-timestamp -1 whatever the time, so an answer without a timestamp counts as "from the
-beginning", and a time range is always filtered by the messages' own timestamps.
+batch's first offset + 1). A time range starts at the offset `offsets_for_times` gives for
+`from` and stops before the one it gives for `to`; Tansu answers it with offset 0 and
+timestamp -1 whatever the time, so an answer without a timestamp counts as unknown (from
+the beginning, to the high watermark). A time range is always filtered by the messages' own
+timestamps as well.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def read_range(consumer: Any, request: Request, progress: Progress | None = None
         partitions = {request.partition}
     tps = [TopicPartition(request.topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
-    starts = _starts(consumer, request, tps)
+    starts, stops = _bounds(consumer, request, tps)
     for tp in tps:
         consumer.seek(tp, starts[tp])
     ends: dict[Any, int] = {}
@@ -169,7 +171,7 @@ def read_range(consumer: Any, request: Request, progress: Progress | None = None
         for tp in list(open_):
             if tp not in ends and consumer.highwater(tp) is not None:
                 high = consumer.highwater(tp)
-                ends[tp] = high if request.end_offset is None else min(high, request.end_offset)
+                ends[tp] = min(high, stops.get(tp, high))
                 heard = time.monotonic()
             for record in records.get(tp, ()):
                 if tp in ends and record.offset >= ends[tp]:
@@ -196,30 +198,51 @@ def read_range(consumer: Any, request: Request, progress: Progress | None = None
             yield batch
 
 
-def _starts(consumer: Any, request: Request, tps: Sequence[Any]) -> dict[Any, int]:
-    """Each partition's first offset to read: the offset asked for, or the one Kafka gives
-    for the start time; an answer without a timestamp (Tansu's) means the beginning."""
+def _bounds(consumer: Any, request: Request, tps: Sequence[Any]) -> tuple[dict[Any, int], dict[Any, int]]:
+    """Each partition's first offset to read, and the offset to stop before where one is
+    known before reading (`to_offset`, or the one Kafka gives for the end time); else the
+    high watermark, taken at the first fetch, ends it."""
     beginning = consumer.beginning_offsets(list(tps))
     if request.start_offset is not None:
-        return {tp: max(request.start_offset, beginning[tp]) for tp in tps}
+        stops = {} if request.end_offset is None else {tp: request.end_offset for tp in tps}
+        return {tp: max(request.start_offset, beginning[tp]) for tp in tps}, stops
     assert request.start_time is not None
-    wanted = int(request.start_time.timestamp() * 1000)
-    try:
-        found = consumer.offsets_for_times({tp: wanted for tp in tps})
-    except Exception:  # noqa: BLE001 - a broker without ListOffsets by time: read it all
-        log.info("offsets_for_times failed; reading %s from the beginning", request.topic, exc_info=True)
-        found = {}
     starts: dict[Any, int] = {}
-    for tp in tps:
-        answer = found.get(tp, _NO_ANSWER) if found else _NO_ANSWER
-        if answer is None:  # Kafka: no message at or after the time
+    for tp, found in _offsets_at(consumer, request.topic, tps, request.start_time).items():
+        if found is _AT_END:
             starts[tp] = max(consumer.end_offsets([tp])[tp], beginning[tp])
-        elif answer is _NO_ANSWER or answer.timestamp is None or answer.timestamp < wanted:
-            starts[tp] = beginning[tp]  # Tansu's "offset 0, timestamp -1": read it all
+        else:  # unknown (Tansu's answer): from the beginning, filtered by timestamp
+            starts[tp] = beginning[tp] if found is None else max(found, beginning[tp])
+    stops: dict[Any, int] = {}
+    if request.end_time is not None:
+        for tp, found in _offsets_at(consumer, request.topic, tps, request.end_time).items():
+            if isinstance(found, int):
+                stops[tp] = found
+    return starts, stops
+
+
+#: `_offsets_at`: the partition has no message at or after the moment.
+_AT_END: Any = object()
+
+
+def _offsets_at(consumer: Any, topic: str, tps: Sequence[Any], moment: datetime) -> dict[Any, Any]:
+    """Per partition, Kafka's first offset whose timestamp is at or after `moment`; `_AT_END`
+    when it has none; None when the broker gave no usable answer (the call failed, or
+    Tansu's offset 0 with timestamp -1 whatever the time)."""
+    wanted = int(moment.timestamp() * 1000)
+    try:
+        answers = consumer.offsets_for_times({tp: wanted for tp in tps})
+    except Exception:  # noqa: BLE001 - a broker without ListOffsets by time: filter instead
+        log.info("offsets_for_times failed; %s is filtered by timestamp", topic, exc_info=True)
+        return dict.fromkeys(tps)
+    found: dict[Any, Any] = {}
+    for tp in tps:
+        if tp not in answers:
+            found[tp] = None
+        elif answers[tp] is None:  # Kafka: no message at or after the moment
+            found[tp] = _AT_END
+        elif answers[tp].timestamp is None or answers[tp].timestamp < wanted:
+            found[tp] = None
         else:
-            starts[tp] = max(answer.offset, beginning[tp])
-    return starts
-
-
-#: `offsets_for_times` gave nothing for the partition (it failed).
-_NO_ANSWER = object()
+            found[tp] = answers[tp].offset
+    return found
