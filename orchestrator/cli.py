@@ -827,6 +827,8 @@ def reprocess(topic: str, start: str | None, end: str | None, from_offset: str |
         summary = run_reprocess(rt.engine, request, progress)
     for item in summary.would_start:
         click.echo(f"would start {item['workflow']} for {item['topic']}[{item['partition']}]@{item['offset']}")
+    if summary.started > len(summary.would_start) and dry_run:
+        click.echo(f"... and {summary.started - len(summary.would_start)} more")
     click.echo(summary.line())
 
 

@@ -62,6 +62,7 @@ class Summary:
     ignored: int = 0
     #: Runs started (dry: that would start).
     started: int = 0
+    #: The first `MAX_LISTED` of them: run ids, or (dry) where and which workflow.
     runs: list[str] = field(default_factory=list)
     would_start: list[dict[str, Any]] = field(default_factory=list)
     #: (workflow, dedupe value) pairs a dry run has seen start already, across batches.
@@ -72,7 +73,7 @@ class Summary:
             "topic": self.topic, "dry_run": self.dry_run, "read": self.read,
             "recorded": self.recorded, "already_handled": self.already_handled,
             "started": self.started, "rejected": self.rejected, "ignored": self.ignored,
-            "runs": self.runs[:MAX_LISTED], "would_start": self.would_start[:MAX_LISTED],
+            "runs": self.runs, "would_start": self.would_start,
         }
 
     def line(self) -> str:
@@ -80,6 +81,18 @@ class Summary:
         return (f"read {self.read} message(s) of {self.topic}: {self.already_handled} already handled, "
                 f"{verb} {self.started} run(s), {self.rejected} rejected, {self.ignored} ignored; "
                 f"{self.recorded} {'would be ' if self.dry_run else ''}recorded for the first time")
+
+    def add_runs(self, run_ids: list[str]) -> None:
+        self.started += len(run_ids)
+        self.runs += run_ids[: max(0, MAX_LISTED - len(self.runs))]
+
+    def add_would_start(self, message: Message, workflows: list[str]) -> None:
+        self.started += len(workflows)
+        room = max(0, MAX_LISTED - len(self.would_start))
+        self.would_start += [
+            {"topic": message.topic, "partition": message.partition, "offset": message.offset,
+             "workflow": w} for w in workflows[:room]
+        ]
 
     def count(self, outcome: str, started: bool) -> None:
         if outcome == REJECTED:
@@ -137,7 +150,6 @@ def reprocess(engine: WorkflowEngine, request: Request, progress: Progress | Non
     finally:
         consumer.close(autocommit=False)
         letters.close()
-    summary.started = len(summary.runs) if not request.dry_run else len(summary.would_start)
     return summary
 
 
@@ -200,7 +212,7 @@ def _record(engine: WorkflowEngine, fresh: list[Assessment], summary: Summary) -
                 a.trace.set_attribute("orchestrator.event.outcome", a.outcome)
                 a.trace.end()
     summary.recorded += result.recorded
-    summary.runs += result.run_ids
+    summary.add_runs(result.run_ids)
     with engine.sessions() as session:
         started = set(session.scalars(
             select(Run.event_id).where(Run.id.in_(result.run_ids)).distinct()
@@ -227,7 +239,7 @@ def _replay(engine: WorkflowEngine, index: TriggerIndex, request: Request,
             assessment = assess(by_id[event.id], index, engine.settings.max_event_bytes)
             planned, run_ids = replay_assessed(engine, session, outbox, event, assessment,
                                                only=request.workflow)
-            summary.runs += run_ids
+            summary.add_runs(run_ids)
             summary.count(planned.outcome, bool(run_ids))
 
 
@@ -271,10 +283,7 @@ def _dry(engine: WorkflowEngine, index: TriggerIndex, request: Request, fresh: l
             if dedupe is not None:
                 taken.add((workflow, dedupe))
             starting.append(workflow)
-        summary.would_start += [
-            {"topic": message.topic, "partition": message.partition, "offset": message.offset,
-             "workflow": w} for w in starting
-        ]
+        summary.add_would_start(message, starting)
         if event_id is None:
             summary.recorded += 1
         summary.count(a.outcome, bool(starting))
