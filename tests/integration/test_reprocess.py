@@ -2,7 +2,8 @@
 
 Messages are published but never consumed (no consumer runs), then `reprocess` reads them
 with its own group-less consumer. Runs are only started (rows and first-step messages in
-Redis); no worker is needed to see what started. One test drives the real CLI process.
+Redis); no worker is needed to see what started. Two tests drive the real CLI process (one
+under the tracing launcher); the API is the Flask app in process.
 """
 
 from __future__ import annotations
