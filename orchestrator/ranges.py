@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +88,11 @@ def parse_position(text: str, what: str) -> tuple[int, int]:
     return int(partition), int(offset)
 
 
+#: How `make_request`'s errors name the options: as the CLI spells them, or the API.
+CLI_NAMES = {"from": "--from", "to": "--to", "from_offset": "--from-offset", "to_offset": "--to-offset"}
+API_NAMES = {name: name for name in CLI_NAMES}
+
+
 def make_request(
     topic: str,
     start: str | None = None,
@@ -96,34 +101,36 @@ def make_request(
     to_offset: str | None = None,
     workflow: str | None = None,
     dry_run: bool = False,
+    names: Mapping[str, str] = CLI_NAMES,
 ) -> Request:
     """Check the options of a reprocess (pure); `ReprocessError` names the wrong one."""
+    since, until, first, last = names["from"], names["to"], names["from_offset"], names["to_offset"]
     if not topic or not topic.strip():
         raise ReprocessError("give the topic to reprocess")
     if (start is None) == (from_offset is None):
-        raise ReprocessError("give either --from TIME or --from-offset P:O (exactly one)")
+        raise ReprocessError(f"give either {since} TIME or {first} P:O (exactly one)")
     if start is not None:
         if to_offset is not None:
-            raise ReprocessError("--to-offset goes with --from-offset, not --from (use --to TIME)")
-        begin = parse_time(start, "--from")
-        finish = parse_time(end, "--to") if end is not None else None
+            raise ReprocessError(f"{last} goes with {first}, not {since} (use {until} TIME)")
+        begin = parse_time(start, since)
+        finish = parse_time(end, until) if end is not None else None
         if finish is not None and finish <= begin:
-            raise ReprocessError(f"--to {end} is not after --from {start}")
+            raise ReprocessError(f"{until} {end} is not after {since} {start}")
         return Request(topic, start_time=begin, end_time=finish, workflow=workflow, dry_run=dry_run)
     if end is not None:
-        raise ReprocessError("--to goes with --from, not --from-offset (use --to-offset P:O)")
+        raise ReprocessError(f"{until} goes with {since}, not {first} (use {last} P:O)")
     assert from_offset is not None
-    partition, offset = parse_position(from_offset, "--from-offset")
+    partition, offset = parse_position(from_offset, first)
     stop: int | None = None
     if to_offset is not None:
-        last_partition, stop = parse_position(to_offset, "--to-offset")
+        last_partition, stop = parse_position(to_offset, last)
         if last_partition != partition:
             raise ReprocessError(
-                f"--to-offset {to_offset} is of partition {last_partition}, --from-offset of "
+                f"{last} {to_offset} is of partition {last_partition}, {first} of "
                 f"partition {partition}: an offset range is within one partition"
             )
         if stop <= offset:
-            raise ReprocessError(f"--to-offset {to_offset} is not after --from-offset {from_offset}")
+            raise ReprocessError(f"{last} {to_offset} is not after {first} {from_offset}")
     return Request(topic, partition=partition, start_offset=offset, end_offset=stop,
                    workflow=workflow, dry_run=dry_run)
 

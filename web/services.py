@@ -296,6 +296,7 @@ REPROCESS_FIELDS = {"topic", "from", "to", "from_offset", "to_offset", "workflow
 def reprocess(body: dict[str, Any]) -> dict[str, Any]:
     """Read a range of a topic again and start the runs today's triggers call for; the
     summary. `BadRequest` for a bad body; `ReprocessError` (400) for a bad range."""
+    from orchestrator.ranges import API_NAMES
     from orchestrator.reprocess import make_request
     from orchestrator.reprocess import reprocess as run_reprocess
 
@@ -312,7 +313,7 @@ def reprocess(body: dict[str, Any]) -> dict[str, Any]:
     if not text["topic"]:
         raise BadRequest("topic is required")
     request = make_request(text["topic"], text["from"], text["to"], text["from_offset"],
-                           text["to_offset"], text["workflow"], dry_run)
+                           text["to_offset"], text["workflow"], dry_run, names=API_NAMES)
     return run_reprocess(context.engine(), request).as_dict()
 
 

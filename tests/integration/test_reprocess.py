@@ -276,8 +276,11 @@ def test_the_api_answers_the_summary(client, runtime, kafka, topic_prefix):
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    ({"topic": "x", "from": "2026-11-01T00:00Z", "from_offset": "0:0"}, "exactly one"),
+    ({"topic": "x", "from": "2026-11-01T00:00Z", "from_offset": "0:0"},
+     "give either from TIME or from_offset P:O (exactly one)"),
     ({"topic": "x"}, "exactly one"),
+    ({"topic": "x", "from": "2026-11-02T00:00Z", "to": "2026-11-01T00:00Z"},
+     "to 2026-11-01T00:00Z is not after from 2026-11-02T00:00Z"),
     ({"topic": "x", "from_offset": "0-0"}, "is not PARTITION:OFFSET"),
     ({"topic": "x", "from_offset": 5}, "from_offset must be a string"),
     ({"topic": "x", "from_offset": "0:0", "dry_run": "yes"}, "dry_run must be true or false"),
