@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import or_, select, tuple_
 
 from . import tracing
+from .db import windows
 from .db.models import Event, Run
 from .dead_letters import DeadLetter, ensure_dead_letter_topics, send_dead_letters
 from .engine import WorkflowEngine
@@ -270,6 +271,10 @@ def _dry(engine: WorkflowEngine, index: TriggerIndex, request: Request, fresh: l
         existing = session.execute(
             select(Run.event_id, Run.workflow, Run.dedupe_key).where(or_(*clauses))
         ).all() if clauses else []
+        # A recorded event a debounce/batch trigger matches but that is in no window starts
+        # a run of its own (see `events._outside_window`).
+        outside = {(e, d.workflow) for _, e, a, _ in planned_items if e is not None
+                   for d in a.to_window if windows.window_of_event(session, e, d.workflow) is None}
     by_event = {(e, w) for e, w, _ in existing}
     taken = {(w, d) for _, w, d in existing if d is not None}
     taken |= summary.dedupes
@@ -283,6 +288,8 @@ def _dry(engine: WorkflowEngine, index: TriggerIndex, request: Request, fresh: l
             if dedupe is not None:
                 taken.add((workflow, dedupe))
             starting.append(workflow)
+        starting += [d.workflow for d in a.to_window
+                     if (event_id, d.workflow) in outside and (event_id, d.workflow) not in by_event]
         summary.add_would_start(message, starting)
         if event_id is None:
             summary.recorded += 1

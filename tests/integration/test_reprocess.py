@@ -15,9 +15,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 from kafka import KafkaConsumer, TopicPartition
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from orchestrator import Workflow, kafka_trigger
+from orchestrator import Batch, Workflow, kafka_trigger
 from orchestrator.celery_app import CeleryDispatcher
 from orchestrator.cli import main
 from orchestrator.db.models import Event, Run
@@ -359,3 +359,34 @@ def test_with_tracing_on_an_events_traceparent_is_continued_by_the_run_it_starts
     with runtime.sessions() as session:
         (stored,) = session.scalars(select(Run.traceparent).where(Run.workflow == "traced")).all()
     assert stored.startswith(f"00-{trace_id}-")
+
+
+def test_a_recorded_event_a_trigger_now_batches_starts_a_run_of_its_own_and_new_ones_join_a_window(
+        runtime, kafka, topic_prefix):
+    topic = f"{topic_prefix}orders"
+    kafka.create_topic(topic, partitions=1)
+    for n in range(2):
+        kafka.publish(topic, {"type": "tick", "n": n}, partition=0)
+    kafka.flush()
+
+    def ticks(match: str, batch: Batch | None = None) -> WorkflowEngine:
+        flow = Workflow("rp-ticks", triggers=[kafka_trigger(topic, match={"type": match}, batch=batch)])
+
+        @flow.step
+        def tally(ctx):  # noqa: ANN001, ANN202
+            return None
+
+        return WorkflowEngine(runtime.sessions, Registry([flow]), CeleryDispatcher(runtime.celery),
+                              runtime.settings)
+
+    first = reprocess(ticks("tock"), make_request(topic, from_offset="0:0", to_offset="0:1"))
+    assert (first.recorded, first.ignored) == (1, 1)
+    fixed = ticks("tick", Batch(max_size=10, window="1h"))
+    dry = reprocess(fixed, make_request(topic, from_offset="0:0", dry_run=True))
+    assert [(i["offset"], i["workflow"]) for i in dry.would_start] == [(0, "rp-ticks")]
+    assert (dry.started, dry.already_handled, dry.recorded) == (1, 1, 1)
+    summary = reprocess(fixed, make_request(topic, from_offset="0:0"))
+    assert (summary.read, summary.started, summary.recorded, summary.already_handled) == (2, 1, 1, 1)
+    with runtime.sessions() as session:
+        joined = session.execute(text("SELECT count(*) FROM window_events")).scalar_one()
+    assert joined == 1 and runs_by_workflow(runtime) == {"rp-ticks": 1}
