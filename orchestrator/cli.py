@@ -809,6 +809,65 @@ def replay(event_id: int) -> None:
         click.echo(f"started run {run_id}")
 
 
+@main.command()
+@click.argument("topic")
+@click.option("--from", "start", default=None, metavar="TIME",
+              help="First message time, ISO 8601 (2026-11-01T00:00Z; no zone: UTC), inclusive.")
+@click.option("--to", "end", default=None, metavar="TIME", help="End time, exclusive (default: now).")
+@click.option("--from-offset", default=None, metavar="P:O", help="Partition P from offset O, inclusive.")
+@click.option("--to-offset", default=None, metavar="P:O",
+              help="End offset, exclusive (default: the end of the partition when it starts).")
+@click.option("--workflow", default=None, help="Start runs of this workflow only.")
+@click.option("--dry-run", is_flag=True, help="Report what would start; write nothing.")
+@friendly_errors
+def reprocess(topic: str, start: str | None, end: str | None, from_offset: str | None,
+              to_offset: str | None, workflow: str | None, dry_run: bool) -> None:
+    """Read a range of TOPIC again and start the runs today's triggers call for."""
+    from .reprocess import make_request
+    from .reprocess import reprocess as run_reprocess
+
+    request = make_request(topic, start, end, from_offset, to_offset, workflow, dry_run)
+    rt = Runtime(_kafka_settings())
+    install(rt)
+    with _Progress() as progress:
+        summary = run_reprocess(rt.engine, request, progress)
+    for item in summary.would_start:
+        click.echo(f"would start {item['workflow']} for {item['topic']}[{item['partition']}]@{item['offset']}")
+    if summary.started > len(summary.would_start) and dry_run:
+        click.echo(f"... and {summary.started - len(summary.would_start)} more")
+    click.echo(summary.line())
+
+
+class _Progress:
+    """Reprocess progress: a bar on a terminal, else a line every `PLAIN_EVERY` messages."""
+
+    PLAIN_EVERY = 1000
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._shown = 0
+        self._tty = click.get_text_stream("stdout").isatty()
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    def __call__(self, scanned: int, total: int | None) -> None:
+        if self._tty:
+            if self._bar is None and total is not None:
+                self._bar = click.progressbar(length=total, label="reading").__enter__()
+            if self._bar is not None:
+                self._bar.length = max(self._bar.length or 0, total or 0)
+                self._bar.update(scanned - self._shown)
+                self._shown = scanned
+        elif scanned - self._shown >= self.PLAIN_EVERY or (total is not None and scanned >= total > self._shown):
+            click.echo(f"read {scanned}" + (f" of {total}" if total is not None else "") + " message(s)")
+            self._shown = scanned
+
+
 # -- retention ---------------------------------------------------------------------------
 
 

@@ -47,7 +47,7 @@ from .db import windows
 from .dead_letters import ensure_dead_letter_topics, send_dead_letters
 from .engine import WorkflowEngine
 from .errors import ConfigurationError
-from .events import BatchResult, record_batch, recorded_events
+from .events import BatchResult, record_batch_setting_aside, recorded_events
 from .events import replay_event as replay_event  # the dashboard's replay calls it here
 from .intake import MATCHED, REJECTED, Assessment, Message, Timings, TriggerIndex, assess
 from .kafka import (
@@ -402,34 +402,9 @@ class EventConsumer:
     def _record(self, assessments: list[Assessment]) -> BatchResult:
         """Record the batch; if the database refuses its data, find and set aside the culprit."""
         try:
-            return record_batch(self.engine, assessments)
+            return record_batch_setting_aside(self.engine, assessments)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
             raise StorageFailed(_first_line(exc)) from exc
-        except Exception as exc:  # noqa: BLE001 - one event's data must not stop the consumer
-            if len(assessments) == 1:
-                return self._record_unstorable(assessments[0], exc)
-            log.warning("the database refused a batch (%s); recording its events one by one",
-                        _first_line(exc))
-            total = BatchResult()
-            for assessment in assessments:
-                one = self._record([assessment])
-                total.recorded += one.recorded
-                total.duplicates += one.duplicates
-                total.resent += one.resent
-                total.run_ids += one.run_ids
-                total.dead_letters += one.dead_letters
-                total.outcomes.update(one.outcomes)
-            return total
-
-    def _record_unstorable(self, assessment: Assessment, exc: Exception) -> BatchResult:
-        reason = f"could not be stored: {_first_line(exc)}"
-        log.warning("event %s/%s/%s %s", assessment.message.topic, assessment.message.partition,
-                    assessment.message.offset, reason)
-        bare = Assessment(assessment.message, REJECTED, reason)
-        try:
-            return record_batch(self.engine, [bare])
-        except (OperationalError, InterfaceError, DisconnectionError) as again:
-            raise StorageFailed(_first_line(again)) from again
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit recorded offsets (plus any left over); keep them for later if Kafka says no."""

@@ -51,3 +51,7 @@ class StepNotLoaded(DeploySkew):
 
 class ScheduleNotFound(OrchestratorError):
     """A schedule was asked for of a workflow that has none (pause, resume, list)."""
+
+
+class KafkaUnreachable(OrchestratorError):
+    """No Kafka broker answers (a reprocess cannot read its range); retry when it is back."""

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from . import clock, tracing, waiting
@@ -397,6 +398,45 @@ def record_batch(
     return result
 
 
+def record_batch_setting_aside(engine: WorkflowEngine, assessments: Sequence[Assessment]) -> BatchResult:
+    """`record_batch`; if the database refuses the batch's data, the events are recorded one
+    by one and the one it refuses is recorded `rejected` without its data ("could not be
+    stored: ..."), so one event can never stop the consumer (or a reprocess). The database
+    being away (`OperationalError` and kin) is raised, for the caller to retry."""
+    try:
+        return record_batch(engine, assessments)
+    except (OperationalError, InterfaceError, DisconnectionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one event's data must not stop the intake
+        if len(assessments) == 1:
+            return _record_unstorable(engine, assessments[0], exc)
+        log.warning("the database refused a batch (%s); recording its events one by one",
+                    _first_line(exc))
+        total = BatchResult()
+        for assessment in assessments:
+            one = record_batch_setting_aside(engine, [assessment])
+            total.recorded += one.recorded
+            total.duplicates += one.duplicates
+            total.resent += one.resent
+            total.run_ids += one.run_ids
+            total.dead_letters += one.dead_letters
+            total.outcomes.update(one.outcomes)
+        return total
+
+
+def _record_unstorable(engine: WorkflowEngine, assessment: Assessment, exc: Exception) -> BatchResult:
+    reason = f"could not be stored: {_first_line(exc)}"
+    log.warning("event %s/%s/%s %s", assessment.message.topic, assessment.message.partition,
+                assessment.message.offset, reason)
+    return record_batch(engine, [Assessment(assessment.message, REJECTED, reason)])
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
     """Evaluate a recorded event against today's triggers and start its runs; returns their ids.
 
@@ -408,7 +448,6 @@ def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
     `EventNotReplayable` for an event whose body was not kept.
     """
     index = TriggerIndex(engine.registry)
-    now = clock.now()
     engine.record_versions()
     with engine.transaction() as (session, outbox):
         event = session.scalars(
@@ -426,21 +465,55 @@ def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
                 f"event {event_id} has neither a payload nor its raw bytes; "
                 f"re-publish it from {event.topic}{engine.settings.dlq_suffix} instead"
             )
-        assessment, planned = plan_runs(engine, assessment)
-        for p in planned:
-            p.run["event_id"] = event.id
-        for decision in assessment.to_window:  # see `_outside_window`
-            direct = _outside_window(engine, session, event.id, decision)
-            if direct is not None:
-                planned.append(direct)
-        run_ids = insert_runs(engine, session, outbox, planned)
-        if (assessment.outcome, assessment.reason) != (event.outcome, event.reason):
-            before = event.outcome + (f": {event.reason}" if event.reason else "")
-            event.reason = assessment.reason or f"replayed {now.isoformat(timespec='seconds')}; was {before}"
-            event.outcome = assessment.outcome
-        if event.payload is None and assessment.payload is not None:
-            event.payload = assessment.payload
-    return run_ids
+        return replay_assessed(engine, session, outbox, event, assessment)[1]
+
+
+def replay_assessed(
+    engine: WorkflowEngine,
+    session: Session,
+    outbox: list[Dispatch],
+    event: Event,
+    assessment: Assessment,
+    only: str | None = None,
+) -> tuple[Assessment, list[str]]:
+    """Start the runs a fresh assessment of a recorded (and locked) event calls for.
+
+    The heart of `replay_event`, also used by `reprocess` (which assesses the message as
+    read again from Kafka). `only` limits the runs to one workflow's; the event's outcome is
+    then left as recorded, since only part of its triggers were looked at. Returns the
+    assessment as planned (a refused plan is a rejection) and the ids of the runs started.
+    """
+    if only is not None:
+        assessment = narrowed(assessment, only)
+    assessment, planned = plan_runs(engine, assessment)
+    for p in planned:
+        p.run["event_id"] = event.id
+    for decision in assessment.to_window:  # see `_outside_window`
+        direct = _outside_window(engine, session, event.id, decision)
+        if direct is not None:
+            planned.append(direct)
+    run_ids = insert_runs(engine, session, outbox, planned)
+    if only is None and (assessment.outcome, assessment.reason) != (event.outcome, event.reason):
+        before = event.outcome + (f": {event.reason}" if event.reason else "")
+        replayed = clock.now().isoformat(timespec="seconds")
+        event.reason = assessment.reason or f"replayed {replayed}; was {before}"
+        event.outcome = assessment.outcome
+    if event.payload is None and assessment.payload is not None:
+        event.payload = assessment.payload
+    return assessment, run_ids
+
+
+def narrowed(assessment: Assessment, workflow: str) -> Assessment:
+    """The assessment as far as one workflow is concerned: its decision only, and the
+    outcome that decision gives (a message that could not be decoded stays rejected)."""
+    decisions = [d for d in assessment.decisions if d.workflow == workflow]
+    if not assessment.decisions:
+        return assessment
+    if not decisions:
+        return replace(assessment, outcome=IGNORED, reason=None, decisions=[])
+    decision = decisions[0]
+    reason = None if decision.outcome != REJECTED else f"workflow {workflow!r}: {decision.reason}"
+    return replace(assessment, outcome=decision.outcome, reason=reason, decisions=decisions)
 
 
 def _outside_window(engine: WorkflowEngine, session: Session, event_id: int,

@@ -134,6 +134,14 @@ def replay_event(event_id: int) -> Any:
     return jsonify(event_id=event_id, runs=started, started=len(started))
 
 
+@bp.post("/reprocess")
+@require_token
+def reprocess() -> Any:
+    """Read a time or offset range of a topic again and start what today's triggers call
+    for; answers the summary (read, already handled, started, rejected, ignored)."""
+    return jsonify(services.reprocess(params.json_body(request.get_data())))
+
+
 @bp.get("/schedules")
 def list_schedules() -> Any:
     """Every loaded cron schedule: next fire time, last tick and run, paused, last error."""

@@ -18,6 +18,7 @@ from orchestrator.errors import (
     ConfigurationError,
     DeploySkew,
     EventNotFound,
+    KafkaUnreachable,
     NotWaiting,
     OrchestratorError,
     RunNotFound,
@@ -65,7 +66,7 @@ def status_of(exc: OrchestratorError) -> int:
         return 404
     if isinstance(exc, (EventNotReplayable, DeploySkew, NotWaiting)):
         return 409
-    if isinstance(exc, ConfigurationError):
+    if isinstance(exc, (ConfigurationError, KafkaUnreachable)):
         return 503
     return 400
 

@@ -271,6 +271,26 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/reprocess": {
+        "post": {
+            "summary": "Read a range of a topic again and start what today's triggers call for",
+            "description": "A time range (`from`, `to`: ISO 8601, over every partition) or an "
+            "offset range (`from_offset`, `to_offset`: `P:O`, one partition, end exclusive). Read "
+            "without a consumer group; runs start as `replay` starts them (at most one per event "
+            "and workflow, dedupe values honoured); messages never recorded are recorded first. "
+            "`dry_run` reports what would start and writes nothing.",
+            "security": SECURED,
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": ref("ReprocessRequest")}}},
+            "responses": {
+                "200": _json(ref("ReprocessSummary"), "What was read and started"),
+                "400": _error("A bad body or range: both or neither of from and from_offset, a bad "
+                              "time or P:O, an end before the start, an unknown topic or workflow"),
+                "401": UNAUTHORIZED,
+                "503": _error("Kafka is unreachable (or not configured)"),
+            },
+        }
+    },
     "/api/schedules": {
         "get": {
             "summary": "Every loaded cron schedule with its next fire time, last run and state",

@@ -446,6 +446,39 @@ SCHEMAS: dict[str, Any] = {
             "started": {"type": "integer"},
         }
     ),
+    "ReprocessRequest": obj(
+        {
+            "topic": {"type": "string"},
+            "from": {"type": "string", "description": "ISO 8601 time, inclusive (no zone: UTC)"},
+            "to": {"type": "string", "description": "ISO 8601 time, exclusive"},
+            "from_offset": {"type": "string", "description": "`P:O`: partition P from offset O, inclusive"},
+            "to_offset": {"type": "string", "description": "`P:O`, exclusive"},
+            "workflow": {"type": "string", "description": "Start runs of this workflow only"},
+            "dry_run": {"type": "boolean"},
+        },
+        required=["topic"],
+    ),
+    "ReprocessSummary": obj(
+        {
+            "topic": {"type": "string"},
+            "dry_run": {"type": "boolean"},
+            "read": {"type": "integer", "description": "Messages in the range"},
+            "recorded": {"type": "integer", "description": "Of them, recorded for the first time"},
+            "already_handled": {"type": "integer",
+                                "description": "Matched messages whose runs exist already"},
+            "started": {"type": "integer", "description": "Runs started (dry run: that would start)"},
+            "rejected": {"type": "integer"},
+            "ignored": {"type": "integer"},
+            "runs": {"type": "array", "items": {"type": "string"},
+                     "description": "Ids of the runs started (at most 1000)"},
+            "would_start": {
+                "type": "array",
+                "description": "Dry run: the runs that would start (at most 1000)",
+                "items": obj({"topic": {"type": "string"}, "partition": {"type": "integer"},
+                              "offset": {"type": "integer"}, "workflow": {"type": "string"}}),
+            },
+        }
+    ),
     "Queue": obj(
         {
             "name": {"type": "string"},

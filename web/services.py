@@ -289,6 +289,34 @@ def replay(event_id: int) -> list[str]:
     return list(replay_event(context.engine(), event_id))
 
 
+#: Fields of a `POST /api/reprocess` body (the CLI's options).
+REPROCESS_FIELDS = {"topic", "from", "to", "from_offset", "to_offset", "workflow", "dry_run"}
+
+
+def reprocess(body: dict[str, Any]) -> dict[str, Any]:
+    """Read a range of a topic again and start the runs today's triggers call for; the
+    summary. `BadRequest` for a bad body; `ReprocessError` (400) for a bad range."""
+    from orchestrator.ranges import API_NAMES
+    from orchestrator.reprocess import make_request
+    from orchestrator.reprocess import reprocess as run_reprocess
+
+    params.check_fields(body, REPROCESS_FIELDS)
+    text: dict[str, str | None] = {}
+    for name in REPROCESS_FIELDS - {"dry_run"}:
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"{name} must be a string, got {type(value).__name__}")
+        text[name] = value
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest(f"dry_run must be true or false, got {dry_run!r}")
+    if not text["topic"]:
+        raise BadRequest("topic is required")
+    request = make_request(text["topic"], text["from"], text["to"], text["from_offset"],
+                           text["to_offset"], text["workflow"], dry_run, names=API_NAMES)
+    return run_reprocess(context.engine(), request).as_dict()
+
+
 # -- dashboard pages ----------------------------------------------------------------------
 
 

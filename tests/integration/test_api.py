@@ -156,6 +156,7 @@ MUTATING = [
     "/api/runs/retry",
     "/api/runs/cancel",
     "/api/events/1/replay",
+    "/api/reprocess",
 ]
 
 
