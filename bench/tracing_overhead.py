@@ -16,32 +16,19 @@ best is the least disturbed by other load). The target: off >= 0.97x today.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.intake_modes import rate, today_tree  # noqa: E402
+
 #: The commit before tracing (issue 13's dependencies only).
 BASELINE = "8723fbc"
 #: What tracing off may cost at most, as a fraction of today's throughput.
 TARGET = 0.97
-
-
-def rate(tree: Path, events: int, tracing: bool) -> float:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    env.pop("BENCH_TRACING", None)
-    if tracing:
-        env["BENCH_TRACING"] = "1"
-    done = subprocess.run([sys.executable, str(tree / "bench" / "consumer_throughput.py"),
-                           "--events", str(events)], env=env, cwd=tree, capture_output=True,
-                          text=True, timeout=1200)
-    found = re.search(r"orchestrator consumer:\s+([\d,]+) events/s", done.stdout)
-    if done.returncode != 0 or found is None:
-        raise SystemExit(f"the benchmark failed in {tree}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return float(found.group(1).replace(",", ""))
 
 
 def main() -> None:
@@ -51,12 +38,10 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE, help="git ref of today's code")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-today-") as tmp:
-        today_tree = Path(tmp)
-        archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(today_tree)], input=archive.stdout, check=True)
+        today = today_tree(args.baseline, Path(tmp))
         rates: dict[str, list[float]] = {"today": [], "off": [], "on": []}
         for n in range(args.repeat):
-            for mode, tree, traced in (("today", today_tree, False), ("off", ROOT, False), ("on", ROOT, True)):
+            for mode, tree, traced in (("today", today, False), ("off", ROOT, False), ("on", ROOT, True)):
                 rates[mode].append(rate(tree, args.events, traced))
                 print(f"run {n + 1} {mode:5}: {rates[mode][-1]:10,.0f} events/s", flush=True)
     best = {mode: max(values) for mode, values in rates.items()}
