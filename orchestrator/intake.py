@@ -22,6 +22,7 @@ replaying it later (after a fix) starts only the missing ones.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import time
@@ -340,10 +341,36 @@ def text_of(raw: bytes | None) -> str | None:
 
 
 def headers_json(headers: Iterable[tuple[str, bytes]]) -> list[dict[str, str | None]]:
-    """Message headers as stored with the event: `[{"key": ..., "value": ...}]`."""
-    return [
-        {"key": (text_of(k.encode("utf-8", "surrogateescape")) if isinstance(k, str) else text_of(k)),
-         "value": text_of(v)}
-        for k, v in headers
-    ]
+    """Message headers as stored with the event: `[{"key": ..., "value": ...}]`, plus
+    `"base64"` (the exact bytes) for a value that is not UTF-8 text without NUL, so a replay
+    sees the headers as they arrived (see `headers_of`)."""
+    stored: list[dict[str, str | None]] = []
+    for k, v in headers:
+        item = {"key": (text_of(k.encode("utf-8", "surrogateescape")) if isinstance(k, str) else text_of(k)),
+                "value": text_of(v)}
+        if v and not _exact_text(v):
+            item["base64"] = base64.b64encode(v).decode("ascii")
+        stored.append(item)
+    return stored
 
+
+def headers_of(stored: Iterable[dict[str, Any]] | None) -> tuple[tuple[str, bytes], ...]:
+    """The message headers an event's stored `headers` describe (the inverse of `headers_json`)."""
+    headers = []
+    for item in stored or ():
+        if not isinstance(item, dict):
+            continue
+        data = base64.b64decode(item["base64"]) if item.get("base64") else (item.get("value") or "").encode()
+        headers.append((str(item.get("key") or ""), data))
+    return tuple(headers)
+
+
+def _exact_text(data: bytes) -> bool:
+    """True when `text_of` keeps `data` as it is (UTF-8 without NUL)."""
+    if b"\x00" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
