@@ -24,6 +24,7 @@ import binascii
 import json
 import math
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import OrchestratorError
@@ -347,6 +348,15 @@ def _is_json(content_type: str | None) -> bool:
 def _sdk_error(exc: Exception) -> str:
     text = str(exc).removeprefix("Failed to create CloudEvent due to the validation errors: ")
     return text or type(exc).__name__
+
+
+def binary_headers(type: str, source: str, id: str, time: datetime) -> list[tuple[str, bytes]]:
+    """The headers of a binary-mode CloudEvent 1.0 with JSON data (`orchestrator publish
+    --cloudevent`)."""
+    moment = time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return [(name, text.encode()) for name, text in (
+        ("ce_specversion", "1.0"), ("ce_id", id), ("ce_type", type), ("ce_source", source),
+        ("ce_time", moment), ("content-type", "application/json"))]
 
 
 # -- one message in every format ---------------------------------------------------------
