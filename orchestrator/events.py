@@ -50,6 +50,7 @@ from .intake import (
     TriggerIndex,
     assess,
     describe_error,
+    exact_text,
     headers_json,
     headers_of,
     text_of,
@@ -117,6 +118,8 @@ def event_row(assessment: Assessment, received_at: datetime) -> dict[str, Any]:
     if assessment.payload is not None:
         row["payload"] = assessment.payload
     row["raw"] = message.value
+    if message.key is not None and not exact_text(message.key):
+        row["raw_key"] = message.key
     source = source_event_id(message)
     if source is not None:
         row["source_event_id"] = source
@@ -441,8 +444,7 @@ def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
 def _recorded_message(event: Event, max_bytes: int, dlq_suffix: str) -> tuple[Message, Readings]:
     """The message a recorded event was, rebuilt (value, key, headers), and its readings
     seeded with the stored payload. An event recorded before raw values were always kept
-    has its payload alone: the value is that JSON again. A key that was not UTF-8 text is
-    stored escaped, and comes back as that text."""
+    has its payload alone: the value is that JSON again."""
     value = event.raw
     if value is None and isinstance(event.payload, dict):
         value = json.dumps(event.payload).encode()
@@ -452,7 +454,8 @@ def _recorded_message(event: Event, max_bytes: int, dlq_suffix: str) -> tuple[Me
             f"re-publish it from {event.topic}{dlq_suffix} instead"
         )
     message = Message(event.topic, event.partition, event.offset, value=value,
-                      key=None if event.key is None else event.key.encode(),
+                      key=event.raw_key if event.raw_key is not None
+                      else None if event.key is None else event.key.encode(),
                       headers=headers_of(event.headers))
     readings = Readings(message.value, message.headers, max_bytes)
     if isinstance(event.payload, dict):

@@ -348,7 +348,7 @@ def headers_json(headers: Iterable[tuple[str, bytes]]) -> list[dict[str, str | N
     for k, v in headers:
         item = {"key": (text_of(k.encode("utf-8", "surrogateescape")) if isinstance(k, str) else text_of(k)),
                 "value": text_of(v)}
-        if v and not _exact_text(v):
+        if v and not exact_text(v):
             item["base64"] = base64.b64encode(v).decode("ascii")
         stored.append(item)
     return stored
@@ -365,7 +365,7 @@ def headers_of(stored: Iterable[dict[str, Any]] | None) -> tuple[tuple[str, byte
     return tuple(headers)
 
 
-def _exact_text(data: bytes) -> bool:
+def exact_text(data: bytes) -> bool:
     """True when `text_of` keeps `data` as it is (UTF-8 without NUL)."""
     if b"\x00" in data:
         return False
