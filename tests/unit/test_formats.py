@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator import Workflow, kafka_trigger
 from orchestrator.errors import ConfigurationError, WorkflowDefinitionError
@@ -261,3 +263,26 @@ def test_a_match_function_gets_the_event_not_the_envelope():
     trigger = kafka_trigger("t", format="text", match=lambda e: e["text"].startswith("go"))
     assert assessed(b"go now", trigger).outcome == MATCHED
     assert trigger.describe()["format"] == "text"
+
+
+_HEADER_NAMES = st.sampled_from(["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_x",
+                                 "ce_data", "content-type", "tenant", "CE_TYPE"])
+_HEADER_VALUES = st.one_of(st.sampled_from([b"1.0", b"application/json", b"application/cloudevents+json",
+                                            b"2026-12-04T10:00:00Z", b"text/plain"]), st.binary(max_size=12))
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.none(), st.binary(max_size=64),
+                       st.sampled_from([b'{"specversion": "1.0", "id": "1", "source": "s", "type": "t"}',
+                                        b'{"total": 1}', b"[]", b'"x"'])),
+       headers=st.lists(st.tuples(_HEADER_NAMES, _HEADER_VALUES), max_size=8),
+       key=st.one_of(st.none(), st.binary(max_size=4)))
+def test_any_message_is_assessed_in_every_format_without_raising(value, headers, key):
+    flows = [workflow("c", kafka_trigger("t", format="cloudevents", input={"k": "$key", "t": "$headers.tenant"})),
+             workflow("x", kafka_trigger("t", format="text")), workflow("j", kafka_trigger("t"))]
+    result = assessed(value, key=key, headers=headers, flows=flows)
+    assert result.outcome in (MATCHED, IGNORED, REJECTED)
+    assert result.outcome != REJECTED or result.reason
+    for decision in result.decisions:
+        if decision.outcome == MATCHED:
+            json.dumps(decision.input, allow_nan=False)
