@@ -369,23 +369,27 @@ class Readings:
         self.value = value
         self.headers = tuple(headers)
         self.max_bytes = max_bytes
-        self._done: dict[str, dict[str, Any] | Rejected] = {}
+        self._events: dict[str, dict[str, Any]] = {}
+        self._errors: dict[str, Rejected] = {}
 
     def seed(self, fmt: str, event: dict[str, Any]) -> None:
         """Take `event` as the message's decoding in `fmt` (a replay's stored payload)."""
-        self._done[fmt] = event
+        self._events[fmt] = event
 
     def event(self, fmt: str) -> dict[str, Any]:
         """The event in format `fmt`, or `Rejected` saying why the message is not one."""
-        if fmt not in self._done:
-            try:
-                self._done[fmt] = self._decode(fmt)
-            except Rejected as exc:
-                self._done[fmt] = exc
-        result = self._done[fmt]
-        if isinstance(result, Rejected):
-            raise result
-        return result
+        try:
+            return self._events[fmt]  # the hot path: one dict lookup
+        except KeyError:
+            pass
+        if fmt in self._errors:
+            raise self._errors[fmt]
+        try:
+            event = self._events[fmt] = self._decode(fmt)
+        except Rejected as exc:
+            self._errors[fmt] = exc
+            raise
+        return event
 
     def payload(self) -> dict[str, Any] | None:
         """What the event row stores: the value's JSON object, else None."""

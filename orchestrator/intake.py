@@ -122,6 +122,9 @@ class Assessment:
         return [d for d in self.decisions if d.outcome == MATCHED and d.window is not None]
 
 
+_JSON_ONLY = (JSON,)
+
+
 # -- the triggers a consumer serves ------------------------------------------------------
 
 
@@ -139,6 +142,11 @@ class TriggerIndex:
             for topic, triggers in per_topic.items():
                 self._by_topic.setdefault(topic, []).append((workflow, triggers))
             self._wait_topics.update(workflow.wait_topics)
+        self._formats = {
+            topic: tuple(sorted({t.format for _, triggers in pairs for t in triggers},
+                                key=lambda f: (f != JSON, f)))
+            for topic, pairs in self._by_topic.items()
+        }
 
     @property
     def topics(self) -> list[str]:
@@ -148,11 +156,10 @@ class TriggerIndex:
     def for_topic(self, topic: str) -> list[tuple[Workflow, list[KafkaTrigger]]]:
         return self._by_topic.get(topic, [])
 
-    def formats(self, topic: str) -> list[str]:
+    def formats(self, topic: str) -> tuple[str, ...]:
         """The formats the triggers on `topic` read, JSON first (the stored payload is JSON);
         JSON alone for a topic of `wait_for_event` nodes only."""
-        found = {t.format for _, triggers in self.for_topic(topic) for t in triggers}
-        return sorted(found or {JSON}, key=lambda f: (f != JSON, f))
+        return self._formats.get(topic, _JSON_ONLY)
 
     def __bool__(self) -> bool:
         return bool(self._by_topic or self._wait_topics)
@@ -198,11 +205,12 @@ def decide(workflow: Workflow, triggers: list[KafkaTrigger],
         else:
             body = payload
         # User code may mutate what it is given: it gets a copy, so every workflow (and the
-        # stored payload) sees the event as it was sent. A `match` dict only reads.
+        # stored payload) sees the event as it was sent. A `match` dict only reads. Paths
+        # that read the key or headers get them in an `Envelope`.
+        wrap = trigger.reads_message
         event = copy.deepcopy(body) if callable(trigger.match) else body
-        envelope = Envelope(event, key, headers)
         try:
-            matched = trigger.matches(envelope)
+            matched = trigger.matches(Envelope(event, key, headers) if wrap else event)
         except Unreadable as exc:
             return Decision(workflow.name, REJECTED, reason=f"match: {exc}")
         except Exception as exc:  # noqa: BLE001 - user code
@@ -210,9 +218,9 @@ def decide(workflow: Workflow, triggers: list[KafkaTrigger],
         if not matched:
             continue
         if trigger.input is not None and event is body:
-            envelope = Envelope(copy.deepcopy(body), key, headers)
+            event = copy.deepcopy(body)
         try:
-            data = trigger.run_input(envelope)
+            data = trigger.run_input(Envelope(event, key, headers) if wrap else event)
         except Unreadable as exc:
             return Decision(workflow.name, REJECTED, reason=f"input: {exc}")
         except Exception as exc:  # noqa: BLE001 - user code
@@ -225,7 +233,7 @@ def decide(workflow: Workflow, triggers: list[KafkaTrigger],
             return Decision(workflow.name, REJECTED, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - e.g. a schema check recursing too deep
             return Decision(workflow.name, REJECTED, reason=_user_error("input validation", exc))
-        reading = Envelope(body, key, headers)
+        reading = Envelope(body, key, headers) if wrap else body
         try:
             dedupe = dedupe_key(trigger.dedupe_value(reading))
         except Unreadable as exc:
@@ -255,14 +263,17 @@ def assess_payload(
 ) -> Assessment:
     """Evaluate every workflow with a trigger on the message's topic; `payload` is its JSON
     event (every trigger reads it), or its `Readings` (each trigger reads its format)."""
+    stored = payload.payload() if isinstance(payload, Readings) else payload
+    if stored is not None and index.formats(message.topic) == _JSON_ONLY:
+        payload = stored  # every trigger reads the JSON object: no per-trigger lookup
     decisions = []
+    key, headers = message.key, message.headers
     for workflow, triggers in index.for_topic(message.topic):
         started = time.perf_counter()
-        decisions.append(decide(workflow, triggers, payload, message.key, message.headers))
+        decisions.append(decide(workflow, triggers, payload, key, headers))
         if timings is not None:
             seconds, events = timings.get(workflow.name, (0.0, 0))
             timings[workflow.name] = (seconds + time.perf_counter() - started, events + 1)
-    stored = payload.payload() if isinstance(payload, Readings) else payload
     rejected = [d for d in decisions if d.outcome == REJECTED]
     if rejected:
         reason = "; ".join(f"workflow {d.workflow!r}: {d.reason}" for d in rejected)

@@ -126,8 +126,12 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
 
 def matches(conditions: Mapping[str, Any], event: Any) -> bool:
     """True when the event (or an `Envelope`) satisfies every condition of a `match` dict."""
+    if isinstance(event, Envelope):
+        get: Callable[[Any, str], Any] = read
+    else:
+        get = lookup
     for path, condition in conditions.items():
-        actual = read(event, path) if isinstance(event, Envelope) else lookup(event, path)
+        actual = get(event, path)
         if isinstance(condition, Mapping) and condition and set(condition) <= _OPERATORS:
             if not all(_compare(op, actual, expected) for op, expected in condition.items()):
                 return False
@@ -204,6 +208,15 @@ class KafkaTrigger:
     #: How the message becomes the event: one of `FORMATS`.
     format: str = "json"
     workflow: str = field(default="", init=False)
+    #: Whether a path reads the message's key or a header (then the intake hands the
+    #: trigger an `Envelope`; else the event alone, which is cheaper).
+    reads_message: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        paths = [*(self.match if isinstance(self.match, Mapping) else ()),
+                 *(self.input.values() if isinstance(self.input, Mapping) else ()),
+                 self.dedupe or "", getattr(self.window, "key", None) or ""]
+        self.reads_message = any(p == KEY_PATH or p.startswith(HEADER_PREFIX) for p in paths)
 
     def bind(self, workflow: Workflow) -> None:
         self.workflow = workflow.name
