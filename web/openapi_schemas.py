@@ -366,7 +366,8 @@ SCHEMAS: dict[str, Any] = {
             "partition": {"type": "integer"},
             "offset": {"type": "integer"},
             "key": NULLABLE_STRING,
-            "headers": {"type": "array"},
+            "headers": {"type": "array", "description": "[{key, value}]: value as UTF-8 text (lossy), "
+                        "plus base64 (the exact bytes) when it is not UTF-8 text without NUL"},
             "payload": {"description": "The decoded JSON payload; null when it was not JSON"},
             "raw": {"type": ["string", "null"], "description": "The message value as UTF-8 (lossy)"},
             "kafka_timestamp": NULLABLE_TIME,
