@@ -36,6 +36,10 @@ class ConfigurationError(OrchestratorError):
     """A setting is missing, malformed, or points at something unreachable."""
 
 
+class UnknownEventFormat(WorkflowDefinitionError, ConfigurationError):
+    """A trigger names an event format the orchestrator does not read (`format=`)."""
+
+
 class StepResultNotSerialisable(OrchestratorError):
     """A step returned a value that cannot be stored as JSON."""
 

@@ -19,6 +19,7 @@ in bulk.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,7 @@ from .dispatch import Dispatch
 from .emits import EVENT_ID_HEADER
 from .engine import PlannedRun, WorkflowEngine
 from .errors import EventNotFound, OrchestratorError
+from .formats import JSON, Readings
 from .intake import (
     IGNORED,
     MATCHED,
@@ -48,9 +50,10 @@ from .intake import (
     Message,
     TriggerIndex,
     assess,
-    assess_payload,
     describe_error,
+    exact_text,
     headers_json,
+    headers_of,
     text_of,
 )
 
@@ -97,8 +100,9 @@ def _timestamp(ms: int | None) -> datetime | None:
 def event_row(assessment: Assessment, received_at: datetime) -> dict[str, Any]:
     """The `events` row of an assessed message.
 
-    The raw bytes are kept only when they could not be decoded (the payload holds the rest),
-    so a rejected message can be shown and replayed as it arrived.
+    The payload is the value's JSON object (null when it is not one); the raw bytes are
+    always kept, with the key and headers, so a replay reads the message in any trigger's
+    format (a CloudEvent's headers, a text value) as it arrived.
     """
     message = assessment.message
     row: dict[str, Any] = {
@@ -114,8 +118,9 @@ def event_row(assessment: Assessment, received_at: datetime) -> dict[str, Any]:
     }
     if assessment.payload is not None:
         row["payload"] = assessment.payload
-    else:
-        row["raw"] = message.value
+    row["raw"] = message.value
+    if message.key is not None and not exact_text(message.key):
+        row["raw_key"] = message.key
     source = source_event_id(message)
     if source is not None:
         row["source_event_id"] = source
@@ -455,16 +460,9 @@ def replay_event(engine: WorkflowEngine, event_id: int) -> list[str]:
         ).one_or_none()
         if event is None:
             raise EventNotFound(f"no event {event_id}")
-        message = Message(event.topic, event.partition, event.offset, value=event.raw)
-        if isinstance(event.payload, dict):
-            assessment = assess_payload(message, event.payload, index)
-        elif event.raw is not None:
-            assessment = assess(message, index, engine.settings.max_event_bytes)
-        else:
-            raise EventNotReplayable(
-                f"event {event_id} has neither a payload nor its raw bytes; "
-                f"re-publish it from {event.topic}{engine.settings.dlq_suffix} instead"
-            )
+        message, readings = _recorded_message(event, engine.settings.max_event_bytes,
+                                              engine.settings.dlq_suffix)
+        assessment = assess(message, index, engine.settings.max_event_bytes, readings=readings)
         return replay_assessed(engine, session, outbox, event, assessment)[1]
 
 
@@ -514,6 +512,28 @@ def narrowed(assessment: Assessment, workflow: str) -> Assessment:
     decision = decisions[0]
     reason = None if decision.outcome != REJECTED else f"workflow {workflow!r}: {decision.reason}"
     return replace(assessment, outcome=decision.outcome, reason=reason, decisions=decisions)
+
+
+def _recorded_message(event: Event, max_bytes: int, dlq_suffix: str) -> tuple[Message, Readings]:
+    """The message a recorded event was, rebuilt (value, key, headers), and its readings
+    seeded with the stored payload. An event recorded before raw values were always kept
+    has its payload alone: the value is that JSON again."""
+    value = event.raw
+    if value is None and isinstance(event.payload, dict):
+        value = json.dumps(event.payload).encode()
+    if value is None and not event.headers:
+        raise EventNotReplayable(
+            f"event {event.id} has neither a payload nor its raw bytes; "
+            f"re-publish it from {event.topic}{dlq_suffix} instead"
+        )
+    message = Message(event.topic, event.partition, event.offset, value=value,
+                      key=event.raw_key if event.raw_key is not None
+                      else None if event.key is None else event.key.encode(),
+                      headers=headers_of(event.headers))
+    readings = Readings(message.value, message.headers, max_bytes)
+    if isinstance(event.payload, dict):
+        readings.seed(JSON, event.payload)
+    return message, readings
 
 
 def _outside_window(engine: WorkflowEngine, session: Session, event_id: int,

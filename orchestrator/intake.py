@@ -1,14 +1,18 @@
 """Intake: what becomes of one Kafka message. Pure logic, no I/O, unit-tested.
 
 A message is first decoded: its value, key and headers together must be at most `max_bytes`
-long (see `check_size`), and its value UTF-8 JSON and a JSON object. Then every loaded workflow with a trigger on the message's topic gets one
-`Decision` (one per (event, workflow) pair, so a workflow with two triggers on a topic still
-starts at most one run; its first trigger that matches decides the input and dedupe key):
+long (see `check_size`), and its value must be readable in the format of at least one
+trigger on its topic (`orchestrator.formats`: a JSON object by default; with only
+`wait_for_event` nodes on the topic, JSON). Then every loaded workflow with a trigger on the
+message's topic gets one `Decision` (one per (event, workflow) pair, so a workflow with two
+triggers on a topic still starts at most one run; its first trigger that matches decides the
+input and dedupe key; a trigger whose format cannot read the message does not match):
 
 - `matched`: the trigger matched and the mapped input satisfies the workflow's
   `input_schema`; a run will be started (unless its dedupe value already started one);
 - `ignored`: no trigger of the workflow matched;
-- `rejected`: a `match` or `input` function raised, or the input fails the schema.
+- `rejected`: a `match` or `input` function raised, a path read a key or header that is not
+  UTF-8 (`$key`, `$headers.<name>`), or the input fails the schema.
 
 The event's own outcome rolls these up: `rejected` if decoding failed or any workflow
 rejected it (the reason names each), else `matched` if any workflow matched, else
@@ -18,10 +22,9 @@ replaying it later (after a fix) starts only the missing ones.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
-import json
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,15 +33,20 @@ from typing import Any
 from .dsl import Workflow
 from .engine import validate_input
 from .errors import OrchestratorError
-from .triggers import KafkaTrigger
+from .formats import JSON, Readings
+from .formats import MAX_NESTING as MAX_NESTING
+from .formats import DuplicateKey as DuplicateKey
+from .formats import Rejected as Rejected
+from .formats import check_storable as _check_storable
+from .formats import decode as decode
+from .formats import unique_keys as unique_keys
+from .triggers import Envelope, KafkaTrigger, Unreadable
 
 MATCHED = "matched"
 IGNORED = "ignored"
 REJECTED = "rejected"
 OUTCOMES = (MATCHED, IGNORED, REJECTED)
 
-#: Deepest nesting of objects and arrays accepted in an event or a run input.
-MAX_NESTING = 100
 #: Longest dedupe value stored as is; longer ones are stored as their SHA-256.
 MAX_DEDUPE_CHARS = 200
 #: Longest reason kept for one workflow's rejection (user exceptions can be huge).
@@ -114,8 +122,7 @@ class Assessment:
         return [d for d in self.decisions if d.outcome == MATCHED and d.window is not None]
 
 
-class Rejected(OrchestratorError):
-    """A message that cannot be an event; the message is the reason recorded with it."""
+_JSON_ONLY = (JSON,)
 
 
 # -- the triggers a consumer serves ------------------------------------------------------
@@ -135,6 +142,11 @@ class TriggerIndex:
             for topic, triggers in per_topic.items():
                 self._by_topic.setdefault(topic, []).append((workflow, triggers))
             self._wait_topics.update(workflow.wait_topics)
+        self._formats = {
+            topic: tuple(sorted({t.format for _, triggers in pairs for t in triggers},
+                                key=lambda f: (f != JSON, f)))
+            for topic, pairs in self._by_topic.items()
+        }
 
     @property
     def topics(self) -> list[str]:
@@ -144,133 +156,13 @@ class TriggerIndex:
     def for_topic(self, topic: str) -> list[tuple[Workflow, list[KafkaTrigger]]]:
         return self._by_topic.get(topic, [])
 
+    def formats(self, topic: str) -> tuple[str, ...]:
+        """The formats the triggers on `topic` read, JSON first (the stored payload is JSON);
+        JSON alone for a topic of `wait_for_event` nodes only."""
+        return self._formats.get(topic, _JSON_ONLY)
+
     def __bool__(self) -> bool:
         return bool(self._by_topic or self._wait_topics)
-
-
-# -- decoding --------------------------------------------------------------------------
-
-
-def decode(value: bytes | None, max_bytes: int) -> dict[str, Any]:
-    """The JSON object in a message value, or `Rejected` saying why there is none."""
-    if value is None:
-        raise Rejected("message has no value (a tombstone); expected a JSON object")
-    if len(value) > max_bytes:
-        raise Rejected(
-            f"event is {len(value)} bytes, over the limit of {max_bytes} bytes "
-            "(ORCHESTRATOR_MAX_EVENT_BYTES)"
-        )
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Rejected(f"not JSON: invalid UTF-8 at byte {exc.start}") from None
-    try:
-        payload = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
-                             object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as exc:
-        raise Rejected(
-            f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except DuplicateKey as exc:
-        raise Rejected(f"ambiguous JSON: {exc}") from None
-    except ValueError as exc:  # NaN / Infinity
-        raise Rejected(f"not JSON: {exc}") from None
-    except RecursionError:
-        raise Rejected(f"not JSON this orchestrator accepts: nested deeper than {MAX_NESTING} levels") from None
-    if not isinstance(payload, dict):
-        raise Rejected(f"event is a JSON {_json_type(payload)}, expected a JSON object")
-    _check_storable(payload, "event", check_text=any(e in text for e in _SUSPECT_ESCAPES))
-    return payload
-
-
-#: JSON escapes that may hide text PostgreSQL refuses (NUL, surrogates); only then are the
-#: strings of an event looked at one by one.
-_SUSPECT_ESCAPES = ("\\u0000", "\\ud", "\\uD")
-
-
-class DuplicateKey(ValueError):
-    """A JSON object names a key twice."""
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """`object_pairs_hook` for `json.loads` that refuses an object naming a key twice.
-
-    Parsers disagree on which of the values counts (Python and PostgreSQL keep the last,
-    others the first), so a producer's validator and a trigger could see different events.
-    """
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        shown = repr(key) if len(key) <= 100 else repr(key[:100]) + "..."
-        raise DuplicateKey(f"an object has the key {shown} twice")
-    return obj
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range")
-    return value
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else type(value).__name__
-
-
-def _check_storable(value: Any, what: str, check_text: bool = True) -> None:
-    """Refuse what PostgreSQL's JSONB cannot hold and absurd nesting.
-
-    JSONB refuses NUL characters and unpaired UTF-16 surrogates in strings. `check_text`
-    False skips looking at strings (the JSON text showed there are none). Iterative, so
-    hostile nesting cannot exhaust the stack.
-    """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            if depth > MAX_NESTING:
-                raise Rejected(f"{what} is nested deeper than {MAX_NESTING} levels")
-            for key, child in item.items():
-                if check_text:
-                    _check_text(key, what)
-                stack.append((child, depth + 1))
-        elif isinstance(item, list):
-            if depth > MAX_NESTING:
-                raise Rejected(f"{what} is nested deeper than {MAX_NESTING} levels")
-            stack.extend((child, depth + 1) for child in item)
-        elif check_text and isinstance(item, str):
-            _check_text(item, what)
-
-
-def _check_text(text: Any, what: str) -> None:
-    if not isinstance(text, str) or text.isascii() and "\x00" not in text:
-        return
-    if "\x00" in text:
-        raise Rejected(f"{what} holds a NUL character (\\u0000), which cannot be stored")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Rejected(
-            f"{what} holds an unpaired surrogate (\\u{ord(text[_surrogate_at(text)]):04x}), "
-            "which cannot be stored"
-        ) from None
-
-
-def _surrogate_at(text: str) -> int:
-    return next(i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
 
 
 # -- evaluating triggers --------------------------------------------------------------
@@ -299,22 +191,38 @@ def _user_error(what: str, exc: BaseException) -> str:
     return describe_error(exc, f"{what} raised ")
 
 
-def decide(workflow: Workflow, triggers: list[KafkaTrigger], payload: dict[str, Any]) -> Decision:
-    """One workflow's decision about one decoded event (see the module docstring)."""
+def decide(workflow: Workflow, triggers: list[KafkaTrigger],
+           payload: dict[str, Any] | Readings, key: bytes | None = None,
+           headers: tuple[tuple[str, bytes], ...] = ()) -> Decision:
+    """One workflow's decision about one event (see the module docstring): `payload` is a
+    decoded JSON event, or the message's `Readings` in each trigger's format."""
     for trigger in triggers:
+        if isinstance(payload, Readings):
+            try:
+                body = payload.event(trigger.format)
+            except Rejected:
+                continue  # another format of the topic reads the message (see `assess`)
+        else:
+            body = payload
         # User code may mutate what it is given: it gets a copy, so every workflow (and the
-        # stored payload) sees the event as it was sent. A `match` dict only reads.
-        event = copy.deepcopy(payload) if callable(trigger.match) else payload
+        # stored payload) sees the event as it was sent. A `match` dict only reads. Paths
+        # that read the key or headers get them in an `Envelope`.
+        wrap = trigger.reads_message
+        event = copy.deepcopy(body) if callable(trigger.match) else body
         try:
-            matched = trigger.matches(event)
+            matched = trigger.matches(Envelope(event, key, headers) if wrap else event)
+        except Unreadable as exc:
+            return Decision(workflow.name, REJECTED, reason=f"match: {exc}")
         except Exception as exc:  # noqa: BLE001 - user code
             return Decision(workflow.name, REJECTED, reason=_user_error("match function", exc))
         if not matched:
             continue
-        if trigger.input is not None and event is payload:
-            event = copy.deepcopy(payload)
+        if trigger.input is not None and event is body:
+            event = copy.deepcopy(body)
         try:
-            data = trigger.run_input(event)
+            data = trigger.run_input(Envelope(event, key, headers) if wrap else event)
+        except Unreadable as exc:
+            return Decision(workflow.name, REJECTED, reason=f"input: {exc}")
         except Exception as exc:  # noqa: BLE001 - user code
             return Decision(workflow.name, REJECTED, reason=_user_error("input function", exc))
         try:
@@ -325,16 +233,23 @@ def decide(workflow: Workflow, triggers: list[KafkaTrigger], payload: dict[str, 
             return Decision(workflow.name, REJECTED, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - e.g. a schema check recursing too deep
             return Decision(workflow.name, REJECTED, reason=_user_error("input validation", exc))
-        key = dedupe_key(trigger.dedupe_value(payload))
+        reading = Envelope(body, key, headers) if wrap else body
+        try:
+            dedupe = dedupe_key(trigger.dedupe_value(reading))
+        except Unreadable as exc:
+            return Decision(workflow.name, REJECTED, reason=f"dedupe: {exc}")
+        try:
+            window_key = trigger.window_key(reading) if trigger.window is not None else None
+        except Unreadable as exc:
+            return Decision(workflow.name, REJECTED, reason=f"{trigger.window.kind} key: {exc}")
         if trigger.window is not None:
-            window_key = trigger.window_key(payload)
             if window_key is None:
                 return Decision(workflow.name, REJECTED, reason=(
                     f"the {trigger.window.kind} key {trigger.window.key!r} is missing from the event "
                     "(or null)"))
-            return Decision(workflow.name, MATCHED, input=data, dedupe_key=key,
+            return Decision(workflow.name, MATCHED, input=data, dedupe_key=dedupe,
                             window=trigger.window, window_key=dedupe_key(window_key))
-        return Decision(workflow.name, MATCHED, input=data, dedupe_key=key)
+        return Decision(workflow.name, MATCHED, input=data, dedupe_key=dedupe)
     return Decision(workflow.name, IGNORED)
 
 
@@ -343,23 +258,29 @@ Timings = dict[str, tuple[float, int]]
 
 
 def assess_payload(
-    message: Message, payload: dict[str, Any], index: TriggerIndex, timings: Timings | None = None
+    message: Message, payload: dict[str, Any] | Readings, index: TriggerIndex,
+    timings: Timings | None = None,
 ) -> Assessment:
-    """Evaluate every workflow with a trigger on the message's topic."""
+    """Evaluate every workflow with a trigger on the message's topic; `payload` is its JSON
+    event (every trigger reads it), or its `Readings` (each trigger reads its format)."""
+    stored = payload.payload() if isinstance(payload, Readings) else payload
+    if stored is not None and index.formats(message.topic) == _JSON_ONLY:
+        payload = stored  # every trigger reads the JSON object: no per-trigger lookup
     decisions = []
+    key, headers = message.key, message.headers
     for workflow, triggers in index.for_topic(message.topic):
         started = time.perf_counter()
-        decisions.append(decide(workflow, triggers, payload))
+        decisions.append(decide(workflow, triggers, payload, key, headers))
         if timings is not None:
             seconds, events = timings.get(workflow.name, (0.0, 0))
             timings[workflow.name] = (seconds + time.perf_counter() - started, events + 1)
     rejected = [d for d in decisions if d.outcome == REJECTED]
     if rejected:
         reason = "; ".join(f"workflow {d.workflow!r}: {d.reason}" for d in rejected)
-        return Assessment(message, REJECTED, reason, payload, decisions)
+        return Assessment(message, REJECTED, reason, stored, decisions)
     if any(d.outcome == MATCHED for d in decisions):
-        return Assessment(message, MATCHED, None, payload, decisions)
-    return Assessment(message, IGNORED, None, payload, decisions)
+        return Assessment(message, MATCHED, None, stored, decisions)
+    return Assessment(message, IGNORED, None, stored, decisions)
 
 
 def check_size(message: Message, max_bytes: int) -> None:
@@ -383,20 +304,41 @@ def check_size(message: Message, max_bytes: int) -> None:
         )
 
 
+def read_message(message: Message, index: TriggerIndex, max_bytes: int,
+                 readings: Readings | None = None) -> Readings:
+    """The message's `Readings` (decoded lazily, each format once), or `Rejected` when no
+    format its topic's triggers read can read it (the reason names each format's objection
+    when there are several)."""
+    readings = readings or Readings(message.value, message.headers, max_bytes)
+    formats = index.formats(message.topic)
+    reasons = []
+    for fmt in formats:
+        try:
+            readings.event(fmt)
+            return readings
+        except Rejected as exc:
+            reasons.append((fmt, str(exc)))
+    if len(reasons) == 1:
+        raise Rejected(reasons[0][1])
+    raise Rejected("no trigger's format reads it: " + "; ".join(f"{f}: {r}" for f, r in reasons))
+
+
 def assess(
-    message: Message, index: TriggerIndex, max_bytes: int, timings: Timings | None = None
+    message: Message, index: TriggerIndex, max_bytes: int, timings: Timings | None = None,
+    readings: Readings | None = None,
 ) -> Assessment:
     """Decode a message and evaluate the triggers on its topic; never raises for bad input.
 
     `timings`, when given, accumulates the time each workflow's triggers took (user code
-    runs on the consumer's loop, so the consumer watches it).
+    runs on the consumer's loop, so the consumer watches it). `readings` may be given
+    seeded with decodings known already (a replay's stored payload).
     """
     try:
         check_size(message, max_bytes)
-        payload = decode(message.value, max_bytes)
+        readings = read_message(message, index, max_bytes, readings)
     except Rejected as exc:
         return Assessment(message, REJECTED, str(exc))
-    return assess_payload(message, payload, index, timings)
+    return assess_payload(message, readings, index, timings)
 
 
 # -- text for storage -----------------------------------------------------------------
@@ -410,10 +352,36 @@ def text_of(raw: bytes | None) -> str | None:
 
 
 def headers_json(headers: Iterable[tuple[str, bytes]]) -> list[dict[str, str | None]]:
-    """Message headers as stored with the event: `[{"key": ..., "value": ...}]`."""
-    return [
-        {"key": (text_of(k.encode("utf-8", "surrogateescape")) if isinstance(k, str) else text_of(k)),
-         "value": text_of(v)}
-        for k, v in headers
-    ]
+    """Message headers as stored with the event: `[{"key": ..., "value": ...}]`, plus
+    `"base64"` (the exact bytes) for a value that is not UTF-8 text without NUL, so a replay
+    sees the headers as they arrived (see `headers_of`)."""
+    stored: list[dict[str, str | None]] = []
+    for k, v in headers:
+        item = {"key": (text_of(k.encode("utf-8", "surrogateescape")) if isinstance(k, str) else text_of(k)),
+                "value": text_of(v)}
+        if v and not exact_text(v):
+            item["base64"] = base64.b64encode(v).decode("ascii")
+        stored.append(item)
+    return stored
 
+
+def headers_of(stored: Iterable[dict[str, Any]] | None) -> tuple[tuple[str, bytes], ...]:
+    """The message headers an event's stored `headers` describe (the inverse of `headers_json`)."""
+    headers = []
+    for item in stored or ():
+        if not isinstance(item, dict):
+            continue
+        data = base64.b64decode(item["base64"]) if item.get("base64") else (item.get("value") or "").encode()
+        headers.append((str(item.get("key") or ""), data))
+    return tuple(headers)
+
+
+def exact_text(data: bytes) -> bool:
+    """True when `text_of` keeps `data` as it is (UTF-8 without NUL)."""
+    if b"\x00" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -1,8 +1,8 @@
 """Debounce and batch windows of Kafka triggers: the DSL objects and the pure arithmetic.
 
 `Debounce(key, period, max_wait)`: the matched events of one key (the value at a dotted path
-of the event) start one run once the key has been quiet for `period`, or `max_wait` after
-the window's first event. `Batch(max_size, window, key)`: one run per `max_size` events, or
+of the event, or `$key` / `$headers.<name>`) start one run once the key has been quiet for
+`period`, or `max_wait` after the window's first event. `Batch(max_size, window, key)`: one run per `max_size` events, or
 per `window` after the batch's first event, per key when `key` is given.
 
 No I/O here: `orchestrator.db.windows` keeps the windows in the database, in the consumer's

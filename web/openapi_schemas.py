@@ -120,14 +120,17 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Trigger": {
         "type": "object",
-        "description": "A Kafka trigger (`type: kafka`: topic, match, input, dedupe) or a cron "
+        "description": "A Kafka trigger (`type: kafka`: topic, format, match, input, dedupe) or a cron "
         "schedule (`type: schedule`: id, cron, timezone, input, catchup, max_catchup)",
         "properties": {
             "type": {"type": "string", "enum": ["kafka", "schedule"]},
             "topic": {"type": "string"},
             "match": {},
-            "input": {"description": "`<function>`, null, or a schedule's input object"},
+            "input": {"description": "`<function>`, null, a kafka trigger's {field: path} object, "
+                      "or a schedule's input object"},
             "dedupe": NULLABLE_STRING,
+            "format": {"type": "string", "enum": ["json", "cloudevents", "text"],
+                       "description": "How a kafka trigger reads a message's value"},
             "id": {"type": "string"},
             "cron": {"type": "string"},
             "timezone": {"type": "string"},
@@ -363,7 +366,8 @@ SCHEMAS: dict[str, Any] = {
             "partition": {"type": "integer"},
             "offset": {"type": "integer"},
             "key": NULLABLE_STRING,
-            "headers": {"type": "array"},
+            "headers": {"type": "array", "description": "[{key, value}]: value as UTF-8 text (lossy), "
+                        "plus base64 (the exact bytes) when it is not UTF-8 text without NUL"},
             "payload": {"description": "The decoded JSON payload; null when it was not JSON"},
             "raw": {"type": ["string", "null"], "description": "The message value as UTF-8 (lossy)"},
             "kafka_timestamp": NULLABLE_TIME,

@@ -41,7 +41,15 @@ flow = Workflow(
             match={"type": "order.created"},
             input=lambda event: event["order"],
             dedupe="order.order_id",
-        )
+        ),
+        # The same orders sent as CloudEvents (binary or structured mode): the order is the data.
+        kafka_trigger(
+            "orders",
+            format="cloudevents",
+            match={"type": "com.shop.order.created"},
+            input=lambda event: event["data"],
+            dedupe="data.order_id",
+        ),
     ],
 )
 

@@ -64,6 +64,9 @@ class Event(Base):
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
     key: Mapped[str | None] = mapped_column(Text)
+    #: The key's bytes when `key` (its text, escaped) is not exactly them: not UTF-8, or
+    #: holding NUL. NULL otherwise. A replay reads the key as it arrived.
+    raw_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     headers: Mapped[Any] = mapped_column(Json, default=list)
     payload: Mapped[Any | None] = mapped_column(Json)
     raw: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -285,3 +285,43 @@ def test_a_concurrency_key_that_cannot_be_computed_rejects_the_event_not_the_bat
     assert rows(runtime, 'SELECT "offset", outcome FROM events ORDER BY "offset"') == [
         (0, "rejected"), (1, "matched")
     ]
+
+
+def test_a_replay_reads_the_message_as_it_arrived_in_every_format(recording):
+    """Key, headers (a non-UTF-8 one too) and value come back exactly: a CloudEvent trigger
+    added after the events were recorded reads them, and $key/$headers see the bytes sent."""
+    engine, runtime, dispatcher = recording
+    ce = [("ce_specversion", b"1.0"), ("ce_id", b"e-1"), ("ce_source", b"/shop"),
+          ("ce_type", b"order.created"), ("content-type", b"application/json"), ("bin", b"\xff\x00")]
+    index = TriggerIndex(engine.registry)  # no trigger on "cloud" yet: both are ignored
+    good = Message("cloud", 0, 0, b'{"total": 120}', key=b"k-1", headers=tuple(ce))
+    bad_key = Message("cloud", 0, 1, b"{\"total\": 1}", key=b"\xfe\x00", headers=tuple(ce[:4]))
+    recorded = record_batch(engine, [assess(good, index, LIMIT), assess(bad_key, index, LIMIT)])
+    assert recorded.outcomes["ignored"] == 2
+    ids = [i for (i,) in rows(runtime, 'SELECT id FROM events ORDER BY "offset"')]
+
+    cloud = Workflow("cloud", triggers=[kafka_trigger(
+        "cloud", format="cloudevents", match={"type": "order.created"},
+        input={"id": "id", "total": "data.total", "key": "$key"})])
+
+    @cloud.step
+    def bill(ctx):  # noqa: ANN001, ANN202
+        return None
+
+    binary = Workflow("binary", triggers=[kafka_trigger("cloud", format="text", match={"$headers.bin": "x"})])
+
+    @binary.step
+    def read(ctx):  # noqa: ANN001, ANN202
+        return None
+
+    today = WorkflowEngine(runtime.sessions, Registry([cloud, binary]), dispatcher, engine.settings)
+    assert len(replay_event(today, ids[0])) == 1
+    [(data,)] = rows(runtime, "SELECT input FROM runs WHERE workflow = 'cloud'")
+    assert (json.loads(data) if isinstance(data, str) else data) == {"id": "e-1", "total": 120, "key": "k-1"}
+    [(reason,)] = rows(runtime, f"SELECT reason FROM events WHERE id = {ids[0]}")
+    assert reason == ("workflow 'binary': match: header 'bin' is not UTF-8 "
+                      "(invalid byte at position 0)")
+    assert replay_event(today, ids[1]) == []
+    [(outcome, reason)] = rows(runtime, f"SELECT outcome, reason FROM events WHERE id = {ids[1]}")
+    assert outcome == "rejected"
+    assert reason == "workflow 'cloud': input: the message key is not UTF-8 (invalid byte at position 0)"

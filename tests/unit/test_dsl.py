@@ -155,7 +155,8 @@ def test_triggers_bind_to_their_workflow_and_describe_themselves():
     flow.step(noop, name="s", queue="payments")
     described = flow.describe()
     assert described["triggers"] == [
-        {"type": "kafka", "topic": "orders", "match": {"type": "x"}, "input": None, "dedupe": "id", "window": None}
+        {"type": "kafka", "topic": "orders", "match": {"type": "x"}, "input": None, "dedupe": "id",
+         "format": "json", "window": None}
     ]
     assert described["steps"][0]["queue"] == "payments"
     assert flow.triggers[0].workflow == "t"

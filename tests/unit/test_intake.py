@@ -20,6 +20,7 @@ from orchestrator.intake import (
     decode,
     dedupe_key,
     headers_json,
+    headers_of,
     text_of,
 )
 
@@ -254,13 +255,18 @@ def test_dedupe_keys_are_kept_short_and_storable():
     assert dedupe_key("a\x00b").startswith("sha256:")
 
 
-def test_keys_and_headers_are_stored_as_text_without_nul():
+def test_keys_and_headers_are_stored_as_text_without_nul_and_headers_come_back_exactly():
     assert text_of(None) is None
     assert text_of(b"k\x00\xff") == "k\\x00\\xff"
-    assert headers_json([("trace", b"abc"), ("bin", b"\x00\x01")]) == [
+    headers = (("trace", b"abc"), ("bin", b"\x00\x01"), ("latin", b"caf\xe9"), ("empty", b""))
+    stored = headers_json(headers)
+    assert stored == [
         {"key": "trace", "value": "abc"},
-        {"key": "bin", "value": "\\x00\x01"},
+        {"key": "bin", "value": "\\x00\x01", "base64": "AAE="},
+        {"key": "latin", "value": "caf\\xe9", "base64": "Y2Fm6Q=="},
+        {"key": "empty", "value": ""},
     ]
+    assert headers_of(stored) == headers
 
 
 def test_message_from_a_kafka_python_record():
