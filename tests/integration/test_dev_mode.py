@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -171,24 +172,26 @@ def test_dev_runs_the_examples_on_embedded_defaults_and_stops_cleanly(start_dev)
     assert code == 0
 
 
-def test_the_readme_publish_example_starts_the_shipped_workflow(start_dev):
+def test_the_readme_publish_examples_start_the_shipped_workflow(start_dev):
     readme = (ROOT / "README.md").read_text()
-    topic, payload, rest = README_PUBLISH.search(readme).groups()
-    key = rest.split("--key", 1)[1].split()[0] if "--key" in rest else None
+    examples = [m.groups() for m in README_PUBLISH.finditer(readme) if m.group(1) == "orders"]
+    assert len(examples) >= 2  # a JSON event and a CloudEvent, each as a user would type it
     dev = start_dev()
     wait_for_banner(dev)
-    sent = dev.cli("publish", topic, payload, *(["--key", key] if key else []))
-    assert sent.returncode == 0, sent.stderr
+    for topic, payload, rest in examples:
+        sent = dev.cli("publish", topic, payload, *shlex.split(rest))
+        assert sent.returncode == 0, sent.stderr
 
     def started() -> list | None:
         listed = dev.cli("runs", "--workflow", "order-fulfilment", "--status", "succeeded", "--json")
-        return json.loads(listed.stdout) if listed.returncode == 0 and listed.stdout.strip() != "[]" else None
+        runs = json.loads(listed.stdout) if listed.returncode == 0 else []
+        return runs if len(runs) >= len(examples) else None
 
     def rejected() -> str:
         return dev.cli("events", "--outcome", "rejected").stdout
 
     try:
-        wait_for(started, 60, 1, "a run of order-fulfilment from the README's event")
+        wait_for(started, 60, 1, "a run of order-fulfilment from each of the README's events")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; rejected events: {rejected()}") from None
 
