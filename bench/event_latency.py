@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import consumer_throughput as drain  # noqa: E402
-from bench.common import fresh_database, worker_env  # noqa: E402
+from bench.common import claimed_redis, fresh_database, worker_env  # noqa: E402
 from bench.engine_vs_celery import start, stop  # noqa: E402
 from bench.latency_flows import TOPIC  # noqa: E402
 from orchestrator.kafka import create_admin, create_producer  # noqa: E402
@@ -49,7 +49,8 @@ from orchestrator.settings import DEFAULT_KAFKA_FETCH_MAX_WAIT, Settings  # noqa
 from orchestrator.tansu import TansuBroker  # noqa: E402
 
 DB_NAME = "orchestrator_bench_event_latency"
-BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/7")
+#: The Redis database of this run (`claimed_redis`), set by `main`.
+BROKER = ""
 LOGS = Path(os.environ.get("BENCH_LOGS", "/tmp/orchestrator-bench-event-latency"))
 #: Events of each round that only warm the connections up (not counted).
 WARM_UP = 5
@@ -169,6 +170,13 @@ def main() -> None:
     parser.add_argument("--only", choices=("latency", "backlog"))
     args = parser.parse_args()
 
+    with claimed_redis() as broker_url:
+        global BROKER
+        BROKER = broker_url
+        compare(args)
+
+
+def compare(args: argparse.Namespace) -> None:
     names = {"default": f"fetch wait {DEFAULT_KAFKA_FETCH_MAX_WAIT:g} s (default)",
              "low": f"fetch wait {args.low:g} s"}
     lat = rate = None
