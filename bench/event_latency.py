@@ -58,9 +58,15 @@ WARM_UP = 5
 GAP = (0.1, 0.3)
 
 _STARTED = text(
-    "SELECT s.started_at FROM steps s JOIN runs r ON r.id = s.run_id "
+    "SELECT e.received_at, s.queued_at, s.started_at FROM steps s JOIN runs r ON r.id = s.run_id "
+    "JOIN events e ON e.id = r.event_id "
     "WHERE CAST(r.input AS jsonb) ->> 'tag' = :tag AND s.started_at IS NOT NULL"
 )
+#: The legs of each event's time: publish -> `events.received_at` (Kafka's fetch, the
+#: recorded-events query, the assessment; the time is taken as the batch is recorded),
+#: received -> step queued (the intake's transaction), queued -> started (the commit, the
+#: Celery send, the worker's claim).
+LEGS = ("fetch", "record", "start")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -68,8 +74,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def one_round(database_url: str, bootstrap: str, events: int, round_tag: str) -> list[float]:
-    """Milliseconds publish -> first step started, for `events` events sent one at a time."""
+def one_round(database_url: str, bootstrap: str, events: int, round_tag: str,
+              legs: dict[str, list[float]]) -> list[float]:
+    """Milliseconds publish -> first step started, for `events` events sent one at a time
+    (and, added to `legs`, the milliseconds of each leg, `LEGS`)."""
     db = create_engine(database_url)
     producer = create_producer(Settings(kafka_bootstrap=bootstrap), linger_ms=0)
     found: list[float] = []
@@ -81,14 +89,17 @@ def one_round(database_url: str, bootstrap: str, events: int, round_tag: str) ->
             deadline = time.monotonic() + 30
             while True:
                 with db.connect() as conn:
-                    started = conn.scalar(_STARTED, {"tag": tag})
-                if started is not None:
+                    row = conn.execute(_STARTED, {"tag": tag}).first()
+                if row is not None:
                     break
                 if time.monotonic() > deadline:
                     raise SystemExit(f"the step of event {tag} did not start within 30 s")
                 time.sleep(0.001)
             if i >= WARM_UP:
-                found.append((started.timestamp() - sent) * 1000)
+                received, queued, started = (t.timestamp() for t in row)
+                found.append((started - sent) * 1000)
+                for leg, ms in zip(LEGS, (received - sent, queued - received, started - queued), strict=True):
+                    legs[leg].append(ms * 1000)
             time.sleep(random.uniform(*GAP))
     finally:
         producer.close()
@@ -96,12 +107,13 @@ def one_round(database_url: str, bootstrap: str, events: int, round_tag: str) ->
     return found
 
 
-def latency(events: int, rounds: int, low: float) -> dict[str, list[float]]:
+def latency(events: int, rounds: int, low: float) -> tuple[dict[str, list[float]], dict[str, dict[str, list[float]]]]:
     redis.Redis.from_url(BROKER).flushdb()
     LOGS.mkdir(parents=True, exist_ok=True)
     database_url = fresh_database(DB_NAME)
     settings = Settings(database_url=database_url, broker_url=BROKER, workflows=("bench.latency_flows",))
     found: dict[str, list[float]] = {"default": [], "low": []}
+    legs: dict[str, dict[str, list[float]]] = {k: {leg: [] for leg in LEGS} for k in found}
     with TansuBroker() as broker:
         admin = create_admin(Settings(kafka_bootstrap=broker.bootstrap))
         admin.create_topics([NewTopic(TOPIC, 1, 1)])
@@ -125,7 +137,7 @@ def latency(events: int, rounds: int, low: float) -> dict[str, list[float]]:
                                      f"partitions assigned: {TOPIC}[")
                     try:
                         time.sleep(1)
-                        found[kind] += one_round(database_url, broker.bootstrap, events, f"{kind}{n}")
+                        found[kind] += one_round(database_url, broker.bootstrap, events, f"{kind}{n}", legs[kind])
                     finally:
                         stop(consumer)
                     values = found[kind]
@@ -134,7 +146,7 @@ def latency(events: int, rounds: int, low: float) -> dict[str, list[float]]:
         finally:
             stop(worker)
     redis.Redis.from_url(BROKER).flushdb()
-    return found
+    return found, legs
 
 
 def backlog(events: int, rounds: int, low: float) -> dict[str, list[float]]:
@@ -182,7 +194,7 @@ def compare(args: argparse.Namespace) -> None:
     lat = rate = None
     if args.only != "backlog":
         print(f"publish -> first step started, {args.events} events x {args.rounds} rounds each", flush=True)
-        lat = latency(args.events, args.rounds, args.low)
+        lat, legs = latency(args.events, args.rounds, args.low)
     if args.only != "latency":
         print(f"draining a backlog of {args.backlog:,} events, {args.rounds} rounds each", flush=True)
         rate = backlog(args.backlog, args.rounds, args.low)
@@ -192,6 +204,8 @@ def compare(args: argparse.Namespace) -> None:
         for kind, values in lat.items():
             print(f"  {names[kind]:<28} p50 {statistics.median(values):6.1f} ms  "
                   f"p95 {percentile(values, 0.95):6.1f} ms  min {min(values):6.1f}  max {max(values):6.1f}")
+            print(f"  {'':<28} legs (p50): " + ", ".join(
+                f"{leg} {statistics.median(legs[kind][leg]):.1f} ms" for leg in LEGS))
     if rate:
         print(f"backlog of {args.backlog:,} events drained (target >= 9,000 events/s)")
         for kind, values in rate.items():

@@ -201,16 +201,21 @@ def orchestrator(concurrency: int, env: dict[str, str], settings) -> System:  # 
     return System("orchestrator", {worker.pid}, DB_NAME, run, finish)
 
 
-def _dbos_child(mode: str, env: dict[str, str], log: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--dbos-child", mode],
-        env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("wb"),
-        text=True, start_new_session=True,
-    )
-    line = process.stdout.readline()  # type: ignore[union-attr]
-    if line.strip() != "ready":
-        raise SystemExit(f"a DBOS {mode} process did not start:\n{log.read_text()[-2000:]}")
-    return process
+def _dbos_child(mode: str, env: dict[str, str], log: Path, attempts: int = 5) -> subprocess.Popen[str]:
+    """A launched DBOS process (`dbos_child`); retried a few times when it fails to launch
+    (on a shared PostgreSQL, "too many clients" at launch is common)."""
+    for attempt in range(attempts):
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--dbos-child", mode],
+            env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("wb"),
+            text=True, start_new_session=True,
+        )
+        if process.stdout.readline().strip() == "ready":  # type: ignore[union-attr]
+            return process
+        process.wait(20)
+        if attempt + 1 < attempts:
+            time.sleep(2)
+    raise SystemExit(f"a DBOS {mode} process did not start:\n{log.read_text()[-2000:]}")
 
 
 def _end_child(process: subprocess.Popen[str]) -> None:
