@@ -3,9 +3,12 @@ environment of the worker processes they start."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import redis
 from sqlalchemy import create_engine, text
 
 from orchestrator.db.migrate import upgrade
@@ -38,3 +41,29 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         **extra,
     }
+
+
+REDIS_BASE = "redis://127.0.0.1:6379"
+
+
+@contextlib.contextmanager
+def claimed_redis(base: str = REDIS_BASE) -> Iterator[str]:
+    """A Redis database (1-15) of this benchmark's own, claimed as the test suite claims
+    its own (`orchestrator-test-claim:N` in db 0, see tests/conftest.py), so a benchmark and
+    test sessions running at the same time never share (and flush) one; yields its URL.
+    BENCH_BROKER_URL, when set, is used as it is instead."""
+    if os.environ.get("BENCH_BROKER_URL"):
+        yield os.environ["BENCH_BROKER_URL"]
+        return
+    claims = redis.Redis.from_url(f"{base}/0")
+    for number in range(15, 0, -1):  # from the top: the tests claim from 1 up
+        if claims.set(f"orchestrator-test-claim:{number}", os.getpid(), nx=True, ex=3600):
+            url = f"{base}/{number}"
+            redis.Redis.from_url(url).flushdb()
+            try:
+                yield url
+            finally:
+                redis.Redis.from_url(url).flushdb()
+                claims.delete(f"orchestrator-test-claim:{number}")
+            return
+    raise SystemExit("every Redis database 1-15 is claimed; delete orchestrator-test-claim:* keys in db 0")

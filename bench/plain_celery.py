@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import redis
 from celery import Celery
@@ -26,8 +27,11 @@ def noop() -> None:
 
 
 @app.task(name="plain.last")
-def last() -> None:
+def last(tag: str | None = None) -> None:
+    """Count the chain done; with `tag`, also note when it ended (bench/peers.py's latency)."""
     global _counter
     if _counter is None:
         _counter = redis.Redis.from_url(os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14"))
+    if tag is not None:
+        _counter.hset("plain:ended", tag, repr(time.time()))
     _counter.incr("plain:done")

@@ -38,6 +38,10 @@ SERVICE_SHUTDOWN = 5.0
 #: Kafka group session timeout in dev mode: the embedded broker waits half of it for a
 #: consumer to join, so a short one makes `orchestrator dev` consume within seconds.
 DEV_KAFKA_SESSION_TIMEOUT = 6.0
+#: Seconds a Kafka fetch waits at the embedded broker in dev mode. Tansu 0.6 answers a
+#: waiting fetch only when its wait is over, not when data arrives, so kafka-python's 0.5 s
+#: would hold every event about that long; 10 ms costs an idle consumer ~100 small fetches/s.
+DEV_KAFKA_FETCH_MAX_WAIT = 0.01
 #: Seconds every service gets to be up before `orchestrator dev` gives up.
 READY_TIMEOUT = 120.0
 #: Seconds between two looks at whether the services are up.
@@ -189,6 +193,7 @@ def start_kafka(settings: Settings, registry: Registry, env: dict[str, str],
         bootstrap = broker.bootstrap
         DEV_BOOTSTRAP_FILE.write_text(bootstrap)
         env.setdefault("ORCHESTRATOR_KAFKA_SESSION_TIMEOUT", str(DEV_KAFKA_SESSION_TIMEOUT))
+        env.setdefault("ORCHESTRATOR_KAFKA_FETCH_MAX_WAIT", str(DEV_KAFKA_FETCH_MAX_WAIT))
         described = f"{bootstrap} (embedded Tansu, in memory)"
     env["ORCHESTRATOR_KAFKA_BOOTSTRAP"] = bootstrap
     topics = TriggerIndex(registry).topics

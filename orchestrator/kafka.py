@@ -112,6 +112,27 @@ def _known(client: type, config: dict[str, Any]) -> dict[str, Any]:
     return config if known is None else {k: v for k, v in config.items() if k in known}
 
 
+def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """The options `create_consumer` gives kafka-python's KafkaConsumer (before `_known`)."""
+    session_ms = int(settings.kafka_session_timeout * 1000)
+    config: dict[str, Any] = {
+        **_common(settings),
+        "group_id": settings.kafka_group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": settings.kafka_batch_size,
+        # How long the broker may hold a fetch with no data; Tansu holds it that long even
+        # when data arrives, so with Tansu it is an event's wait (ORCHESTRATOR_KAFKA_FETCH_MAX_WAIT).
+        "fetch_max_wait_ms": max(1, round(settings.kafka_fetch_max_wait * 1000)),
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": max(100, session_ms // 3),
+        "max_poll_interval_ms": int(settings.kafka_max_poll_interval * 1000),
+        "request_timeout_ms": max(REQUEST_TIMEOUT_MS, session_ms + 5000),
+    }
+    config.update(overrides)
+    return config
+
+
 def create_consumer(settings: Settings, **overrides: Any) -> Any:
     """A consumer in the orchestrator's group that commits offsets only when told to.
 
@@ -120,20 +141,7 @@ def create_consumer(settings: Settings, **overrides: Any) -> Any:
     """
     from kafka import KafkaConsumer
 
-    session_ms = int(settings.kafka_session_timeout * 1000)
-    config: dict[str, Any] = {
-        **_common(settings),
-        "group_id": settings.kafka_group,
-        "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",
-        "max_poll_records": settings.kafka_batch_size,
-        "session_timeout_ms": session_ms,
-        "heartbeat_interval_ms": max(100, session_ms // 3),
-        "max_poll_interval_ms": int(settings.kafka_max_poll_interval * 1000),
-        "request_timeout_ms": max(REQUEST_TIMEOUT_MS, session_ms + 5000),
-    }
-    config.update(overrides)
-    return KafkaConsumer(**_known(KafkaConsumer, config))
+    return KafkaConsumer(**_known(KafkaConsumer, consumer_config(settings, **overrides)))
 
 
 def create_producer(settings: Settings, **overrides: Any) -> Any:

@@ -49,6 +49,11 @@ DEFAULT_KAFKA_SESSION_TIMEOUT = 10.0
 DEFAULT_KAFKA_MAX_POLL_INTERVAL = 300.0
 #: Most messages one poll (one database transaction) takes.
 DEFAULT_KAFKA_BATCH_SIZE = 500
+#: Seconds a Kafka fetch may wait at the broker for data (kafka-python's `fetch_max_wait_ms`
+#: default). Apache Kafka answers a waiting fetch as soon as data arrives, so this costs it no
+#: latency; Tansu 0.6 answers only when the wait is over, so with Tansu an event waits up to
+#: this long before the consumer sees it (`orchestrator dev` uses `DEV_KAFKA_FETCH_MAX_WAIT`).
+DEFAULT_KAFKA_FETCH_MAX_WAIT = 0.5
 #: Seconds a step whose code the deployed workers lack is handed back (another worker of a
 #: rolling deploy may still have it) before it fails; also how long a workflow version no
 #: worker reports any more is still counted as deployed.
@@ -181,6 +186,8 @@ class Settings:
     kafka_session_timeout: float = DEFAULT_KAFKA_SESSION_TIMEOUT
     kafka_max_poll_interval: float = DEFAULT_KAFKA_MAX_POLL_INTERVAL
     kafka_batch_size: int = DEFAULT_KAFKA_BATCH_SIZE
+    #: ORCHESTRATOR_KAFKA_FETCH_MAX_WAIT, in seconds (see `DEFAULT_KAFKA_FETCH_MAX_WAIT`).
+    kafka_fetch_max_wait: float = DEFAULT_KAFKA_FETCH_MAX_WAIT
     #: ORCHESTRATOR_VERSION_GRACE, in seconds (see `DEFAULT_VERSION_GRACE`).
     version_grace: float = DEFAULT_VERSION_GRACE
     #: ORCHESTRATOR_RELAY_INTERVAL, in seconds (see `DEFAULT_RELAY_INTERVAL`).
@@ -245,6 +252,9 @@ class Settings:
                 env, "ORCHESTRATOR_KAFKA_MAX_POLL_INTERVAL", DEFAULT_KAFKA_MAX_POLL_INTERVAL
             ),
             kafka_batch_size=_positive_int(env, "ORCHESTRATOR_KAFKA_BATCH_SIZE", DEFAULT_KAFKA_BATCH_SIZE),
+            kafka_fetch_max_wait=_float(
+                env, "ORCHESTRATOR_KAFKA_FETCH_MAX_WAIT", DEFAULT_KAFKA_FETCH_MAX_WAIT
+            ),
             version_grace=_duration(env, "ORCHESTRATOR_VERSION_GRACE", DEFAULT_VERSION_GRACE),
             relay_interval=_float(env, "ORCHESTRATOR_RELAY_INTERVAL", DEFAULT_RELAY_INTERVAL),
             relay_batch_size=_positive_int(env, "ORCHESTRATOR_RELAY_BATCH_SIZE", DEFAULT_RELAY_BATCH_SIZE),

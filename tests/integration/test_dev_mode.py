@@ -196,6 +196,17 @@ def test_the_readme_publish_examples_start_the_shipped_workflow(start_dev):
         raise AssertionError(f"{exc}; rejected events: {rejected()}") from None
 
 
+def test_dev_gives_the_consumer_of_its_embedded_tansu_a_short_fetch_wait(start_dev):
+    """Tansu answers a waiting fetch only when its wait is over: kafka-python's 0.5 s
+    would hold every event that long, so dev mode's consumer gets 0.01 s."""
+    dev = start_dev()
+    wait_for_banner(dev)
+    consumers = [p for p in services_of(dev) if "orchestrator consume" in command_of(p)]
+    assert consumers, dev.output()[-3000:]
+    environ = Path(f"/proc/{consumers[0]}/environ").read_bytes().split(b"\0")
+    assert b"ORCHESTRATOR_KAFKA_FETCH_MAX_WAIT=0.01" in environ
+
+
 def test_banner_comes_once_every_service_answers_and_sighup_stops_them_all(start_dev):
     dev = start_dev()
     wait_for_banner(dev)

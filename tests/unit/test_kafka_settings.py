@@ -17,10 +17,11 @@ from orchestrator.dispatch import RecordingDispatcher
 from orchestrator.engine import WorkflowEngine
 from orchestrator.errors import ConfigurationError
 from orchestrator.intake import Message
-from orchestrator.kafka import answers_kafka, bootstrap_servers
+from orchestrator.kafka import answers_kafka, bootstrap_servers, consumer_config
 from orchestrator.registry import Registry
 from orchestrator.settings import (
     DEFAULT_DLQ_SUFFIX,
+    DEFAULT_KAFKA_FETCH_MAX_WAIT,
     DEFAULT_KAFKA_GROUP,
     DEFAULT_MAX_EVENT_BYTES,
     Settings,
@@ -48,9 +49,21 @@ def test_kafka_settings_come_from_the_environment_with_documented_defaults():
     assert (custom.kafka_session_timeout, custom.kafka_max_poll_interval, custom.kafka_batch_size) == (4.5, 60.0, 100)
 
 
+def test_the_fetch_wait_defaults_to_kafka_pythons_and_is_given_to_the_consumer_in_ms():
+    assert Settings.from_env({}).kafka_fetch_max_wait == DEFAULT_KAFKA_FETCH_MAX_WAIT == 0.5
+    plain = consumer_config(Settings(kafka_bootstrap="k:9092"))
+    assert plain["fetch_max_wait_ms"] == 500
+    quick = Settings.from_env({"ORCHESTRATOR_KAFKA_BOOTSTRAP": "k:9092", "ORCHESTRATOR_KAFKA_FETCH_MAX_WAIT": "0.01"})
+    assert quick.kafka_fetch_max_wait == 0.01
+    assert consumer_config(quick)["fetch_max_wait_ms"] == 10
+    assert consumer_config(quick.with_(kafka_fetch_max_wait=0.0001))["fetch_max_wait_ms"] == 1
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
+        ("ORCHESTRATOR_KAFKA_FETCH_MAX_WAIT", "0", "must be greater than 0"),
+        ("ORCHESTRATOR_KAFKA_FETCH_MAX_WAIT", "fast", "is not a number of seconds"),
         ("ORCHESTRATOR_MAX_EVENT_BYTES", "1MB", "ORCHESTRATOR_MAX_EVENT_BYTES='1MB' is not a whole number"),
         ("ORCHESTRATOR_MAX_EVENT_BYTES", "0", "ORCHESTRATOR_MAX_EVENT_BYTES='0' must be greater than 0"),
         ("ORCHESTRATOR_KAFKA_BATCH_SIZE", "-5", "must be greater than 0"),
