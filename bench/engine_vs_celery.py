@@ -1,7 +1,10 @@
 """200 runs of a 3-step chain through the orchestrator vs 200 plain Celery chains of 3 no-ops.
 
 Same machine, same Redis broker, same number of worker processes, same script, alternating
-rounds; prints both times and their ratio. Needs PostgreSQL and Redis on localhost.
+rounds; prints both times and their ratio, and the CPU time per run of each side's worker
+processes (their whole process tree, from /proc) and, for the orchestrator, of the PostgreSQL
+backends serving its workers. Needs PostgreSQL and Redis on localhost. BENCH_DB names the
+database (default orchestrator_bench), BENCH_BROKER_URL the Redis database.
 
     python bench/engine_vs_celery.py [--runs 200] [--rounds 3] [--concurrency 2] [--profile]
 
@@ -30,13 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import fresh_database, worker_env  # noqa: E402
+from bench.cpu import Meter  # noqa: E402
 from bench.plain_celery import app as plain_app  # noqa: E402
 from bench.plain_celery import last, noop  # noqa: E402
 from orchestrator.db.models import Run  # noqa: E402
 from orchestrator.runtime import Runtime  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
-DB_NAME = "orchestrator_bench"
+DB_NAME = os.environ.get("BENCH_DB", "orchestrator_bench")
+#: application_name of the orchestrator workers' connections, to find their backends.
+WORKER_APP = "bench-orchestrator-worker"
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
 
 
@@ -110,6 +116,7 @@ def main() -> None:
     redis.Redis.from_url(BROKER).flushdb()
     settings = Settings(database_url=fresh_database(DB_NAME), broker_url=BROKER, workflows=("bench.flows",))
     env = worker_env(settings, BENCH_BROKER_URL=BROKER)
+    orch_env = {**env, "PGAPPNAME": WORKER_APP}
     logs = Path(os.environ.get("BENCH_LOGS", "/tmp/orchestrator-bench"))
     logs.mkdir(parents=True, exist_ok=True)
     plain_worker = start(
@@ -121,7 +128,7 @@ def main() -> None:
     orch_worker = start(
         [sys.executable, "-m", "orchestrator", "--log-level=WARNING", "worker",
          f"--concurrency={args.concurrency}", "--hostname=orch@bench"],
-        env, logs / "orch-worker.log", "worker serving queues",
+        orch_env, logs / "orch-worker.log", "worker serving queues",
     )
     rt = Runtime(settings)
     counter = redis.Redis.from_url(BROKER)
@@ -139,9 +146,17 @@ def main() -> None:
             )
             time.sleep(1)
         plain_times, orch_times = [], []
+        plain_meter = Meter(plain_worker.pid)
+        orch_meter = Meter(orch_worker.pid, rt.db, WORKER_APP)
+        plain_cpu: list[dict[str, float]] = []
+        orch_cpu: list[dict[str, float]] = []
         for _ in range(args.rounds):
+            plain_meter.start()
             plain_times.append(plain_round(args.runs, counter))
+            plain_cpu.append(plain_meter.stop())
+            orch_meter.start()
             orch_times.append(orchestrator_round(args.runs, rt))
+            orch_cpu.append(orch_meter.stop())
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
@@ -155,6 +170,13 @@ def main() -> None:
     print(f"  plain Celery chains : {plain:7.2f} s  ({3 * args.runs / plain:7.0f} tasks/s)  rounds {[round(t, 2) for t in plain_times]}")
     print(f"  orchestrator runs   : {orch:7.2f} s  ({3 * args.runs / orch:7.0f} steps/s)  rounds {[round(t, 2) for t in orch_times]}")
     print(f"  ratio orchestrator / plain Celery: {orch / plain:.2f}x")
+
+    def per_run(samples: list[dict[str, float]], kind: str) -> float:
+        return 1000 * statistics.median(s[kind] for s in samples) / args.runs
+
+    print(f"  CPU per run, plain Celery : workers {per_run(plain_cpu, 'worker'):5.2f} ms")
+    print(f"  CPU per run, orchestrator : workers {per_run(orch_cpu, 'worker'):5.2f} ms"
+          f" + PostgreSQL backends {per_run(orch_cpu, 'postgres'):5.2f} ms")
     if args.profile:
         print(f"  worker profile (py-spy raw stacks): {logs / 'worker.pyspy.txt'}")
 
