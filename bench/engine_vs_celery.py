@@ -6,7 +6,11 @@ processes (their whole process tree, from /proc) and, for the orchestrator, of t
 backends serving its workers. Needs PostgreSQL and Redis on localhost. BENCH_DB names the
 database (default orchestrator_bench), BENCH_BROKER_URL the Redis database.
 
-    python bench/engine_vs_celery.py [--runs 200] [--rounds 3] [--concurrency 2] [--profile]
+    python bench/engine_vs_celery.py [--runs 200] [--rounds 3] [--concurrency 2] [--profile] [--inline-off]
+
+--inline-off first measures workers that send every step as a message
+(ORCHESTRATOR_INLINE_STEPS=0, the behaviour before inline steps), then the default ones,
+each beside plain Celery rounds of its own.
 
 --profile samples the orchestrator's worker processes with py-spy (pip install py-spy) and
 prints where their time goes.
@@ -111,12 +115,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--inline-off", action="store_true",
+                        help="first measure workers with ORCHESTRATOR_INLINE_STEPS=0 (every step "
+                             "a message, as before inline steps), each beside its own plain rounds")
     args = parser.parse_args()
 
     redis.Redis.from_url(BROKER).flushdb()
     settings = Settings(database_url=fresh_database(DB_NAME), broker_url=BROKER, workflows=("bench.flows",))
     env = worker_env(settings, BENCH_BROKER_URL=BROKER)
-    orch_env = {**env, "PGAPPNAME": WORKER_APP}
     logs = Path(os.environ.get("BENCH_LOGS", "/tmp/orchestrator-bench"))
     logs.mkdir(parents=True, exist_ok=True)
     plain_worker = start(
@@ -125,60 +131,72 @@ def main() -> None:
          "--without-gossip", "--without-mingle", "-n", "plain@bench"],
         env, logs / "plain-worker.log", "",
     )
-    orch_worker = start(
-        [sys.executable, "-m", "orchestrator", "--log-level=WARNING", "worker",
-         f"--concurrency={args.concurrency}", "--hostname=orch@bench"],
-        orch_env, logs / "orch-worker.log", "worker serving queues",
-    )
     rt = Runtime(settings)
     counter = redis.Redis.from_url(BROKER)
-    time.sleep(3)  # let both workers finish starting their pools
+    plain_meter = Meter(plain_worker.pid)
+    variants = ([("inline off", "0")] if args.inline_off else []) + [("inline on", os.environ.get(
+        "ORCHESTRATOR_INLINE_STEPS", str(settings.inline_steps)))]
+    results = []
     try:
-        # Warm-up: connections, imports, queues declared.
-        plain_round(20, counter)
-        orchestrator_round(20, rt)
-        profiler = None
-        if args.profile:
-            profiler = subprocess.Popen(
-                ["py-spy", "record", "--subprocesses", "--format", "raw", "--rate", "200",
-                 "-o", str(logs / "worker.pyspy.txt"), "--pid", str(orch_worker.pid)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        for label, inline_steps in variants:
+            orch_worker = start(
+                [sys.executable, "-m", "orchestrator", "--log-level=WARNING", "worker",
+                 f"--concurrency={args.concurrency}", "--hostname=orch@bench"],
+                {**env, "PGAPPNAME": WORKER_APP, "ORCHESTRATOR_INLINE_STEPS": inline_steps},
+                logs / f"orch-worker-{inline_steps}.log", "worker serving queues",
             )
-            time.sleep(1)
-        plain_times, orch_times = [], []
-        plain_meter = Meter(plain_worker.pid)
-        orch_meter = Meter(orch_worker.pid, rt.db, WORKER_APP)
-        plain_cpu: list[dict[str, float]] = []
-        orch_cpu: list[dict[str, float]] = []
-        for _ in range(args.rounds):
-            plain_meter.start()
-            plain_times.append(plain_round(args.runs, counter))
-            plain_cpu.append(plain_meter.stop())
-            orch_meter.start()
-            orch_times.append(orchestrator_round(args.runs, rt))
-            orch_cpu.append(orch_meter.stop())
-        if profiler is not None:
-            profiler.send_signal(signal.SIGINT)
-            profiler.wait(30)
+            try:
+                time.sleep(3)  # let both workers finish starting their pools
+                # Warm-up: connections, imports, queues declared.
+                plain_round(20, counter)
+                orchestrator_round(20, rt)
+                profiler = None
+                if args.profile:
+                    profiler = subprocess.Popen(
+                        ["py-spy", "record", "--subprocesses", "--format", "raw", "--rate", "200",
+                         "-o", str(logs / f"worker-{inline_steps}.pyspy.txt"), "--pid", str(orch_worker.pid)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )
+                    time.sleep(1)
+                orch_meter = Meter(orch_worker.pid, rt.db, WORKER_APP)
+                plain_times: list[float] = []
+                orch_times: list[float] = []
+                plain_cpu: list[dict[str, float]] = []
+                orch_cpu: list[dict[str, float]] = []
+                for _ in range(args.rounds):
+                    plain_meter.start()
+                    plain_times.append(plain_round(args.runs, counter))
+                    plain_cpu.append(plain_meter.stop())
+                    orch_meter.start()
+                    orch_times.append(orchestrator_round(args.runs, rt))
+                    orch_cpu.append(orch_meter.stop())
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)
+                    profiler.wait(30)
+            finally:
+                stop(orch_worker)
+            results.append((label, inline_steps, plain_times, orch_times, plain_cpu, orch_cpu))
     finally:
-        stop(orch_worker)
         stop(plain_worker)
         rt.close()
         plain_app.close()
-    plain, orch = statistics.median(plain_times), statistics.median(orch_times)
-    print(f"{args.runs} runs x 3 steps, {args.concurrency} worker processes, {args.rounds} rounds (median)")
-    print(f"  plain Celery chains : {plain:7.2f} s  ({3 * args.runs / plain:7.0f} tasks/s)  rounds {[round(t, 2) for t in plain_times]}")
-    print(f"  orchestrator runs   : {orch:7.2f} s  ({3 * args.runs / orch:7.0f} steps/s)  rounds {[round(t, 2) for t in orch_times]}")
-    print(f"  ratio orchestrator / plain Celery: {orch / plain:.2f}x")
 
     def per_run(samples: list[dict[str, float]], kind: str) -> float:
         return 1000 * statistics.median(s[kind] for s in samples) / args.runs
 
-    print(f"  CPU per run, plain Celery : workers {per_run(plain_cpu, 'worker'):5.2f} ms")
-    print(f"  CPU per run, orchestrator : workers {per_run(orch_cpu, 'worker'):5.2f} ms"
-          f" + PostgreSQL backends {per_run(orch_cpu, 'postgres'):5.2f} ms")
+    print(f"{args.runs} runs x 3 steps, {args.concurrency} worker processes, {args.rounds} rounds (median)")
+    for label, inline_steps, plain_times, orch_times, plain_cpu, orch_cpu in results:
+        plain, orch = statistics.median(plain_times), statistics.median(orch_times)
+        paired = statistics.median(o / p for o, p in zip(orch_times, plain_times, strict=True))
+        print(f"orchestrator {label} (ORCHESTRATOR_INLINE_STEPS={inline_steps}):")
+        print(f"  plain Celery chains : {plain:7.2f} s  ({3 * args.runs / plain:7.0f} tasks/s)  rounds {[round(t, 2) for t in plain_times]}")
+        print(f"  orchestrator runs   : {orch:7.2f} s  ({3 * args.runs / orch:7.0f} steps/s)  rounds {[round(t, 2) for t in orch_times]}")
+        print(f"  ratio orchestrator / plain Celery: {orch / plain:.2f}x (median of each round's own ratio {paired:.2f}x)")
+        print(f"  CPU per run, plain Celery : workers {per_run(plain_cpu, 'worker'):5.2f} ms")
+        print(f"  CPU per run, orchestrator : workers {per_run(orch_cpu, 'worker'):5.2f} ms"
+              f" + PostgreSQL backends {per_run(orch_cpu, 'postgres'):5.2f} ms")
     if args.profile:
-        print(f"  worker profile (py-spy raw stacks): {logs / 'worker.pyspy.txt'}")
+        print(f"  worker profiles (py-spy raw stacks): {logs}/worker-*.pyspy.txt")
 
 
 if __name__ == "__main__":
