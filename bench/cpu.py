@@ -42,12 +42,15 @@ def session_pids(leader: int) -> list[int]:
 
 
 def backend_pids(db: Engine, application_name: str) -> list[int]:
-    """PostgreSQL backends whose clients set `application_name` (PGAPPNAME)."""
+    """PostgreSQL backends whose clients set `application_name` (PGAPPNAME); a name
+    starting with "db:" means every backend of that database but this query's own."""
+    if application_name.startswith("db:"):
+        query = ("SELECT pid FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()")
+        name = application_name[3:]
+    else:
+        query, name = "SELECT pid FROM pg_stat_activity WHERE application_name = :name", application_name
     with db.connect() as conn:
-        return [pid for (pid,) in conn.execute(
-            text("SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
-            {"name": application_name},
-        )]
+        return [pid for (pid,) in conn.execute(text(query), {"name": name})]
 
 
 class Meter:

@@ -126,6 +126,10 @@ class Heartbeats:
                 self.thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
                 self.thread.start()
 
+    def stopping(self) -> bool:
+        """Whether this process's worker is shutting down (then no step runs inline)."""
+        return self.board is not None and self.board.stopping()
+
     def remove(self, claim: Claim) -> None:
         if self.board is not None:
             self.board.unregister(claim)
@@ -319,7 +323,9 @@ def _attempt(engine: WorkflowEngine, heartbeats: Heartbeats, claim: Claim, step:
                 tb = None
             outcome = Outcome(ok=False, error=_describe(exc), traceback=tb, logs=capture.lines)
         try:
-            following = record_outcome(engine, claim, outcome, inline if outcome.ok else None)
+            if inline is not None and (not outcome.ok or heartbeats.stopping()):
+                inline = None
+            following = record_outcome(engine, claim, outcome, inline)
         except (OperationalError, InterfaceError, DisconnectionError):
             raise  # the database stayed away: the task is retried, the lease settles the step
         except Exception as exc:  # noqa: BLE001 - the database refused what the attempt produced

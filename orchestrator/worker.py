@@ -69,6 +69,9 @@ class GracefulShutdown:
         if self.requested.is_set():
             return
         self.requested.set()
+        board = LeaseBoard.from_env()
+        if board is not None:
+            board.mark_stopping()  # no more inline steps in the pool's processes
         if self.recovery is not None:
             self.recovery.stopped.set()
         if how == "Warm":
