@@ -6,11 +6,13 @@ processes (their whole process tree, from /proc) and, for the orchestrator, of t
 backends serving its workers. Needs PostgreSQL and Redis on localhost. BENCH_DB names the
 database (default orchestrator_bench), BENCH_BROKER_URL the Redis database.
 
-    python bench/engine_vs_celery.py [--runs 200] [--rounds 3] [--concurrency 2] [--profile] [--inline-off]
+    python bench/engine_vs_celery.py [--runs 200] [--rounds 3] [--concurrency 2] [--profile] [--inline-off] [--dbos]
 
 --inline-off first measures workers that send every step as a message
 (ORCHESTRATOR_INLINE_STEPS=0, the behaviour before inline steps), then the default ones,
-each beside plain Celery rounds of its own.
+each beside plain Celery rounds of its own. --dbos then runs DBOS Transact called directly
+(bench/dbos_direct.py: the same chain as three DBOS steps, pip package `dbos`) and prints its
+time and CPU per run (its process and its PostgreSQL backends).
 
 --profile samples the orchestrator's worker processes with py-spy (pip install py-spy) and
 prints where their time goes.
@@ -19,6 +21,7 @@ prints where their time goes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -31,12 +34,12 @@ from typing import Any
 
 import redis
 from celery import chain
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import fresh_database, worker_env  # noqa: E402
+from bench.common import PG_ADMIN, fresh_database, worker_env  # noqa: E402
 from bench.cpu import Meter  # noqa: E402
 from bench.plain_celery import app as plain_app  # noqa: E402
 from bench.plain_celery import last, noop  # noqa: E402
@@ -109,12 +112,34 @@ def orchestrator_round(
     return time.perf_counter() - began
 
 
+def dbos_rounds(args: argparse.Namespace) -> list[dict[str, float]]:
+    """`bench/dbos_direct.py`'s rounds on an empty database of its own: seconds and CPU each."""
+    name = DB_NAME + "_dbos"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = PG_ADMIN.rsplit("/", 1)[0].replace("+psycopg", "") + "/" + name
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "dbos_direct.py"), "--url", url, "--runs", str(args.runs),
+         "--rounds", str(args.rounds), "--concurrency", str(args.concurrency)],
+        capture_output=True, text=True, timeout=1800, start_new_session=True, cwd=ROOT,
+    )
+    rounds = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not rounds:
+        raise SystemExit(f"bench/dbos_direct.py failed:\n{done.stderr[-3000:]}")
+    return rounds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--dbos", action="store_true",
+                        help="also run DBOS called directly (bench/dbos_direct.py) on a database of its own")
     parser.add_argument("--inline-off", action="store_true",
                         help="first measure workers with ORCHESTRATOR_INLINE_STEPS=0 (every step "
                              "a message, as before inline steps), each beside its own plain rounds")
@@ -181,6 +206,8 @@ def main() -> None:
         rt.close()
         plain_app.close()
 
+    dbos = dbos_rounds(args) if args.dbos else []
+
     def per_run(samples: list[dict[str, float]], kind: str) -> float:
         return 1000 * statistics.median(s[kind] for s in samples) / args.runs
 
@@ -195,6 +222,14 @@ def main() -> None:
         print(f"  CPU per run, plain Celery : workers {per_run(plain_cpu, 'worker'):5.2f} ms")
         print(f"  CPU per run, orchestrator : workers {per_run(orch_cpu, 'worker'):5.2f} ms"
               f" + PostgreSQL backends {per_run(orch_cpu, 'postgres'):5.2f} ms")
+    if dbos:
+        took = statistics.median(r["seconds"] for r in dbos)
+        plain = statistics.median(results[-1][2])
+        print(f"DBOS direct ({args.concurrency} threads of one process; after the rounds above, not alternating):")
+        print(f"  DBOS workflows      : {took:7.2f} s  ({args.runs / took:7.0f} runs/s)  rounds "
+              f"{[round(r['seconds'], 2) for r in dbos]}; {took / plain:.2f}x the last plain Celery median")
+        print(f"  CPU per run, DBOS   : process {per_run(dbos, 'worker'):5.2f} ms"
+              f" + PostgreSQL backends {per_run(dbos, 'postgres'):5.2f} ms")
     if args.profile:
         print(f"  worker profiles (py-spy raw stacks): {logs}/worker-*.pyspy.txt")
 
