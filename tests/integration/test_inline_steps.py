@@ -148,3 +148,32 @@ def test_cancelling_a_run_during_an_inline_step_runs_nothing_after_it(
     assert statuses == {"first": "succeeded", "second": "succeeded", "third": "cancelled",
                         "fourth": "cancelled"}
     assert executions(side_channel, run_id, "third") == 0
+
+
+def test_on_sqlite_a_chain_runs_on_its_first_message_too(tmp_path, redis_url, monkeypatch):
+    # The portable statements (`GenericHotPath.continue_step`), as `orchestrator dev` runs them.
+    from orchestrator.db.migrate import upgrade
+    from orchestrator.runtime import Runtime
+    from orchestrator.settings import Settings
+
+    monkeypatch.setenv("ORCHESTRATOR_TEST_REDIS", redis_url)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    upgrade(url)
+    settings = Settings(database_url=url, broker_url="memory://", workflows=("tests.flows",))
+    rt = Runtime(settings)
+    try:
+        quiet = WorkflowEngine(rt.sessions, rt.registry, RecordingDispatcher(), settings)
+        run_id = quiet.start_run("inline-chain", {})
+        (first,) = quiet.dispatcher.sent
+        done = execute(quiet, Heartbeats(quiet), run_id, "first", worker="w@test", queue=first.queue,
+                       task_id=first.task_id)
+        assert done == "succeeded (3 steps in a row)"
+        assert [d.step for d in quiet.dispatcher.sent] == ["first", "fourth"]
+        with rt.db.connect() as conn:
+            found = conn.execute(text("SELECT name, status, attempts, task_id FROM steps ORDER BY id")).all()
+        assert [tuple(r) for r in found] == [
+            ("first", "succeeded", 1, first.task_id), ("second", "succeeded", 1, first.task_id),
+            ("third", "succeeded", 1, first.task_id), ("fourth", "queued", 0, quiet.dispatcher.sent[1].task_id),
+        ]
+    finally:
+        rt.close()
