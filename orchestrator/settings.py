@@ -28,9 +28,10 @@ DEFAULT_WORKFLOWS = "workflows"
 DEFAULT_STEP_LEASE = 60.0
 #: Seconds a step may sit queued before the recovery loop assumes its message was lost.
 DEFAULT_REDELIVER_AFTER = 300.0
-#: Steps a worker process runs in a row without a broker round trip: when a step succeeds,
-#: the next step of the run that its success makes ready on the same queue is claimed in the
-#: same transaction and run at once (see `executor`). 0 sends every step as a message.
+#: Steps a worker process runs inline after the one its message named, with no broker round
+#: trip: when a step succeeds, the next step of the run that its success makes ready on the
+#: same queue is claimed in the same transaction and run at once (see `executor`). 0 sends
+#: every step as a message.
 DEFAULT_INLINE_STEPS = 8
 #: Seconds between two sweeps of the recovery loop.
 DEFAULT_RECOVERY_INTERVAL = 5.0
