@@ -187,6 +187,23 @@ class Outcome:
     starts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Inline:
+    """Where a finishing attempt runs, so that its success may continue its run there.
+
+    `finish` given one claims, in the transaction that records the success, the next step
+    this success makes ready if that step can run in the same process right away (same
+    `queue`, this worker's code; see `WorkflowEngine._inline_candidate`), and returns its
+    claim instead of sending its message. `task_id` is the Celery task the process runs,
+    written on the claimed row so that revoking with terminate (and a shutdown's hand-back)
+    reaches the process running it.
+    """
+
+    queue: str
+    worker: str | None
+    task_id: str
+
+
 class WorkflowEngine:
     """Owns the unit of work for every run/step transition; see the module docstring."""
 
@@ -1216,6 +1233,11 @@ class WorkflowEngine:
             if row is None:
                 self._check_loaded(session, rid, step_name, worker)
                 return None
+        return self._claim_of(rid, step_name, node, row)
+
+    def _claim_of(self, rid: uuid.UUID, step_name: str, node: str, row: Any) -> Claim:
+        """The `Claim` of a claimed row (`hotpath.ClaimedRow`), with what its step reads
+        beyond its parents' results (older versions' parents, events, map errors, failures)."""
         claim = Claim(
             step_id=row.step_id,
             run_id=str(rid),
@@ -1404,43 +1426,46 @@ class WorkflowEngine:
                     .values(lease_expires_at=until)
                 )
 
-    def finish(self, claim: Claim, outcome: Outcome) -> None:
+    def finish(self, claim: Claim, outcome: Outcome, inline: Inline | None = None) -> Claim | None:
         """Record an attempt's outcome and move the run on, in one transaction.
 
         A success's emits (`ctx.emit`) become `outbox` rows in that same transaction, so
-        they exist exactly when the success does; a failure's are never written.
+        they exist exactly when the success does; a failure's are never written. With
+        `inline`, a success may also claim the next step, returned for the caller to run
+        now (see `Inline`); None otherwise, and always for a failure.
         """
         if not outcome.ok:
             self._finish_failed(claim, outcome)
-            return
+            return None
         if claim.node is not None:
             self._finish_item(claim, outcome)
-            return
+            return None
         # The hot path: lock the run, settle the step, plan, queue successors.
         now = utcnow()
         rid = parse_run_id(claim.run_id)
         steps = StepRun.__table__
         workflow = self.claimed_definition(claim)
+        follow: tuple[str, Any] | None = None
         with self.transaction() as (session, outbox):
             if claim.run_key is not None:
                 C.lock_key(session, C.run_scope(workflow.name), claim.run_key)
             locked = self.hot_path.lock_run(session, rid)
             if locked is None:
-                return
+                return None
             statuses = self.hot_path.settle_success(
                 session, rid, claim.step_id, claim.attempt, claim.attempt_id,
                 outcome.result, outcome.logs or [], now,
             )
             if statuses is None:
                 self._lease_lost(session, claim)
-                return
+                return None
             self._record_effects(session, outbox, claim, outcome, now)
             step = workflow.steps.get(claim.step)
             if step is not None and step.concurrency is not None:
                 key = session.scalar(select(steps.c.concurrency_key).where(steps.c.id == claim.step_id))
                 self._wake_steps(session, outbox, workflow, claim.step, key)
             if locked.status in P.RUN_FINAL:
-                return
+                return None
 
             known: dict[str, Any] = {}  # read once per decision, when a condition needs them
 
@@ -1454,6 +1479,8 @@ class WorkflowEngine:
 
             partition = claim.run_key if workflow.partition_by is not None else None
             decision = self._decide(rid, workflow, statuses, context_for, now, partition)
+            if inline is not None:
+                follow = self._continue_inline(session, rid, workflow, claim, decision, inline, now)
             by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for name, values in decision.changes.items():
                 by_columns.setdefault(tuple(sorted(values)), []).append(
@@ -1485,6 +1512,57 @@ class WorkflowEngine:
                     self.admit(session, outbox, workflow, claim.run_key)
             if decision.opens:
                 self.open_waits(session, outbox, decision.opens)
+        if follow is None:
+            return None
+        name, row = follow
+        return self._claim_of(rid, name, name, row)
+
+    def _inline_candidate(self, workflow: Workflow, claim: Claim, decision: Decision,
+                          inline: Inline) -> Dispatch | None:
+        """The message of `decision` whose step may run inline after `claim`'s, if any.
+
+        Only a plain task (no map, call, wait or sleep; no step concurrency limit, whose
+        slot is taken at its claim), of the loaded code (so this worker has it: not a
+        planning view of another version), on the queue this worker took `claim` from,
+        without a `timeout` (a step with one gets its own message, hence its own Celery
+        hard time limit; and so does any step after one with a timeout, whose task has a
+        hard limit), reading only its parents' results (every parent a plain task), and
+        not the failure handler.
+        """
+        if self.registry.find(workflow.name) is not workflow:
+            return None
+        current = workflow.steps.get(claim.step)
+        if current is None or current.timeout is not None:
+            return None
+        for message in decision.dispatches:
+            if message.queue != inline.queue or message.countdown is not None or message.timeout is not None:
+                continue
+            step = workflow.steps.get(message.step)
+            if (step is None or step.kind != W.TASK or step.concurrency is not None
+                    or step.timeout is not None or message.step == workflow.failure_handler):
+                continue
+            if all(workflow.steps[p].kind == W.TASK for p in workflow.upstream(message.step)):
+                return message
+        return None
+
+    def _continue_inline(self, session: Session, rid: uuid.UUID, workflow: Workflow, claim: Claim,
+                         decision: Decision, inline: Inline, now: datetime) -> tuple[str, Any] | None:
+        """Claim the inline candidate of `decision` in the open transaction (the run lock is
+        held); on success its message and queued change leave the decision. Returns the
+        step's name and claimed row, or None (everything then goes as the decision says)."""
+        message = self._inline_candidate(workflow, claim, decision, inline)
+        if message is None:
+            return None
+        lease = now + timedelta(seconds=self.settings.step_lease)
+        row = self.hot_path.continue_step(
+            session, rid, message.step, [workflow.name], list(workflow.upstream(message.step)),
+            inline.worker, inline.task_id, now, lease,
+        )
+        if row is None:
+            return None
+        decision.dispatches.remove(message)
+        decision.changes.pop(message.step, None)
+        return message.step, row
 
     def _lease_lost(self, session: Session, claim: Claim) -> None:
         """The recovery loop gave this attempt up while it ran: keep its record, drop its result."""
@@ -1618,13 +1696,15 @@ class WorkflowEngine:
                 self._fail_run(run, {s.name: s for s in run.steps}, error, outbox, now)
             return str(run.id)
 
-    def hand_back(self, run_id: str, step_name: str, worker: str) -> bool:
+    def hand_back(self, run_id: str, step_name: str, worker: str, task_id: str | None = None) -> bool:
         """A worker shutting down gives back a step that it (node `worker`) is still running.
 
         The attempt is recorded as interrupted and the step is queued again for another
         worker, as after a failed attempt but without counting this one against its retries
         (the step did nothing wrong). Returns False if the attempt had already ended. Should
         the interrupted process still finish, its result is dropped like any lost lease's.
+        With `task_id` (the Celery task of `step_name`'s message), a step of the run that
+        task went on to run inline (`Inline`) is handed back when `step_name` has ended.
         """
         now = utcnow()
         with self.transaction() as (session, outbox):
@@ -1632,6 +1712,11 @@ class WorkflowEngine:
             row = session.scalars(
                 select(StepRun).where(StepRun.run_id == run.id, StepRun.name == step_name)
             ).one_or_none()
+            if (row is None or row.status != P.RUNNING) and task_id is not None:
+                row = session.scalars(
+                    select(StepRun).where(StepRun.run_id == run.id, StepRun.task_id == task_id,
+                                          StepRun.status == P.RUNNING)
+                ).first()
             if row is None or row.status != P.RUNNING:
                 return False
             record = _current_attempt(session, row)

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import logs, tracing
 from .dsl import StepContext
-from .engine import Claim, Outcome, WorkflowEngine, check_json
+from .engine import Claim, Inline, Outcome, WorkflowEngine, check_json
 from .errors import InvalidInput, StepNotLoaded, WorkflowNotFound
 from .leases import LeaseBoard, renewal_interval
 from .skew import grace_expired, hand_back_pause
@@ -126,6 +126,10 @@ class Heartbeats:
                 self.thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
                 self.thread.start()
 
+    def stopping(self) -> bool:
+        """Whether this process's worker is shutting down (then no step runs inline)."""
+        return self.board is not None and self.board.stopping()
+
     def remove(self, claim: Claim) -> None:
         if self.board is not None:
             self.board.unregister(claim)
@@ -169,20 +173,24 @@ def interrupts_ignored() -> bool:
     return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
-def record_outcome(engine: WorkflowEngine, claim: Claim, outcome: Outcome) -> None:
+def record_outcome(engine: WorkflowEngine, claim: Claim, outcome: Outcome,
+                   inline: Inline | None = None) -> Claim | None:
     """`engine.finish`, tried again while the database is unreachable (a restart, a failover).
 
     The attempt keeps its heartbeat meanwhile, so its lease is renewed as soon as the
     database answers and the recovery loop does not give the attempt up: its outcome is
     recorded once, instead of being lost and the step run again. Gives up (re-raises) after
-    `RECORD_RETRY_WINDOW` seconds.
+    `RECORD_RETRY_WINDOW` seconds. Returns the step claimed to run next in this process
+    (`inline`: see `engine.Inline`), if any.
     """
     deadline = time.monotonic() + RECORD_RETRY_WINDOW
     pause = RECORD_RETRY_PAUSE[0]
     while True:
         try:
-            engine.finish(claim, outcome)
-            return
+            if inline is None:  # as callers that wrap `finish` (tests) have always called it
+                engine.finish(claim, outcome)
+                return None
+            return engine.finish(claim, outcome, inline=inline)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
             if time.monotonic() + pause > deadline:
                 raise
@@ -203,6 +211,7 @@ def execute(
     body: Callable[[StepContext], Any] | None = None,  # instead of the step's own function
     traceparent: str | None = None,  # the run's, from the step message (tracing)
     queue: str | None = None,
+    task_id: str | None = None,  # the Celery task running this (inline steps need one)
 ) -> str:
     """Claim, run and record one attempt of a step. Returns what happened, for the task log.
 
@@ -210,6 +219,12 @@ def execute(
     re-queue the message (`handed_back` counts how often that happened already), for
     another worker of a rolling deploy, until `skew.hand_back_pause` says that
     ORCHESTRATOR_VERSION_GRACE has passed: the step then fails, naming both versions.
+
+    Given the `queue` and `task_id` of the message, a success may be followed by the next
+    step of the run, claimed in the transaction that records the success (`engine.Inline`)
+    and run here at once, without a message: up to `settings.inline_steps` steps in a row,
+    each its own attempt (its own lease, time limit, log fields and span), then the next
+    one goes by message again, so a long chain does not keep one process from other runs.
     """
     try:
         claim = engine.claim(run_id, step_name, worker)
@@ -227,6 +242,29 @@ def execute(
         return f"failed: {error}"
     if claim is None:
         return "skipped: not claimable (duplicate message, finished or cancelled run)"
+    budget = engine.settings.inline_steps if queue and task_id else 0
+    inline = Inline(queue, worker, task_id) if budget and queue and task_id else None
+    done = _run_claimed(engine, heartbeats, claim, body, traceparent, queue, inline)
+    ran = 1
+    while isinstance(done, Claim):  # the next step, claimed with the success
+        budget -= 1
+        done = _run_claimed(engine, heartbeats, done, None, traceparent, queue,
+                            inline if budget > 0 else None)
+        ran += 1
+    return done if ran == 1 else f"{done} ({ran} steps in a row)"
+
+
+def _run_claimed(
+    engine: WorkflowEngine,
+    heartbeats: Heartbeats,
+    claim: Claim,
+    body: Callable[[StepContext], Any] | None,
+    traceparent: str | None,
+    queue: str | None,
+    inline: Inline | None,
+) -> str | Claim:
+    """Run one claimed attempt in its log fields and span; the claim of the step to run
+    next in this process (see `execute`), or what happened."""
     workflow = engine.claimed_definition(claim)
     step = workflow.steps[claim.node_name]
     logger, capture = step_logger(claim)
@@ -247,18 +285,21 @@ def execute(
     with logs.fields(run_id=claim.run_id, step=claim.step, attempt=claim.attempt,
                      event_id=claim.event_id):
         if not tracing.enabled:
-            return _attempt(engine, heartbeats, claim, step, ctx, capture, body)
+            return _attempt(engine, heartbeats, claim, step, ctx, capture, body, inline)
         with tracing.step_span(traceparent, claim.workflow, claim.run_id, claim.step,
                                claim.attempt, queue) as span:
-            done = _attempt(engine, heartbeats, claim, step, ctx, capture, body)
-            if done != "succeeded":
+            done = _attempt(engine, heartbeats, claim, step, ctx, capture, body, inline)
+            if isinstance(done, str) and done != "succeeded":
                 tracing.failed(span, done)
             return done
 
 
 def _attempt(engine: WorkflowEngine, heartbeats: Heartbeats, claim: Claim, step: Any,
-             ctx: StepContext, capture: _Capture, body: Callable[[StepContext], Any] | None) -> str:
-    """Run a claimed attempt and record its outcome (see `execute`)."""
+             ctx: StepContext, capture: _Capture, body: Callable[[StepContext], Any] | None,
+             inline: Inline | None = None) -> str | Claim:
+    """Run a claimed attempt and record its outcome (see `execute`); a success recorded
+    with `inline` may return the claim of the step to run next instead of "succeeded"."""
+    following: Claim | None = None
     heartbeats.add(claim)
     try:
         try:
@@ -285,7 +326,9 @@ def _attempt(engine: WorkflowEngine, heartbeats: Heartbeats, claim: Claim, step:
                 tb = None
             outcome = Outcome(ok=False, error=_describe(exc), traceback=tb, logs=capture.lines)
         try:
-            record_outcome(engine, claim, outcome)
+            if inline is not None and (not outcome.ok or heartbeats.stopping()):
+                inline = None
+            following = record_outcome(engine, claim, outcome, inline)
         except (OperationalError, InterfaceError, DisconnectionError):
             raise  # the database stayed away: the task is retried, the lease settles the step
         except Exception as exc:  # noqa: BLE001 - the database refused what the attempt produced
@@ -298,4 +341,6 @@ def _attempt(engine: WorkflowEngine, heartbeats: Heartbeats, claim: Claim, step:
             engine.finish(claim, outcome)
     finally:
         heartbeats.remove(claim)
+    if following is not None:
+        return following
     return "succeeded" if outcome.ok else f"failed: {outcome.error}"

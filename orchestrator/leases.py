@@ -90,6 +90,10 @@ class Registered:
     started: int
 
 
+#: The file on a board that says its worker is shutting down (`LeaseBoard.mark_stopping`).
+STOPPING = "stopping"
+
+
 class LeaseBoard:
     """The directory in which a worker's processes register the attempts they run."""
 
@@ -149,6 +153,17 @@ class LeaseBoard:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def mark_stopping(self) -> None:
+        """The worker is shutting down: its processes run no further step inline (`Inline`);
+        what a success makes ready goes back to the broker as messages."""
+        try:
+            (self.directory / STOPPING).touch()
+        except OSError:
+            log.warning("could not mark %s stopping", self.directory, exc_info=True)
+
+    def stopping(self) -> bool:
+        return (self.directory / STOPPING).exists()
 
     def _path(self, attempt_id: int) -> Path:
         return self.directory / f"{attempt_id}{SUFFIX}"

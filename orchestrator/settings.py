@@ -28,6 +28,11 @@ DEFAULT_WORKFLOWS = "workflows"
 DEFAULT_STEP_LEASE = 60.0
 #: Seconds a step may sit queued before the recovery loop assumes its message was lost.
 DEFAULT_REDELIVER_AFTER = 300.0
+#: Steps a worker process runs inline after the one its message named, with no broker round
+#: trip: when a step succeeds, the next step of the run that its success makes ready on the
+#: same queue is claimed in the same transaction and run at once (see `executor`). 0 sends
+#: every step as a message.
+DEFAULT_INLINE_STEPS = 8
 #: Seconds between two sweeps of the recovery loop.
 DEFAULT_RECOVERY_INTERVAL = 5.0
 #: Seconds between two looks for due timers (sleeps, wait and approval timeouts).
@@ -160,6 +165,8 @@ class Settings:
     workflows: tuple[str, ...] = (DEFAULT_WORKFLOWS,)
     step_lease: float = DEFAULT_STEP_LEASE
     redeliver_after: float = DEFAULT_REDELIVER_AFTER
+    #: ORCHESTRATOR_INLINE_STEPS: see DEFAULT_INLINE_STEPS.
+    inline_steps: int = DEFAULT_INLINE_STEPS
     recovery_interval: float = DEFAULT_RECOVERY_INTERVAL
     #: ORCHESTRATOR_TIMER_INTERVAL: how often the recovery process fires due timers.
     timer_interval: float = DEFAULT_TIMER_INTERVAL
@@ -230,6 +237,8 @@ class Settings:
             workflows=workflows or (DEFAULT_WORKFLOWS,),
             step_lease=_float(env, "ORCHESTRATOR_STEP_LEASE", DEFAULT_STEP_LEASE),
             redeliver_after=_float(env, "ORCHESTRATOR_REDELIVER_AFTER", DEFAULT_REDELIVER_AFTER),
+            inline_steps=_number(env, "ORCHESTRATOR_INLINE_STEPS", DEFAULT_INLINE_STEPS, int,
+                                 "a whole number", lambda v: v >= 0, "0 or more"),
             recovery_interval=_float(
                 env, "ORCHESTRATOR_RECOVERY_INTERVAL", DEFAULT_RECOVERY_INTERVAL
             ),

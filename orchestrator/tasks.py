@@ -33,7 +33,8 @@ def register_tasks(app: Celery) -> None:
             return execute(rt.engine, rt.heartbeats, run_id, step_name,
                            worker=self.request.hostname, handed_back=handed_back,
                            traceparent=self.request.get("traceparent"),
-                           queue=(self.request.delivery_info or {}).get("routing_key"))
+                           queue=(self.request.delivery_info or {}).get("routing_key"),
+                           task_id=self.request.id)
         except HandBack as back:  # no code here: to the same queue, for a worker that has it
             raise self.retry(countdown=back.countdown, max_retries=None,
                              kwargs={"handed_back": handed_back + 1}) from None

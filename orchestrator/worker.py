@@ -69,6 +69,9 @@ class GracefulShutdown:
         if self.requested.is_set():
             return
         self.requested.set()
+        board = LeaseBoard.from_env()
+        if board is not None:
+            board.mark_stopping()  # no more inline steps in the pool's processes
         if self.recovery is not None:
             self.recovery.stopped.set()
         if how == "Warm":
@@ -89,7 +92,7 @@ class GracefulShutdown:
         for request in list(state.active_requests):
             run_id, step = request.args[0], request.args[1]  # orchestrator.run_step(run_id, step)
             try:
-                if self.rt.engine.hand_back(run_id, step, request.hostname):
+                if self.rt.engine.hand_back(run_id, step, request.hostname, request.id):
                     given.append(request)
             except Exception:  # noqa: BLE001 - the step's lease recovers it instead
                 log.warning("could not hand back step %s of run %s", step, run_id, exc_info=True)

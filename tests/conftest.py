@@ -104,6 +104,7 @@ def settings_env(settings: Settings, redis_url: str | None = None) -> dict[str, 
         ORCHESTRATOR_REDELIVER_AFTER=str(settings.redeliver_after),
         ORCHESTRATOR_RECOVERY_INTERVAL=str(settings.recovery_interval),
         ORCHESTRATOR_VERSION_GRACE=str(settings.version_grace),
+        ORCHESTRATOR_INLINE_STEPS=str(settings.inline_steps),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
         PYTHONUNBUFFERED="1",
     )
@@ -160,9 +161,10 @@ def start_worker(
 
     def start(concurrency: int = 2, queues: str | None = None, name: str | None = None,
               workflows: tuple[str, ...] | None = None,
-              version_grace: float | None = None) -> WorkerProcess:
+              version_grace: float | None = None, inline_steps: int | None = None) -> WorkerProcess:
         """`workflows`: the modules this worker loads, if not the test's (deploy skew);
-        `version_grace`: its ORCHESTRATOR_VERSION_GRACE, if not the test's."""
+        `version_grace`: its ORCHESTRATOR_VERSION_GRACE, if not the test's; `inline_steps`:
+        its ORCHESTRATOR_INLINE_STEPS, if not the default."""
         name = name or f"w{len(started) + 1}-{uuid.uuid4().hex[:6]}@test"
         log = tmp_path / f"{name.split('@')[0]}.log"
         argv = [sys.executable, "-m", "orchestrator", "worker", f"--concurrency={concurrency}",
@@ -172,7 +174,9 @@ def start_worker(
         with log.open("wb") as out:
             process = subprocess.Popen(
                 argv, env=settings_env(settings.with_(workflows=workflows or settings.workflows,
-                                                      version_grace=version_grace or settings.version_grace),
+                                                      version_grace=version_grace or settings.version_grace,
+                                                      inline_steps=settings.inline_steps
+                                                      if inline_steps is None else inline_steps),
                                        redis_url),
                 cwd=ROOT, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,

@@ -223,3 +223,22 @@ fragile_calls.step(_hold, name="call_fragile_service", after="prepare", concurre
 sharded = Workflow("sharded", partition_by="customer", shards=3)
 sharded.step(_hold, name="first")
 sharded.step(_hold, name="second", after="first")
+
+
+# -- inline steps: a chain one worker process runs without messages between its steps -------
+inline_chain = Workflow("inline-chain")
+
+
+def _link(ctx: StepContext) -> dict:
+    """Sleeps `input["sleep"][step]` seconds in its first attempt."""
+    record(ctx)
+    ctx.logger.info("link %s, attempt %d", ctx.step, ctx.attempt)
+    if ctx.attempt == 1:
+        time.sleep(ctx.input.get("sleep", {}).get(ctx.step, 0))
+    return {"pid": os.getpid(), "step": ctx.step, "seen": sorted(ctx.results)}
+
+
+inline_chain.step(_link, name="first")
+inline_chain.step(_link, name="second", after="first", retries=2, backoff=0.1)
+inline_chain.step(_link, name="third", after="second")
+inline_chain.step(_link, name="fourth", after="third", timeout=30)  # has a timeout: its own message

@@ -106,6 +106,31 @@ class GenericHotPath:
             claimed.run_key, claimed.version, claimed.map_index, claimed.item, claimed.event_id,
         )
 
+    def continue_step(
+        self,
+        session: Session,
+        rid: uuid.UUID,
+        step: str,
+        workflows: Sequence[str],
+        parents: Sequence[str],
+        worker: str | None,
+        task_id: str,
+        now: datetime,
+        lease: datetime,
+    ) -> ClaimedRow | None:
+        """Claim a step that the caller's open transaction (holding the run's lock) has just
+        made ready, for the process that finishes its parent to run next: from `pending`
+        straight to `running`, `task_id` being the task of that process. None if the step
+        was not pending."""
+        conn = session.connection()
+        queued = conn.execute(
+            _QUEUE_PENDING,
+            {"p_rid": rid, "p_name": step, "p_now": now, "p_lease": lease, "p_task": task_id},
+        )
+        if queued.rowcount != 1:
+            return None
+        return self.claim_in(session, rid, step, workflows, parents, worker, now, lease)
+
     def lock_run(self, session: Session, rid: uuid.UUID) -> Any:
         """(status, workflow) of the run, row-locked until the transaction ends; or None."""
         return session.connection().execute(_LOCK_RUN, {"p_rid": rid}).one_or_none()
@@ -209,6 +234,31 @@ class PostgresHotPath(GenericHotPath):
                     "parents": list(parents),
                 },
             ).one_or_none()
+        if row is None:
+            return None
+        return ClaimedRow(
+            row.id, row.attempts, row.attempt_id, row.workflow, row.input, row.results or {},
+            row.concurrency_key, row.version, row.map_index, row.item, row.event_id,
+        )
+
+    def continue_step(
+        self,
+        session: Session,
+        rid: uuid.UUID,
+        step: str,
+        workflows: Sequence[str],
+        parents: Sequence[str],
+        worker: str | None,
+        task_id: str,
+        now: datetime,
+        lease: datetime,
+    ) -> ClaimedRow | None:
+        # One statement in the caller's transaction (the success it follows commits it).
+        row = session.connection().execute(
+            _PG_CONTINUE,
+            {"rid": rid, "name": step, "now": now, "lease": lease, "worker": worker,
+             "task_id": task_id, "parents": list(parents)},
+        ).one_or_none()
         if row is None:
             return None
         return ClaimedRow(
@@ -364,6 +414,14 @@ _CLAIM_STEP = (
         _of_run(_runs.c.event_id).label("event_id"),
     )
 )
+# A pending step made ready, queued for the process that continues its run (`continue_step`).
+_QUEUE_PENDING = (
+    update(_steps)
+    .where(_steps.c.run_id == bindparam("p_rid"), _steps.c.name == bindparam("p_name"),
+           _steps.c.status == P.PENDING)
+    .values(status=P.QUEUED, queued_at=bindparam("p_now"), lease_expires_at=bindparam("p_lease"),
+            task_id=bindparam("p_task"))
+)
 _INSERT_ATTEMPT = (
     insert(_attempts)
     .values(
@@ -431,6 +489,33 @@ WITH claimed AS (
 ), started AS (
     UPDATE runs SET status = 'running', started_at = :now
      WHERE id = :rid AND status = 'pending' AND EXISTS (SELECT 1 FROM claimed)
+)
+SELECT claimed.id, claimed.attempts, claimed.map_index, claimed.item,
+       attempt.id AS attempt_id, runs.workflow, runs.input,
+       runs.concurrency_key, runs.version, runs.event_id,
+       (SELECT jsonb_object_agg(p.name, p.result) FROM steps p
+         WHERE p.run_id = :rid AND p.name = ANY(CAST(:parents AS varchar[]))
+           AND p.status = 'succeeded') AS results
+  FROM claimed
+  JOIN attempt ON attempt.step_id = claimed.id
+  JOIN runs ON runs.id = :rid
+"""
+)
+
+# `continue_step`: a pending step of a locked run straight to running, its attempt, its
+# parents' results (the success before it in this transaction included).
+_PG_CONTINUE = text(
+    """
+WITH claimed AS (
+    UPDATE steps
+       SET status = 'running', attempts = attempts + 1, queued_at = :now, started_at = :now,
+           finished_at = NULL, lease_expires_at = :lease, handed_back_at = NULL, task_id = :task_id
+     WHERE run_id = :rid AND name = :name AND status = 'pending'
+ RETURNING id, attempts, map_index, item
+), attempt AS (
+    INSERT INTO attempts (step_id, number, status, worker, started_at, logs)
+    SELECT id, attempts, 'running', :worker, :now, '[]'::jsonb FROM claimed
+ RETURNING id, step_id
 )
 SELECT claimed.id, claimed.attempts, claimed.map_index, claimed.item,
        attempt.id AS attempt_id, runs.workflow, runs.input,
