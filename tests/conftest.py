@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.processes",
     "tests.fixtures.kafka",
     "tests.fixtures.waiting",
+    "tests.fixtures.ordering",
     "orchestrator.testing",
     "pytester",
 ]
