@@ -11,7 +11,6 @@ touched: override `database_url`, `broker_url` or `kafka_bootstrap` with `privat
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -70,12 +69,7 @@ def make_load(settings: Settings, topic_prefix: str) -> Iterator[Callable[..., L
         load.close()
 
 
-# -- processes: killed outright when a test ends (graceful shutdown is not what these test) ----
-
-
-@pytest.fixture
-def process_stop_signal() -> int:
-    return signal.SIGKILL
+# -- processes (killed outright when a test ends, as everywhere: tests/fixtures/processes.py) ----
 
 
 @pytest.fixture
