@@ -49,7 +49,7 @@ REDIS_BASE = "redis://127.0.0.1:6379"
 @contextlib.contextmanager
 def claimed_redis(base: str = REDIS_BASE) -> Iterator[str]:
     """A Redis database (1-15) of this benchmark's own, claimed as the test suite claims
-    its own (`orchestrator-test-claim:N` in db 0, see tests/conftest.py), so a benchmark and
+    its own (`orchestrator-test-claim:N` in db 0, see tests/fixtures/services.py), so a benchmark and
     test sessions running at the same time never share (and flush) one; yields its URL.
     BENCH_BROKER_URL, when set, is used as it is instead."""
     if os.environ.get("BENCH_BROKER_URL"):

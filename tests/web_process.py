@@ -12,7 +12,8 @@ from pathlib import Path
 
 from orchestrator.settings import Settings
 from orchestrator.tansu import free_port
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.fixtures.config import ROOT, settings_env
+from tests.fixtures.waiting import wait_for
 from tests.webtools import TOKEN
 
 

@@ -38,8 +38,8 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from sqlalchemy import text
 
-from tests.conftest import wait_for
 from tests.faults.flows import EXECUTIONS, RETURNED
+from tests.fixtures.waiting import wait_for
 
 FINAL = ("succeeded", "failed", "cancelled")
 #: Whether the long soak variants run (./scripts/test --long).

@@ -18,7 +18,6 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.faults.harness import (
     LONG,
     Figures,
@@ -31,6 +30,7 @@ from tests.faults.harness import (
     scalar,
     wait_until_settled,
 )
+from tests.fixtures.waiting import wait_for
 
 #: Messages per consumer batch (one database transaction) in these tests.
 BATCH = "50"

@@ -21,7 +21,6 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.faults.harness import (
     LONG,
     Figures,
@@ -33,6 +32,7 @@ from tests.faults.harness import (
     rows,
     wait_until_settled,
 )
+from tests.fixtures.waiting import wait_for
 
 CUSTOMERS = 20
 REGIONS = 4

@@ -19,7 +19,6 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from tests.conftest import wait_for
 from tests.faults.harness import (
     Figures,
     Load,
@@ -30,6 +29,7 @@ from tests.faults.harness import (
     scalar,
     wait_until_settled,
 )
+from tests.fixtures.waiting import wait_for
 
 PARTITIONS = 4
 #: Seconds the broker stays down.

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.faults.harness import rows
+from tests.fixtures.waiting import wait_for
 
 WORKFLOWS = ("tests.compose_it_flows",)
 

@@ -20,7 +20,7 @@ from orchestrator.engine import Outcome, WorkflowEngine
 from orchestrator.executor import Heartbeats, execute, record_outcome
 from orchestrator.recovery import OutageGrace
 from orchestrator.runtime import Runtime
-from tests.kafka_fixtures import TcpProxy
+from tests.fixtures.private import TcpProxy
 
 
 def attempts_of(runtime, run_id: str, step: str) -> list[tuple[int, str, str | None]]:

@@ -13,7 +13,6 @@ from datetime import datetime
 import pytest
 import redis
 
-from tests.conftest import wait_for
 from tests.faults.harness import (
     LONG,
     Figures,
@@ -25,6 +24,7 @@ from tests.faults.harness import (
     scalar,
     wait_until_settled,
 )
+from tests.fixtures.waiting import wait_for
 
 #: Seconds the broker stays down.
 OUTAGE = 2.0

@@ -34,7 +34,6 @@ from kafka.errors import TopicAlreadyExistsError
 from sqlalchemy import text
 
 from orchestrator.emits import EVENT_ID_HEADER
-from tests.conftest import ROOT, wait_for
 from tests.faults.harness import (
     OUTBOX_SLACK,
     Figures,
@@ -45,7 +44,9 @@ from tests.faults.harness import (
     publish_figures,
     rows,
 )
-from tests.kafka_fixtures import Kafka, count, kafka_env
+from tests.fixtures.config import ROOT, kafka_env
+from tests.fixtures.kafka import Kafka
+from tests.fixtures.waiting import count, wait_for
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.faults.flows import HOSTILE
 from tests.faults.harness import (
     Figures,
@@ -25,6 +24,7 @@ from tests.faults.harness import (
     rows,
     wait_until_settled,
 )
+from tests.fixtures.waiting import wait_for
 
 #: Load events that also start each hostile workflow, twice each, spread over the load.
 HOSTILE_AT = {40 + 15 * i + 220 * copy: name for copy in range(2) for i, name in enumerate(HOSTILE)}

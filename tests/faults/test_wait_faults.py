@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.faults.harness import (
     Figures,
     audit,
@@ -28,6 +27,7 @@ from tests.faults.harness import (
     scalar,
     wait_until_settled,
 )
+from tests.fixtures.waiting import wait_for
 
 #: The nodes that wait in each workflow, with how their wait must end and the task after it.
 NODES = {"napper": ("nap", "fired", "after"), "impatient": ("reply", "timed_out", "answered"),

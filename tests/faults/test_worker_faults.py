@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.faults.harness import (
     LONG,
     Figures,
@@ -17,6 +16,7 @@ from tests.faults.harness import (
     rows,
     wait_until_settled,
 )
+from tests.fixtures.waiting import wait_for
 
 
 def running_on(runtime, worker: str) -> int:

@@ -340,7 +340,7 @@ def test_a_marker_on_the_test_wins_and_sets_settings(orchestrator_test):
 
 
 def test_every_test_gets_a_fresh_database_clock_and_queue(pytester, monkeypatch):
-    from tests.conftest import ROOT
+    from tests.fixtures.config import ROOT
 
     monkeypatch.syspath_prepend(str(ROOT))
     pytester.makepyfile(test_isolation=ISOLATION_TESTS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import ROOT
+from tests.fixtures.config import ROOT
 
 README = (ROOT / "README.md").read_text()
 

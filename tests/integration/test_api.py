@@ -14,7 +14,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import update
 
 from orchestrator.db.models import Run
-from tests.conftest import wait_for
+from tests.fixtures.waiting import wait_for
 from tests.webtools import AUTH, TOKEN, WORKFLOWS, add_event, assert_documented, make_app
 from web.openapi import document
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from tests.kafka_fixtures import count
+from tests.fixtures.waiting import count
 from tests.web_process import web_process
 
 #: Largest peak resident set the consumer may reach, in MiB, whatever the backlog.

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import ROOT, settings_env
+from tests.fixtures.config import ROOT, settings_env
 
 
 def cli(env: dict[str, str], *args: str, cwd=ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:

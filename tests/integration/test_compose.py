@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import wait_for
+from tests.fixtures.waiting import wait_for
 
 WORKFLOWS = ("tests.compose_it_flows",)
 

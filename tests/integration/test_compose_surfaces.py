@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import settings_env
+from tests.fixtures.config import settings_env
 from tests.integration.test_cli import cli
 from tests.webtools import WORKFLOWS, assert_documented, make_app
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from orchestrator.ring import queue_for
-from tests.conftest import wait_for
+from tests.fixtures.waiting import wait_for
 
 FINAL = ("succeeded", "failed", "cancelled")
 

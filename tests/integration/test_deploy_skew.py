@@ -25,7 +25,8 @@ from orchestrator.errors import DeploySkew, StepNotLoaded
 from orchestrator.registry import load_workflows
 from orchestrator.retention import prune
 from orchestrator.runtime import Runtime
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.fixtures.config import ROOT, settings_env
+from tests.fixtures.waiting import wait_for
 from tests.webtools import AUTH, make_app
 from web.errors import status_of
 

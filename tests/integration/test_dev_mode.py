@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.tansu import free_port
-from tests.conftest import ROOT, wait_for
+from tests.fixtures.config import ROOT
+from tests.fixtures.waiting import wait_for
 
 #: Seconds `orchestrator dev` may take to print its banner on a busy 2-core machine.
 START_TIMEOUT = 120

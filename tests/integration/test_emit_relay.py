@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from orchestrator.executor import Heartbeats, execute
-from tests.conftest import ROOT, wait_for
-from tests.kafka_fixtures import KAFKA_TEST_WORKFLOWS, count, kafka_env
+from tests.fixtures.config import KAFKA_TEST_WORKFLOWS, ROOT, kafka_env
+from tests.fixtures.waiting import count, wait_for
 
 WORKFLOWS = (*KAFKA_TEST_WORKFLOWS, "tests.emit_flows")
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import ROOT, wait_for
-from tests.kafka_fixtures import KAFKA_TEST_WORKFLOWS, count, kafka_env
+from tests.fixtures.config import KAFKA_TEST_WORKFLOWS, ROOT, kafka_env
+from tests.fixtures.waiting import count, wait_for
 from tests.webtools import AUTH, make_app
 
 CE = [("ce_specversion", b"1.0"), ("ce_source", b"/shop"), ("ce_type", b"com.shop.order.created")]

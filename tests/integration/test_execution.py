@@ -9,7 +9,7 @@ import time
 from orchestrator.celery_app import RUN_STEP_TASK
 from orchestrator.dispatch import RecordingDispatcher
 from orchestrator.engine import WorkflowEngine
-from tests.conftest import wait_for
+from tests.fixtures.waiting import wait_for
 
 
 def steps_of(run: dict) -> dict[str, dict]:

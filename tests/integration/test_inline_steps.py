@@ -15,7 +15,7 @@ from sqlalchemy import text
 from orchestrator.dispatch import RecordingDispatcher
 from orchestrator.engine import Inline, Outcome, WorkflowEngine
 from orchestrator.executor import Heartbeats, execute
-from tests.conftest import wait_for
+from tests.fixtures.waiting import wait_for
 
 CHAIN = ("first", "second", "third", "fourth")
 

@@ -1,7 +1,7 @@
 """Kafka events start workflows: real Tansu broker, real `orchestrator consume` processes,
 real Celery workers, PostgreSQL state.
 
-Each test has topics and a consumer group of its own (see tests/kafka_fixtures.py).
+Each test has topics and a consumer group of its own (see tests/fixtures/).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from sqlalchemy.engine import make_url
 
 from orchestrator.dead_letters import EVENT_ID_HEADER, REASON_HEADER, SOURCE_HEADER
 from orchestrator.tansu import TansuBroker
-from tests.conftest import ROOT, wait_for
-from tests.kafka_fixtures import TEST_MAX_EVENT_BYTES, Kafka, TcpProxy, count, kafka_env
+from tests.fixtures.config import ROOT, TEST_MAX_EVENT_BYTES, kafka_env
+from tests.fixtures.kafka import Kafka
+from tests.fixtures.private import TcpProxy
+from tests.fixtures.waiting import count, wait_for
 
 
 @pytest.fixture

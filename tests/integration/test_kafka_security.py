@@ -32,8 +32,8 @@ from orchestrator.kafka_security import tls_context
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.tansu import TansuBroker, free_port
-from tests.conftest import ROOT, wait_for
-from tests.kafka_fixtures import count, kafka_env, make_kafka_settings
+from tests.fixtures.config import ROOT, kafka_env, make_kafka_settings
+from tests.fixtures.waiting import count, wait_for
 from tests.tls import NO_SOCAT, TlsTerminator, issue, make_authority, socat_path
 from tests.webtools import make_app
 

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.fixtures.waiting import wait_for
 
 
 @pytest.fixture

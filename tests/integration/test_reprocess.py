@@ -25,8 +25,7 @@ from orchestrator.engine import WorkflowEngine
 from orchestrator.registry import Registry
 from orchestrator.reprocess import KafkaUnreachable, ReprocessError, make_request, reprocess
 from orchestrator.runtime import Runtime
-from tests.conftest import ROOT
-from tests.kafka_fixtures import kafka_env
+from tests.fixtures.config import ROOT, kafka_env
 from tests.webtools import AUTH, assert_documented, make_app
 
 #: A moment all time-range tests publish around (message timestamps are set explicitly).

@@ -16,7 +16,7 @@ from orchestrator.db.migrate import upgrade
 from orchestrator.db.models import Attempt, Event, Run, StepRun
 from orchestrator.db.session import create_db_engine
 from orchestrator.retention import cutoff_for, parse_age, prune
-from tests.conftest import settings_env
+from tests.fixtures.config import settings_env
 from tests.integration.test_cli import cli
 
 NOW = datetime.now(UTC)

@@ -19,7 +19,8 @@ from sqlalchemy import text
 from orchestrator.celery_app import CeleryDispatcher
 from orchestrator.engine import WorkflowEngine
 from orchestrator.registry import load_workflows
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.fixtures.config import ROOT, settings_env
+from tests.fixtures.waiting import wait_for
 
 OLD = ("tests.flows", "tests.deploy_v1")
 NEW = ("tests.flows", "tests.deploy_v2")

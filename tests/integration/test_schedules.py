@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from orchestrator.recovery import fire_schedules
 from orchestrator.scheduler import fire_due
-from tests.conftest import ROOT, settings_env
+from tests.fixtures.config import ROOT, settings_env
 from tests.integration.test_cli import cli
 from tests.integration.test_pages import csrf, login
 from tests.webtools import AUTH, assert_documented, make_app
@@ -90,7 +90,7 @@ def test_the_recovery_processes_of_two_workers_fire_a_schedule_once_per_tick_and
             return conn.execute(text("SELECT count(*) FROM runs WHERE workflow = 'every-second' "
                                      "AND status = 'succeeded'")).scalar_one() >= 3
 
-    from tests.conftest import wait_for
+    from tests.fixtures.waiting import wait_for
 
     wait_for(three_succeeded, timeout=30, message="3 scheduled runs to succeed")
     keys = [key for key, _ in runs_of(runtime, "every-second")]

@@ -14,7 +14,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from orchestrator.db.models import Base
-from tests.conftest import PG_ADMIN_URL, ROOT, wait_for
+from tests.fixtures.config import PG_ADMIN_URL, ROOT
+from tests.fixtures.waiting import wait_for
 
 
 def test_migrations_and_models_agree(pg_url):

@@ -19,8 +19,8 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import create_engine, text
 
-from tests.conftest import wait_for
-from tests.kafka_fixtures import KAFKA_TEST_WORKFLOWS, count
+from tests.fixtures.config import KAFKA_TEST_WORKFLOWS
+from tests.fixtures.waiting import count, wait_for
 from tests.web_process import web_process
 from tests.webtools import TOKEN
 

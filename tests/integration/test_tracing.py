@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import ROOT, wait_for
-from tests.kafka_fixtures import KAFKA_TEST_WORKFLOWS, count, kafka_env
+from tests.fixtures.config import KAFKA_TEST_WORKFLOWS, ROOT, kafka_env
+from tests.fixtures.waiting import count, wait_for
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 EVENT_SPAN = "00f067aa0ba902b7"

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from orchestrator.dispatch import RecordingDispatcher
 from orchestrator.engine import Outcome, WorkflowEngine
 from orchestrator.registry import load_workflows
-from tests.conftest import ROOT, settings_env
+from tests.fixtures.config import ROOT, settings_env
 from tests.webtools import AUTH, TOKEN, assert_documented, make_app
 
 OLD = ("tests.flows", "tests.skew_flows")

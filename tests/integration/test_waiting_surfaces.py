@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from orchestrator.events import record_batch
 from orchestrator.intake import Message, TriggerIndex, assess
-from tests.conftest import settings_env
+from tests.fixtures.config import settings_env
 from tests.integration.test_cli import cli
 from tests.wait_flows import PAYMENTS
 from tests.webtools import AUTH, TOKEN, WORKFLOWS, assert_documented, make_app

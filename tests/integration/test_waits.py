@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import text
 
 from tests import wait_it_flows as F
-from tests.conftest import wait_for
-from tests.kafka_fixtures import Kafka, count
+from tests.fixtures.kafka import Kafka
+from tests.fixtures.waiting import count, wait_for
 
 WORKFLOWS = ("tests.wait_it_flows",)
 

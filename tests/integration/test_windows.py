@@ -9,8 +9,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import wait_for
-from tests.kafka_fixtures import count
+from tests.fixtures.waiting import count, wait_for
 from tests.webtools import AUTH, make_app
 
 

@@ -26,8 +26,8 @@ from orchestrator.intake import (
     headers_json,
     text_of,
 )
-from tests.conftest import wait_for
-from tests.kafka_fixtures import TEST_MAX_EVENT_BYTES, count
+from tests.fixtures.config import TEST_MAX_EVENT_BYTES
+from tests.fixtures.waiting import count, wait_for
 from tests.kafka_flows import strict
 from tests.security.hostile import corpus, hostile_values, json_objects
 

@@ -22,8 +22,8 @@ from sqlalchemy import text
 
 from orchestrator import Workflow
 from orchestrator.errors import WorkflowDefinitionError
-from tests.conftest import wait_for
-from tests.kafka_fixtures import KAFKA_TEST_WORKFLOWS, count
+from tests.fixtures.config import KAFKA_TEST_WORKFLOWS
+from tests.fixtures.waiting import count, wait_for
 from tests.security.conftest import SECURITY_WORKFLOWS
 from tests.security.hostile import HOSTILE_STRINGS, RAW_HTML_FRAGMENTS
 from tests.webtools import AUTH, TOKEN

@@ -29,8 +29,8 @@ from orchestrator.kafka import _common
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.tansu import TansuBroker, free_port
-from tests.conftest import ROOT, wait_for
-from tests.kafka_fixtures import KAFKA_TEST_WORKFLOWS, count, kafka_env
+from tests.fixtures.config import KAFKA_TEST_WORKFLOWS, ROOT, kafka_env
+from tests.fixtures.waiting import count, wait_for
 from tests.security.conftest import SECURITY_WORKFLOWS
 from tests.webtools import add_event, make_app
 

@@ -21,7 +21,7 @@ from kafka.net.transport import KafkaSSLTransport
 from orchestrator import kafka, kafka_security
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import Settings
-from tests.conftest import ROOT
+from tests.fixtures.config import ROOT
 from tests.tls import issue, make_authority
 
 PASSWORD = "kafka-pass-4f7a91"

@@ -13,7 +13,7 @@ from orchestrator.intake import MATCHED, Message, TriggerIndex, assess
 from orchestrator.registry import load_workflows
 from orchestrator.settings import DEFAULT_WORKFLOWS
 from orchestrator.triggers import matches
-from tests.conftest import ROOT
+from tests.fixtures.config import ROOT
 
 README = (ROOT / "README.md").read_text()
 PUBLISH = re.compile(r"^orchestrator publish (\S+) '(\{.*\})'(.*)$", re.MULTILINE)
