@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -33,6 +32,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.tansu import TansuBroker, free_port
 from tests.fixtures.config import ROOT, kafka_env, make_kafka_settings
+from tests.fixtures.kafka import read_topic
 from tests.fixtures.waiting import count, wait_for
 from tests.tls import NO_SOCAT, TlsTerminator, issue, make_authority, socat_path
 from tests.webtools import make_app
@@ -80,25 +80,7 @@ def orchestrator(args: list[str], env: dict[str, str], timeout: float = 60) -> s
 
 def read_all(settings: Settings, topic: str, timeout: float = 20.0) -> list:
     """Every message of `topic`, read over the settings' connection (the project's factory)."""
-    from kafka import TopicPartition
-
-    consumer = create_consumer(settings, group_id=None)
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        records: list = []
-        deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
+    return read_topic(create_consumer(settings, group_id=None), topic, timeout)
 
 
 def healthz(settings: Settings) -> tuple[int, dict, str]:
