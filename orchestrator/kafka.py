@@ -28,6 +28,8 @@ RECONNECT_BACKOFF_MS = 100
 RECONNECT_BACKOFF_MAX_MS = 2000
 #: Milliseconds a request may wait for its answer before it is retried elsewhere.
 REQUEST_TIMEOUT_MS = 15000
+#: Kafka's ApiVersions request (the probe's).
+_API_VERSIONS = 18
 #: Milliseconds a new client waits for a first broker before giving up (the caller retries).
 BOOTSTRAP_TIMEOUT_MS = 5000
 
@@ -70,27 +72,13 @@ def _wrapped(sock: socket.socket, host: str, tls: ssl.SSLContext | None) -> sock
 
 
 def _api_versions(sock: socket.socket) -> bool:
-    client_id = kafka_security.PROBE_CLIENT_ID
-    correlation = 0x0C0FFEE
-    request = struct.pack(">hhih", 18, 0, correlation, len(client_id)) + client_id
-    sock.sendall(struct.pack(">i", len(request)) + request)
-    header = _read(sock, 8)
-    if header is None:
+    """True when the broker on `sock` answers an ApiVersions (v0) request, read to its end
+    so that a SASL exchange may follow."""
+    try:
+        kafka_security.exchange(sock, _API_VERSIONS, 0, 0x0C0FFEE, b"")
+    except (ConnectionError, struct.error):  # closed, another request's answer, or too short
         return False
-    size, answered = struct.unpack(">ii", header)
-    if size < 4 or answered != correlation:
-        return False
-    return _read(sock, size - 4) is not None  # the rest, so that a SASL exchange may follow
-
-
-def _read(sock: socket.socket, count: int) -> bytes | None:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
+    return True
 
 
 def _common(settings: Settings) -> dict[str, Any]:

@@ -190,8 +190,9 @@ def handshake_failure(settings: Settings, where: str, exc: BaseException) -> Con
 # -- SASL on a probe's socket ---------------------------------------------------------------
 
 
-def _exchange(sock: socket.socket, api_key: int, version: int, correlation: int, body: bytes) -> bytes:
-    """Send one request (header v1) and return its response's body (after the correlation id)."""
+def exchange(sock: socket.socket, api_key: int, version: int, correlation: int, body: bytes) -> bytes:
+    """Send one request (header v1) and return its response's body (after the correlation id);
+    a ConnectionError when the broker closes the connection or answers another request."""
     header = struct.pack(">hhih", api_key, version, correlation, len(PROBE_CLIENT_ID)) + PROBE_CLIENT_ID
     sock.sendall(struct.pack(">i", len(header) + len(body)) + header + body)
     size = struct.unpack(">i", _read_exactly(sock, 4))[0]
@@ -220,7 +221,7 @@ def _string(data: bytes, at: int) -> tuple[str | None, int]:
 
 def _authenticate_once(sock: socket.socket, correlation: int, auth: bytes) -> tuple[int, str | None, bytes]:
     """One SaslAuthenticate (v1): error code, error message, the server's bytes."""
-    data = _exchange(sock, _SASL_AUTHENTICATE, 1, correlation, struct.pack(">i", len(auth)) + auth)
+    data = exchange(sock, _SASL_AUTHENTICATE, 1, correlation, struct.pack(">i", len(auth)) + auth)
     (error,) = struct.unpack_from(">h", data, 0)
     message, at = _string(data, 2)
     (length,) = struct.unpack_from(">i", data, at)
@@ -231,7 +232,7 @@ def check_no_login_needed(sock: socket.socket, settings: Settings, where: str) -
     """Without SASL, ask for metadata (v1, no topics): a broker that wants a login first
     closes the connection here, which kafka-python would only report as "Unable to bootstrap"."""
     try:
-        _exchange(sock, _METADATA, 1, 2, struct.pack(">i", 0))
+        exchange(sock, _METADATA, 1, 2, struct.pack(">i", 0))
     except ConnectionError:
         raise ConfigurationError(
             f"ORCHESTRATOR_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}: the broker at {where} "
@@ -249,7 +250,7 @@ def authenticate(sock: socket.socket, settings: Settings, where: str) -> None:
     user = settings.kafka_sasl_username or ""
     name = mechanism.encode()
     try:
-        data = _exchange(sock, _SASL_HANDSHAKE, 1, 1, struct.pack(">h", len(name)) + name)
+        data = exchange(sock, _SASL_HANDSHAKE, 1, 1, struct.pack(">h", len(name)) + name)
     except ConnectionError:
         raise ConfigurationError(
             f"ORCHESTRATOR_KAFKA_SASL_MECHANISM={mechanism}: the broker at {where} closed the connection "
