@@ -47,7 +47,7 @@ from .db import windows
 from .dead_letters import ensure_dead_letter_topics, send_dead_letters
 from .engine import WorkflowEngine
 from .errors import ConfigurationError
-from .events import BatchResult, record_batch_setting_aside, recorded_events
+from .events import BatchResult, first_line, record_batch_setting_aside, recorded_events
 from .events import replay_event as replay_event  # the dashboard's replay calls it here
 from .intake import MATCHED, REJECTED, Assessment, Message, Timings, TriggerIndex, assess
 from .kafka import (
@@ -262,7 +262,7 @@ class EventConsumer:
         try:
             started = windows.close_due(self.engine)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
-            self.database.down(_first_line(exc))
+            self.database.down(first_line(exc))
             return
         except Exception:  # noqa: BLE001 - the events must keep flowing
             log.exception("closing due debounce/batch windows failed; will try again")
@@ -281,7 +281,7 @@ class EventConsumer:
         try:
             recorded = recorded_events(self.engine, messages)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
-            self.database.down(_first_line(exc))
+            self.database.down(first_line(exc))
             self._rewind(messages)
             self.stopping.wait(self.database.pause())
             return None
@@ -404,7 +404,7 @@ class EventConsumer:
         try:
             return record_batch_setting_aside(self.engine, assessments)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
-            raise StorageFailed(_first_line(exc)) from exc
+            raise StorageFailed(first_line(exc)) from exc
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit recorded offsets (plus any left over); keep them for later if Kafka says no."""
@@ -525,9 +525,3 @@ def _next_offsets(messages: Iterable[Message]) -> dict[TopicPartition, int]:
 def _names(partitions: Iterable[Any]) -> str:
     items = sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
     return ", ".join(items) or "none"
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

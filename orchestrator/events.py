@@ -89,10 +89,6 @@ def _traceparent(assessment: Assessment) -> str | None:
     return None if assessment.trace is None else tracing.traceparent_of(assessment.trace)
 
 
-def _key(message: Message) -> tuple[str, int, int]:
-    return (message.topic, message.partition, message.offset)
-
-
 def _timestamp(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
 
@@ -250,7 +246,7 @@ def recorded_events(engine: WorkflowEngine, messages: Iterable[Message]) -> dict
     The consumer asks before evaluating any trigger, so a redelivered batch (after a failed
     commit or a rebalance) costs one query, not a second run of every trigger function.
     """
-    wanted = {_key(m): m for m in messages}
+    wanted = {m.position: m for m in messages}
     if not wanted:
         return {}
     spans: dict[tuple[str, int], tuple[int, int]] = {}
@@ -326,7 +322,7 @@ def record_batch(
     plans: dict[tuple[str, int, int], list[PlannedRun]] = {}
     known: dict[tuple[str, int, int], Assessment] = {}
     for assessment in assessments:
-        key = _key(assessment.message)
+        key = assessment.message.position
         if key in unique or key in known:
             continue
         if assessment.event_id is not None:
@@ -416,7 +412,7 @@ def record_batch_setting_aside(engine: WorkflowEngine, assessments: Sequence[Ass
         if len(assessments) == 1:
             return _record_unstorable(engine, assessments[0], exc)
         log.warning("the database refused a batch (%s); recording its events one by one",
-                    _first_line(exc))
+                    first_line(exc))
         total = BatchResult()
         for assessment in assessments:
             one = record_batch_setting_aside(engine, [assessment])
@@ -430,13 +426,14 @@ def record_batch_setting_aside(engine: WorkflowEngine, assessments: Sequence[Ass
 
 
 def _record_unstorable(engine: WorkflowEngine, assessment: Assessment, exc: Exception) -> BatchResult:
-    reason = f"could not be stored: {_first_line(exc)}"
+    reason = f"could not be stored: {first_line(exc)}"
     log.warning("event %s/%s/%s %s", assessment.message.topic, assessment.message.partition,
                 assessment.message.offset, reason)
     return record_batch(engine, [Assessment(assessment.message, REJECTED, reason)])
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of a (database) error's message, for a log line or a recorded reason."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

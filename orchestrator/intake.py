@@ -65,6 +65,11 @@ class Message:
     headers: tuple[tuple[str, bytes], ...] = ()
     timestamp_ms: int | None = None
 
+    @property
+    def position(self) -> tuple[str, int, int]:
+        """(topic, partition, offset): where the message is in Kafka, one event's identity."""
+        return (self.topic, self.partition, self.offset)
+
     @classmethod
     def from_record(cls, record: Any) -> Message:
         """From a kafka-python `ConsumerRecord`."""

@@ -183,8 +183,8 @@ def _evaluate(engine: WorkflowEngine, index: TriggerIndex, request: Request,
     """Evaluate one batch of the range; returns the dead letters of what it recorded."""
     known = recorded_events(engine, messages)
     fresh = [assess(m, index, engine.settings.max_event_bytes)
-             for m in messages if _key(m) not in known]
-    recorded = [a for a in (known.get(_key(m)) for m in messages) if a is not None]
+             for m in messages if m.position not in known]
+    recorded = [a for a in (known.get(m.position) for m in messages) if a is not None]
     if request.dry_run:
         _dry(engine, index, request, fresh, recorded, summary)
         return []
@@ -218,7 +218,7 @@ def _record(engine: WorkflowEngine, fresh: list[Assessment], summary: Summary) -
         started = set(session.scalars(
             select(Run.event_id).where(Run.id.in_(result.run_ids)).distinct()
         )) if result.run_ids else set()
-        keys = [_key(a.message) for a in fresh]
+        keys = [a.message.position for a in fresh]
         rows = session.execute(
             select(Event.id, Event.topic, Event.partition, Event.offset, Event.outcome)
             .where(tuple_(Event.topic, Event.partition, Event.offset).in_(keys))
@@ -295,10 +295,6 @@ def _dry(engine: WorkflowEngine, index: TriggerIndex, request: Request, fresh: l
             summary.recorded += 1
         summary.count(a.outcome, bool(starting))
     summary.dedupes = taken
-
-
-def _key(message: Message) -> tuple[str, int, int]:
-    return (message.topic, message.partition, message.offset)
 
 
 __all__ = ["KafkaUnreachable", "ReprocessError", "Request", "Summary", "make_request", "reprocess"]
