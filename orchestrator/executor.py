@@ -187,9 +187,6 @@ def record_outcome(engine: WorkflowEngine, claim: Claim, outcome: Outcome,
     pause = RECORD_RETRY_PAUSE[0]
     while True:
         try:
-            if inline is None:  # as callers that wrap `finish` (tests) have always called it
-                engine.finish(claim, outcome)
-                return None
             return engine.finish(claim, outcome, inline=inline)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
             if time.monotonic() + pause > deadline:
@@ -243,7 +240,7 @@ def execute(
     if claim is None:
         return "skipped: not claimable (duplicate message, finished or cancelled run)"
     budget = engine.settings.inline_steps if queue and task_id else 0
-    inline = Inline(queue, worker, task_id) if budget and queue and task_id else None
+    inline = Inline(queue, worker, task_id) if budget else None
     done = _run_claimed(engine, heartbeats, claim, body, traceparent, queue, inline)
     ran = 1
     while isinstance(done, Claim):  # the next step, claimed with the success

@@ -75,10 +75,10 @@ def test_a_result_the_database_refuses_fails_the_attempt_saying_so(runtime, quie
     run_id = quiet.start_run("chain", {"id": "refused"})
     finish = quiet.finish
 
-    def refuse_results(claim, outcome):  # noqa: ANN001 - as PostgreSQL refuses a value it cannot hold
+    def refuse_results(claim, outcome, inline=None):  # noqa: ANN001 - as PostgreSQL refuses a value it cannot hold
         if outcome.ok:
             raise DataError("INSERT ...", {}, Exception("unsupported Unicode escape sequence"))
-        finish(claim, outcome)
+        return finish(claim, outcome, inline=inline)
 
     monkeypatch.setattr(quiet, "finish", refuse_results)
     assert execute(quiet, Heartbeats(quiet), run_id, "first", "tester").startswith("failed: ")
