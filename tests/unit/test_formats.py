@@ -9,26 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import Workflow, kafka_trigger
+from orchestrator import kafka_trigger
 from orchestrator.errors import ConfigurationError, WorkflowDefinitionError
 from orchestrator.formats import Readings, Rejected, binary_headers, decode_cloudevent, decode_text
 from orchestrator.intake import IGNORED, MATCHED, REJECTED, Message, TriggerIndex, assess
+from tests.unit.test_intake import workflow
 
 LIMIT = 4096
 CE = [("ce_specversion", b"1.0"), ("ce_id", b"e-1"), ("ce_source", b"/shop"),
       ("ce_type", b"com.shop.order.created")]
 JSON_DATA = [("content-type", b"application/json")]
 STRUCTURED = [("content-type", b"application/cloudevents+json")]
-
-
-def workflow(name: str, *triggers, input_schema=None) -> Workflow:
-    flow = Workflow(name, triggers=list(triggers), input_schema=input_schema)
-
-    @flow.step
-    def only(ctx):  # noqa: ANN001, ANN202
-        return None
-
-    return flow
 
 
 def assessed(value, *triggers, key=None, headers=(), topic="t", flows=None):
